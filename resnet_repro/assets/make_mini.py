@@ -1,0 +1,42 @@
+"""Rebuild the bundled mini CIFAR-10 (`cifar10-mini.tar.gz`) from the full JPEG copy.
+
+    uv run python -m resnet_repro.assets.make_mini ../shared/data/cifar10-jpeg.tar.gz
+
+Takes the first 500 train and 100 test images of each class (by file name), byte for byte, into an
+ImageFolder archive of the same layout. The output is byte-identical for the same input.
+"""
+
+import gzip
+import io
+import re
+import sys
+import tarfile
+from pathlib import Path
+
+TRAIN_PER_CLASS, TEST_PER_CLASS = 500, 100
+ROOT = "cifar10-mini"
+
+
+def make_mini(src, dst):
+    keep = {"train": TRAIN_PER_CLASS, "test": TEST_PER_CLASS}
+    members = []
+    with tarfile.open(src, "r:gz") as tar:
+        for m in tar:
+            parts = m.name.split("/")
+            if m.isfile() and len(parts) == 4 and re.fullmatch(r"\d+\.jpg", parts[3]) and int(parts[3][:-4]) < keep.get(parts[1], 0):
+                members.append((f"{ROOT}/{parts[1]}/{parts[2]}/{parts[3]}", tar.extractfile(m).read()))
+    members.sort()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as out:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(payload), 0, 0o644
+            out.addfile(info, io.BytesIO(payload))
+    with open(dst, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0, filename="") as gz:
+        gz.write(buf.getvalue())
+    return len(members)
+
+
+if __name__ == "__main__":
+    n = make_mini(sys.argv[1], Path(__file__).with_name("cifar10-mini.tar.gz"))
+    print(f"wrote {n} images")

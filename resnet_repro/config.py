@@ -1,0 +1,201 @@
+"""Experiments as data: `experiments/<name>.toml` -> one frozen `TrainSpec` per run.
+
+An experiment file holds
+    description = "..."                  # one line, shown by --list
+    runs = ["plain20", "resnet20"]       # run names; a name is also the model unless [run.<name>] says otherwise
+    [train]  key = value ...             # the recipe shared by every run (any TrainSpec field)
+    [quick]  key = value ...             # what --quick changes (data, iterations, ...)
+    [run.<name>] key = value ...         # what one run changes (e.g. warm-up for resnet110)
+Precedence, lowest first: TrainSpec defaults, [train], [quick] (with --quick), [run.<name>], command line.
+Whenever a layer changes `iterations` without giving `milestones`, the milestones scale with it, so
+a shorter schedule keeps the paper's shape (lr steps at 50% and 75%).
+"""
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+EXPERIMENT_KEYS = ("description", "runs", "train", "quick", "run")
+
+
+class SpecError(Exception):
+    """A malformed experiment or override; the message names the problem and the valid choices."""
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    model: str = "resnet20"  # plain<depth> or resnet<depth>, see resnet_repro.models.available()
+    shortcut: str | None = None  # "A", "B" or "C"; None: the family's default (A for CIFAR nets, B for 18..152)
+    stem: str | None = None  # "cifar" or "imagenet"; None: the family's default
+    data: str = "cifar10"  # cifar10, cifar100 (downloaded), mini (bundled), or a path to an ImageFolder dir / .tar.gz
+    val_size: int = 0  # >0: hold out this many training images and evaluate on them (the paper chose its schedule on 45k/5k)
+    batch_size: int = 128  # the paper's mini-batch (it was split over 2 GPUs)
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4  # applied to every parameter, BN included
+    iterations: int = 64_000  # the paper stops at 64k iterations (about 164 epochs of 50k)
+    milestones: tuple[int, ...] = (32_000, 48_000)  # lr multiplied by lr_decay at each of these iterations
+    lr_decay: float = 0.1
+    warmup_lr: float = 0.0  # >0: train at this lr until the training error falls below warmup_until_err (ResNet-110: 0.01)
+    warmup_until_err: float = 80.0  # % training error, measured over the mini-batches since the last check
+    seed: int = 0  # model init, data order and augmentation
+    eval_batch_size: int = 1000
+    precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; or "bf16", "fp32"
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model
+
+    def __post_init__(self):
+        from resnet_repro.models import SHORTCUTS, STEMS, parse_name
+
+        try:
+            parse_name(self.model)
+        except ValueError as e:
+            raise SpecError(str(e)) from None
+        checks = [
+            (self.shortcut in (None, *SHORTCUTS), f"shortcut must be one of {', '.join(SHORTCUTS)}, not {self.shortcut!r}"),
+            (self.stem in (None, *STEMS), f"stem must be one of {', '.join(STEMS)}, not {self.stem!r}"),
+            (self.batch_size > 0 and self.eval_batch_size > 0, "batch sizes must be positive"),
+            (self.iterations > 0, f"iterations must be positive, not {self.iterations}"),
+            (self.lr > 0 and 0 < self.lr_decay <= 1, "lr must be positive and lr_decay in (0, 1]"),
+            (list(self.milestones) == sorted(self.milestones), f"milestones must increase: {list(self.milestones)}"),
+            (self.val_size >= 0 and self.warmup_lr >= 0, "val_size and warmup_lr must not be negative"),
+            (self.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, not {self.precision!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SpecError(message)
+
+
+SPEC_FIELDS = {f.name: f for f in fields(TrainSpec)}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str  # results go to results/<name>/<run>/ (quick runs: <name>-quick)
+    description: str
+    runs: dict  # run name -> TrainSpec
+    quick: bool = False
+
+
+def _check_type(key, value, where):
+    """Return `value` as the type of TrainSpec field `key` (ints may stand for floats, lists for tuples)."""
+    if key not in SPEC_FIELDS:
+        raise SpecError(f"{where}: unknown key {key!r}; valid keys are {', '.join(SPEC_FIELDS)}")
+    hint = typing.get_type_hints(TrainSpec)[key]
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for t in allowed:
+        if t is type(None) and value is None:
+            return None
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if typing.get_origin(t) is tuple and isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return tuple(value)
+        if t in (int, str, bool) and type(value) is t:
+            return value
+    names = " or ".join("list of int" if typing.get_origin(t) is tuple else t.__name__ for t in allowed)
+    raise SpecError(f"{where}: {key} must be {names}, not {value!r}")
+
+
+def parse_override(text):
+    """'lr=0.05' -> ('lr', 0.05), typed from the TrainSpec field; for --set."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep:
+        raise SpecError(f"--set takes key=value, not {text!r}")
+    hint = typing.get_type_hints(TrainSpec).get(key)
+    if hint is None:
+        _check_type(key, None, "--set")  # raises with the valid keys
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # bare words are strings: --set data=mini
+    if raw.strip().lower() in ("none", "null"):
+        value = None
+    return key, _check_type(key, value, "--set")
+
+
+def apply(spec, changes, where):
+    """A new spec with `changes` applied; milestones scale with iterations unless given too."""
+    changes = {k: _check_type(k, v, where) for k, v in changes.items()}
+    if "iterations" in changes and "milestones" not in changes:
+        scale = changes["iterations"] / spec.iterations
+        changes["milestones"] = tuple(round(m * scale) for m in spec.milestones)
+    try:
+        return dataclasses.replace(spec, **changes)
+    except SpecError as e:
+        raise SpecError(f"{where}: {e}") from None
+
+
+def experiment_path(name):
+    path = Path(name)
+    if path.suffix == ".toml" and path.exists():
+        return path
+    path = EXPERIMENTS_DIR / f"{name}.toml"
+    if not path.exists():
+        raise SpecError(f"unknown experiment {name!r}; available: {', '.join(available())} (or a path to a .toml file)")
+    return path
+
+
+def available():
+    return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.toml"))
+
+
+def read_toml(path):
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: malformed TOML: {e}") from None
+
+
+def load_experiment(name, quick=False, overrides=None, runs=None):
+    """Resolve an experiment (a name in experiments/ or a path) into one TrainSpec per run.
+
+    overrides: {key: value} from the command line, applied to every run; runs: a subset of run names."""
+    path = experiment_path(name)
+    doc = read_toml(path)
+    for key in doc:
+        if key not in EXPERIMENT_KEYS:
+            raise SpecError(f"{path}: unknown key {key!r}; valid top-level keys are {', '.join(EXPERIMENT_KEYS)}")
+    names = doc.get("runs")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise SpecError(f"{path}: 'runs' must be a non-empty list of run names, e.g. runs = [\"plain20\", \"resnet20\"]")
+    per_run = doc.get("run", {})
+    for extra in set(per_run) - set(names):
+        raise SpecError(f"{path}: [run.{extra}] names no run in runs = {names}")
+    if runs:
+        unknown = [r for r in runs if r not in names]
+        if unknown:
+            raise SpecError(f"unknown run(s) {', '.join(unknown)} in experiment {path.stem}; its runs are {', '.join(names)}")
+        names = [n for n in names if n in runs]
+
+    specs = {}
+    for run in names:
+        layers = [(doc.get("train", {}), f"{path}: [train]")]
+        if quick:
+            layers.append((doc.get("quick", {}), f"{path}: [quick]"))
+        layers.append((per_run.get(run, {}), f"{path}: [run.{run}]"))
+        layers.append((overrides or {}, "command line"))
+        model = per_run.get(run, {}).get("model", run)
+        if not _is_model(model):
+            raise SpecError(f"{path}: run {run!r} is not a model name; give it one in [run.{run}], e.g. model = \"resnet110\"")
+        spec = TrainSpec(model=model)
+        for table, where in layers:
+            spec = apply(spec, table, where)
+        specs[run] = spec
+    stem = path.stem + ("-quick" if quick else "")
+    return Experiment(stem, str(doc.get("description", "")), specs, quick)
+
+
+def _is_model(name):
+    from resnet_repro.models import parse_name
+
+    try:
+        parse_name(name)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,228 @@
+"""CIFAR-style datasets as uint8 tensors on the training device, and batched augmentation there.
+
+Sources (`load(source, ...)`):
+- "cifar10", "cifar100": torchvision's download into `data_dir`, its checksums verified.
+- "mini": the bundled mini CIFAR-10 (500 train + 100 test images per class, see assets/README.md).
+- a directory with `train/` and `test/` ImageFolder trees (class per subfolder), or a `.tar.gz` of one.
+  Archives are decoded once into `data_dir/cache/` and reused.
+
+Every split is decoded once to a uint8 tensor (N, 3, 32, 32) and moved to the device whole: training
+then needs no DataLoader workers and no per-batch host-to-device copies.
+"""
+
+import hashlib
+import io
+import os
+import tarfile
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MINI = Path(__file__).with_name("assets") / "cifar10-mini.tar.gz"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
+# md5 of known archives -> the name results must carry
+KNOWN_ARCHIVES = {
+    "bd13d151ab7039c1ed6fe37948a1e90a": "CIFAR-10 (JPEG q75 copy)",
+    "fcc84df82c0aa682cc6c958aa0102ddc": "CIFAR-10 mini (JPEG q75 copy, 500+100 per class)",
+}
+CACHE_VERSION = 1
+
+
+class DataError(Exception):
+    """Missing, unreachable or malformed data; the message says what was tried and what to do."""
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 (N, 3, H, W)
+    labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self):
+        return len(self.labels)
+
+
+@dataclass
+class Dataset:
+    name: str  # what results must call it, e.g. "CIFAR-10 (JPEG q75 copy)"
+    classes: list
+    train: Split
+    test: Split  # the test split, or the held-out validation split with val_size > 0
+    mean: torch.Tensor  # float32 (3, H, W): per-pixel mean of the training split, in [0, 1]
+    checksum: str  # md5 of the decoded images and labels of both splits
+    source: str
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
+
+
+def load(source="cifar10", data_dir="data", device="cpu", val_size=0):
+    """Load `source` (see module doc) onto `device`. val_size > 0 holds out that many training images
+    (the same ones for every seed) and returns them as `test`."""
+    data_dir = Path(data_dir)
+    if source in ("cifar10", "cifar100"):
+        name, classes, train, test = _load_torchvision(source, data_dir)
+    else:
+        path = MINI if source == "mini" else Path(source).expanduser()
+        name, classes, train, test = _load_folder_or_archive(path, data_dir)
+    _check(name, classes, train, test)
+    checksum = _checksum(train, test)
+    if val_size:
+        if not 0 < val_size < len(train):
+            raise DataError(f"val_size must be between 1 and {len(train) - 1}, not {val_size}")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+        val = Split(train.images[order[:val_size]], train.labels[order[:val_size]])
+        train = Split(train.images[order[val_size:]], train.labels[order[val_size:]])
+        test, name = val, f"{name}, {len(train)}/{len(val)} train/val split"
+    mean = train.images.float().mean(0) / 255
+    move = lambda s: Split(s.images.to(device), s.labels.to(device))  # noqa: E731
+    return Dataset(name, classes, move(train), move(test), mean.to(device), checksum, str(source))
+
+
+def normalize(images, mean):
+    """uint8 images -> float32 in [0, 1] minus the per-pixel mean, as the paper."""
+    return images.float().div_(255).sub_(mean)
+
+
+def augment(x, generator, pad=4):
+    """Pad by `pad` (zeros, i.e. the mean pixel after normalize), random crop back to size and random
+    horizontal flip, drawn independently for every image of the batch."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dev = x.device
+    dy = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=generator)
+    flip = torch.rand(b, 1, device=dev, generator=generator) < 0.5
+    rows = dy + torch.arange(h, device=dev)  # (b, h)
+    cols = dx + torch.arange(w, device=dev)  # (b, w)
+    cols = torch.where(flip, cols.flip(1), cols)  # a flip is the crop's columns read backwards
+    batch = torch.arange(b, device=dev)[:, None, None, None]
+    chan = torch.arange(c, device=dev)[None, :, None, None]
+    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+# --- torchvision's CIFAR ---------------------------------------------------------------------------
+
+
+def _load_torchvision(source, data_dir):
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if source == "cifar10" else datasets.CIFAR100
+    pretty = "CIFAR-10" if source == "cifar10" else "CIFAR-100"
+    try:
+        train = cls(str(data_dir), train=True, download=True)
+        test = cls(str(data_dir), train=False, download=False)
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        reason = str(e).strip() or type(e).__name__
+        if "corrupted" in reason or "md5" in reason.lower() or "integrity" in reason.lower():
+            reason = f"checksum mismatch ({reason}); delete {data_dir / cls.base_folder} and {data_dir / cls.filename} and try again"
+        raise DataError(
+            f"could not get {pretty}: tried torchvision's download from {cls.url} into {data_dir}/ ({reason}). "
+            f"Without network, pass --data PATH (an ImageFolder directory with train/ and test/, or a .tar.gz "
+            f"of one, e.g. ../shared/data/cifar10-jpeg.tar.gz), or --quick for the bundled mini CIFAR-10."
+        ) from None
+    to_split = lambda d: Split(  # noqa: E731
+        torch.from_numpy(np.ascontiguousarray(d.data.transpose(0, 3, 1, 2))), torch.tensor(d.targets, dtype=torch.int64)
+    )
+    return pretty, list(train.classes), to_split(train), to_split(test)
+
+
+# --- ImageFolder trees and archives of them -------------------------------------------------------
+
+
+def _load_folder_or_archive(path, data_dir):
+    if not path.exists():
+        raise DataError(
+            f"data not found: {path} does not exist. Pass --data cifar10 (download), --data PATH "
+            f"(an ImageFolder directory with train/ and test/, or a .tar.gz of one), or --quick."
+        )
+    if path.is_dir():
+        files = {p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*")) if p.is_file()}
+        classes, train, test = _decode_tree({k: v.read_bytes for k, v in files.items()}, str(path))
+        return path.name, classes, train, test
+
+    md5 = _md5_file(path)
+    cache = data_dir / "cache" / f"{path.name.split('.')[0]}-{md5[:12]}-v{CACHE_VERSION}.pt"
+    if cache.exists():
+        try:
+            c = torch.load(cache, weights_only=True)
+            return c["name"], c["classes"], Split(c["train_images"], c["train_labels"]), Split(c["test_images"], c["test_labels"])
+        except Exception:  # a damaged cache is rebuilt, never trusted
+            pass
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            members = {m.name: m for m in tar.getmembers() if m.isfile()}
+            readers = {name: (lambda m=m, t=tar: t.extractfile(m).read()) for name, m in members.items()}
+            classes, train, test = _decode_tree(readers, str(path))
+    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+        raise DataError(f"corrupt or unreadable archive {path}: {e}. Get a fresh copy (expected a .tar.gz of an ImageFolder tree with train/ and test/).") from None
+    name = KNOWN_ARCHIVES.get(md5, path.name)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    torch.save(dict(name=name, classes=classes, train_images=train.images, train_labels=train.labels,
+                    test_images=test.images, test_labels=test.labels), tmp)
+    os.replace(tmp, cache)
+    return name, classes, train, test
+
+
+def _decode_tree(readers, where):
+    """readers: relative path -> callable returning the file's bytes. Finds <root>/train/<class>/<image>
+    and <root>/test/<class>/<image> at any depth; returns classes, train Split, test Split."""
+    from PIL import Image
+
+    splits = {"train": {}, "test": {}}  # split -> class -> [(path, reader)]
+    for rel, read in readers.items():
+        parts = rel.split("/")
+        if len(parts) >= 3 and parts[-3] in splits and parts[-1].lower().endswith(IMAGE_SUFFIXES):
+            splits[parts[-3]].setdefault(parts[-2], []).append((rel, read))
+    for split, by_class in splits.items():
+        if not by_class:
+            raise DataError(f"{where} has no {split}/<class>/<image> files: expected an ImageFolder tree with train/ and test/ (e.g. train/cat/0001.jpg).")
+    classes = sorted(splits["train"])
+    if sorted(splits["test"]) != classes:
+        raise DataError(f"{where}: test/ classes {sorted(splits['test'])} differ from train/ classes {classes}.")
+
+    def decode(by_class):
+        images, labels = [], []
+        for label, cls in enumerate(classes):
+            for rel, read in sorted(by_class[cls]):
+                try:
+                    img = np.asarray(Image.open(io.BytesIO(read())).convert("RGB"))
+                except Exception as e:
+                    raise DataError(f"{where}: cannot decode image {rel}: {e}") from None
+                if images and img.shape != images[0].shape:
+                    raise DataError(f"{where}: images must all have one size; {rel} is {img.shape[1]}x{img.shape[0]}, not {images[0].shape[1]}x{images[0].shape[0]}.")
+                images.append(img)
+                labels.append(label)
+        return Split(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels, dtype=torch.int64))
+
+    return classes, decode(splits["train"]), decode(splits["test"])
+
+
+def _check(name, classes, train, test):
+    if len(classes) < 2:
+        raise DataError(f"{name}: found {len(classes)} class(es) {classes}; a classification dataset needs at least 2.")
+    for split in (train, test):
+        if tuple(split.images.shape[1:]) != (3, 32, 32):
+            h, w = split.images.shape[2:]
+            raise DataError(f"{name}: images are {w}x{h}; the CIFAR experiments need 32x32 RGB images.")
+
+
+def _checksum(train, test):
+    h = hashlib.md5()
+    for t in (train.images, train.labels, test.images, test.labels):
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _md5_file(path):
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+

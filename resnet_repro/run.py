@@ -1,0 +1,166 @@
+"""python -m resnet_repro.run EXPERIMENT: train every run of an experiment, then summarise and draw."""
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from resnet_repro import checkpoint as ckpt
+from resnet_repro import config as cfg
+from resnet_repro import data as datamod
+from resnet_repro import train as trainer
+
+EPILOG = """\
+examples:
+  uv run python -m resnet_repro.run degradation --quick
+      the demo: plain/ResNet-20/56 on the bundled mini CIFAR-10, a short schedule, CPU is fine
+  uv run python -m resnet_repro.run degradation
+      the paper's Fig. 1 runs (64k iterations each) on CIFAR-10, downloaded into ./data
+  uv run python -m resnet_repro.run degradation --data ../shared/data/cifar10-jpeg.tar.gz
+      the same from an ImageFolder .tar.gz (results say "CIFAR-10 (JPEG q75 copy)")
+  uv run python -m resnet_repro.run degradation --runs plain20,resnet20 --seed 1 --out results/seed1
+  uv run python -m resnet_repro.run degradation --resume          continue killed or stopped runs
+  uv run python -m resnet_repro.run degradation --set lr=0.05 --set batch_size=256 --overwrite
+  uv run python -m resnet_repro.run --list
+
+Each run writes results/<experiment>/<run>/ (metrics.csv, config.json, status.json, checkpoint.pt,
+final.pt); figures go to figures/ (quick runs: figures/quick/). An existing run is never overwritten
+unless --overwrite is given.
+"""
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="python -m resnet_repro.run",
+        description="Train the paired plain and residual networks of an experiment (experiments/*.toml), "
+        "log one CSV row per epoch per run, print a summary and redraw the paper's figures.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("experiment", nargs="?", help="a name from --list (e.g. degradation) or a path to a .toml file")
+    p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.add_argument("--quick", action="store_true", help="bundled mini CIFAR-10 and a short schedule of the same shape; results go to <experiment>-quick")
+    p.add_argument("--runs", help="comma-separated subset of the experiment's runs, e.g. plain20,resnet20")
+    p.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda if available, else cpu)")
+    p.add_argument("--seed", type=int, help="seed for init, data order and augmentation (default: the spec's, 0)")
+    p.add_argument("--data", help="cifar10, cifar100, mini, or a path to an ImageFolder dir with train/ and test/ or a .tar.gz of one")
+    p.add_argument("--data-dir", default="data", help="where downloads and decoded caches live (default: ./data)")
+    p.add_argument("--out", default="results", help="results root; runs go to OUT/<experiment>/<run>/ (default: results)")
+    p.add_argument("--figures", default="figures", help="where figures are drawn (default: figures; quick runs: figures/quick)")
+    p.add_argument("--iterations", type=int, help="stop after this many iterations; the lr milestones scale with it")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any spec key for every run, e.g. --set lr=0.05 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue existing runs from their last checkpoint (finished runs are skipped)")
+    p.add_argument("--overwrite", action="store_true", help="delete existing runs of this experiment and start them again")
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bitwise-repeatable on CPU; slower on GPU)")
+    p.add_argument("--no-figures", action="store_true", help="do not draw figures at the end")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = p.parse_args(argv)
+    if not args.list and not args.experiment:
+        p.error("name an experiment (see --list), e.g. python -m resnet_repro.run degradation --quick")
+    if args.resume and args.overwrite:
+        p.error("--resume and --overwrite exclude each other")
+    return args
+
+
+def list_experiments():
+    for name in cfg.available():
+        doc = cfg.read_toml(cfg.experiment_path(name))
+        print(f"{name:<22}{doc.get('description', '')}")
+        print(f"{'':<22}runs: {', '.join(doc.get('runs', []))}")
+
+
+def overrides_from(args):
+    overrides = dict(cfg.parse_override(s) for s in args.set)
+    for key in ("seed", "data", "iterations"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    return overrides
+
+
+def summary_table(results):
+    lines = [f"{'run':<14}{'params':>12}{'train err':>11}{'test err':>10}{'best test':>11}{'minutes':>9}  state"]
+    for r in results:
+        f = lambda v: "-" if math.isnan(v) else f"{v:.2f}"  # noqa: E731
+        lines.append(f"{r.run:<14}{r.params:>12,}{f(r.final_train_err):>11}{f(r.final_test_err):>10}{f(r.best_test_err):>11}"
+                     f"{r.minutes:>9.1f}  {r.state}{': ' + r.message if r.message and r.state != 'done' else ''}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return _main(args)
+    except (cfg.SpecError, ckpt.RunDirError) as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except datamod.DataError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _main(args):
+    if args.list:
+        list_experiments()
+        return 0
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs else None
+    exp = cfg.load_experiment(args.experiment, quick=args.quick, overrides=overrides_from(args), runs=runs)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    exp_dir = Path(args.out) / exp.name
+    if not (args.resume or args.overwrite):
+        taken = [run for run in exp.runs if (exp_dir / run / "config.json").exists()]
+        if taken:
+            raise ckpt.RunDirError(f"{exp_dir} already holds runs {', '.join(taken)}; pass --resume to continue them, "
+                                   f"--overwrite to start them again, or --out elsewhere.")
+
+    first = next(iter(exp.runs.values()))
+    print(f"{exp.name}: {len(exp.runs)} runs ({', '.join(exp.runs)}), {first.iterations:,} iterations of batch {first.batch_size}, "
+          f"on {trainer.device_name(device)} -> {exp_dir}/")
+    datasets, results = {}, []
+    for run, spec in exp.runs.items():
+        key = (spec.data, spec.val_size)
+        if key not in datasets:
+            t = time.perf_counter()
+            datasets[key] = datamod.load(spec.data, args.data_dir, device, spec.val_size)
+            ds = datasets[key]
+            print(f"data: {ds.name}, {len(ds.train):,} train / {len(ds.test):,} test images, {ds.num_classes} classes "
+                  f"({time.perf_counter() - t:.1f}s)")
+        try:
+            result = trainer.train(spec, datasets[key], exp_dir / run, experiment=exp.name, run=run, device=device,
+                                   quick=exp.quick, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,
+                                   progress=not args.no_progress, deterministic=args.deterministic)
+        except trainer.Interrupted as e:
+            print(f"{run}: {e}", file=sys.stderr)
+            print(f"resume with: python -m resnet_repro.run {' '.join(sys.argv[1:] if sys.argv[1:] else [args.experiment])} --resume"
+                  .replace(" --resume --resume", " --resume"), file=sys.stderr)
+            return 130
+        if result.state == "failed":
+            print(f"{run}: FAILED: {result.message}", file=sys.stderr)
+        results.append(result)
+
+    print()
+    print(summary_table(results))
+    if not args.no_figures:
+        draw_figures(exp_dir, Path(args.figures) / ("quick" if exp.quick else ""))
+    return 1 if any(r.state == "failed" for r in results) else 0
+
+
+def draw_figures(exp_dir, out):
+    from resnet_repro import analysis
+
+    drawn = analysis.draw([exp_dir], out, fig7=False)
+    for name, what in drawn.items():
+        if isinstance(what, str):
+            continue
+        print(f"figure {name}: {', '.join(str(p) for p in what)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""The training engine: one run of the paper's recipe, one CSV row per epoch, resumable exactly.
+
+Iteration based like the paper: an epoch is one pass over a fresh permutation of the training split
+in full batches (the remainder is left out, a different one each epoch); the run stops at
+`spec.iterations`, possibly inside an epoch, which then gets its row too. The training error of a row is
+over that epoch's augmented mini-batches in train mode, as the paper's curves; the test error is over
+the whole evaluation split. Metrics are summed on the device and read once per log interval, not per step.
+"""
+
+import contextlib
+import csv
+import math
+import signal
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from resnet_repro import checkpoint as ckpt
+from resnet_repro.checkpoint import RunDirError
+from resnet_repro.data import augment, normalize
+from resnet_repro.models import build_model, num_params, parse_name
+
+LOG_EVERY = 50  # iterations between progress-bar updates (each one is a host-device sync)
+WARMUP_CHECK = 50  # iterations between checks of the warm-up's training error
+# config.json keys that may differ on --resume (where and when it runs, not what it computes)
+ENVIRONMENT_KEYS = ("device", "torch", "commit", "python", "data_dir", "started")
+
+
+class RunFailed(Exception):
+    """The run cannot go on (non-finite loss, out of memory, full disk); its directory says why."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM: the step finished and a checkpoint was written."""
+
+
+@dataclass
+class RunResult:
+    run: str
+    state: str  # done | failed | interrupted | skipped
+    params: int
+    final_train_err: float = math.nan
+    final_test_err: float = math.nan
+    best_test_err: float = math.nan
+    minutes: float = 0.0
+    message: str = ""
+
+
+def lr_at(it, spec, warmup_end=None):
+    """The learning rate of iteration `it` (0-based). warmup_end: the iteration at which the warm-up
+    ended (None while it lasts; ignored without warm-up)."""
+    if spec.warmup_lr > 0 and (warmup_end is None or it < warmup_end):
+        return spec.warmup_lr
+    return spec.lr * spec.lr_decay ** sum(it >= m for m in spec.milestones)
+
+
+def git_commit():
+    root = Path(__file__).resolve().parent.parent
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10)  # noqa: E731
+        commit = run("rev-parse", "--short", "HEAD").stdout.strip()
+        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device):
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def run_config(spec, dataset, *, experiment, run, quick, device, data_dir):
+    """What config.json records: the resolved spec, the model's facts, the data and the environment."""
+    kind, depth = parse_name(spec.model)
+    model = build_model(spec.model, dataset.num_classes, spec.shortcut, spec.stem)
+    return {
+        "experiment": experiment,
+        "run": run,
+        **asdict(spec),
+        "shortcut": model.shortcut,
+        "stem": model.stem,
+        "depth": depth,
+        "residual": kind == "resnet",
+        "params": num_params(model),
+        "num_classes": dataset.num_classes,
+        "dataset": dataset.name,
+        "dataset_checksum": dataset.checksum,
+        "train_images": len(dataset.train),
+        "test_images": len(dataset.test),
+        "quick": quick,
+        "device": device_name(device),
+        "torch": str(torch.__version__),
+        "commit": git_commit(),
+        "python": sys.version.split()[0],
+        "data_dir": str(data_dir),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def prepare_run_dir(run_dir, config, resume, overwrite):
+    """Create the run directory, or check an existing one against `config`. Returns the checkpoint to
+    resume from (or None). Never overwrites results unless asked."""
+    run_dir = Path(run_dir)
+    exists = (run_dir / "config.json").exists()
+    if exists and overwrite:
+        for p in run_dir.iterdir():
+            if p.name != "lock":
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        exists = False
+    if exists and not resume:
+        raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to start it again.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not exists:
+        ckpt.write_json(config, run_dir / "config.json")
+        return None
+    old = ckpt.read_json(run_dir / "config.json")
+    diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in config.items() if k not in ENVIRONMENT_KEYS and _json(old.get(k)) != _json(v)]
+    if diffs:
+        raise RunDirError(f"{run_dir} holds a run with a different config ({'; '.join(diffs)}); pass --overwrite to start it again, or --out elsewhere.")
+    path = run_dir / "checkpoint.pt"
+    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+
+
+def _json(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """SIGINT/SIGTERM set a flag that the loop reads after each step; a second SIGINT stops at once."""
+    flag = {"signal": None}
+
+    def handler(signum, frame):
+        if flag["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["signal"] = signal.Signals(signum).name
+        tqdm.write(f"{flag['signal']}: finishing this step and writing a checkpoint (Ctrl-C again to stop at once)")
+
+    installed = {}
+    try:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            installed[s] = signal.signal(s, handler)
+    except ValueError:  # not the main thread: no signal handling
+        pass
+    try:
+        yield flag
+    finally:
+        for s, previous in installed.items():
+            signal.signal(s, previous)
+
+
+def autocast(device, spec):
+    device = torch.device(device)
+    bf16 = spec.precision == "bf16" or (spec.precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+@torch.no_grad()
+def evaluate(model, split, mean, spec, device):
+    """Mean loss and error (%) over a whole split, in eval mode, one host sync at the end."""
+    model.eval()
+    sums = torch.zeros(2, device=device, dtype=torch.float64)
+    for i in range(0, len(split), spec.eval_batch_size):
+        x = normalize(split.images[i : i + spec.eval_batch_size], mean)
+        if spec.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = split.labels[i : i + spec.eval_batch_size]
+        with autocast(device, spec):
+            logits = model(x)
+        sums += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum"), (logits.argmax(1) != y).sum()])
+    model.train()
+    loss_sum, errors = sums.tolist()
+    return loss_sum / len(split), 100.0 * errors / len(split)
+
+
+def train(spec, dataset, run_dir, *, experiment, run, device="cpu", quick=False, data_dir="data",
+          resume=False, overwrite=False, progress=True, deterministic=False):
+    """Train one run into `run_dir`. Returns a RunResult; raises RunDirError for a run directory that
+    cannot be used, Interrupted on SIGINT/SIGTERM (after a checkpoint)."""
+    device = torch.device(device)
+    run_dir = Path(run_dir)
+    config = run_config(spec, dataset, experiment=experiment, run=run, quick=quick, device=device, data_dir=data_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with ckpt.RunLock(run_dir):
+        if resume and ckpt.read_status(run_dir)["state"] == "done" and (run_dir / "final.pt").exists():
+            prepare_run_dir(run_dir, config, resume=True, overwrite=False)  # still refuses a changed config
+            return _result_from_csv(run_dir, config, "skipped", "already done")
+        state = prepare_run_dir(run_dir, config, resume, overwrite)
+        ckpt.write_status(run_dir, "running")
+        try:
+            return _train(spec, dataset, run_dir, config, state, device, progress, deterministic)
+        except Interrupted as e:
+            ckpt.write_status(run_dir, "interrupted", str(e))
+            raise
+        except (RunFailed, ckpt.DiskFull) as e:
+            ckpt.write_status(run_dir, "failed", str(e))
+            return _result_from_csv(run_dir, config, "failed", str(e))
+        except torch.OutOfMemoryError:
+            message = f"out of GPU memory at batch size {spec.batch_size}; try a smaller batch (--set batch_size={spec.batch_size // 2}) or fewer concurrent runs"
+            ckpt.write_status(run_dir, "failed", message)
+            return _result_from_csv(run_dir, config, "failed", message)
+        except KeyboardInterrupt:
+            ckpt.write_status(run_dir, "interrupted", "stopped at once by a second Ctrl-C; --resume continues from the last epoch's checkpoint")
+            raise
+
+
+def _train(spec, dataset, run_dir, config, state, device, progress, deterministic):
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.model, dataset.num_classes, spec.shortcut, spec.stem)  # init on the CPU: same weights on any device
+    model = model.to(device, memory_format=torch.channels_last if spec.channels_last else torch.contiguous_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    forward = torch.compile(model) if spec.compile else model
+    generator = torch.Generator(device=device).manual_seed(spec.seed)
+    train_split, mean = dataset.train, dataset.mean
+    per_epoch = len(train_split) // spec.batch_size
+    if per_epoch == 0:
+        raise RunFailed(f"the training split has {len(train_split)} images, fewer than one batch of {spec.batch_size}")
+
+    it, epoch, rows, warmup_end, best = 0, 0, 0, None, math.inf
+    perm, pos, sums, train_seconds = None, 0, None, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        it, epoch, rows, warmup_end, best = state["iteration"], state["epoch"], state["csv_rows"], state["warmup_end"], state["best_test_err"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        generator.set_state(state["rng"]["data"])
+        if state["perm"] is not None:
+            perm, pos, sums, train_seconds = state["perm"].to(device), state["pos"], state["sums"].to(device), state["train_seconds"]
+        ckpt.truncate_rows(run_dir / "metrics.csv", rows)
+        tqdm.write(f"{config['run']}: resuming at iteration {it} (epoch {epoch + 1})")
+
+    def save_checkpoint():
+        ckpt.save({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": it, "epoch": epoch,
+            "csv_rows": rows, "warmup_end": warmup_end, "best_test_err": best,
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                    "data": generator.get_state()},
+            "perm": None if perm is None else perm.cpu(), "pos": pos, "sums": None if sums is None else sums.cpu(),
+            "train_seconds": train_seconds, "config": config,
+        }, run_dir / "checkpoint.pt")  # fmt: skip
+
+    model.train()
+    first_bad = torch.full((), -1, device=device, dtype=torch.int64)  # first iteration with a non-finite loss
+    bar = tqdm(total=spec.iterations, initial=it, desc=config["run"], unit="it", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    with stop_requests() as stop, bar:
+        while it < spec.iterations:
+            if perm is None:
+                perm = torch.randperm(len(train_split), device=device, generator=generator)
+                pos, train_seconds = 0, 0.0
+                sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, errors, images
+            window = sums.clone()
+            start = time.perf_counter()
+            while pos < per_epoch and it < spec.iterations and stop["signal"] is None:
+                lr = lr_at(it, spec, warmup_end)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                idx = perm[pos * spec.batch_size : (pos + 1) * spec.batch_size]
+                x = augment(normalize(train_split.images[idx], mean), generator)
+                if spec.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = train_split.labels[idx]
+                with autocast(device, spec):
+                    logits = forward(x)
+                loss = F.cross_entropy(logits.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss = loss.detach()
+                sums += torch.stack([loss * len(y), (logits.argmax(1) != y).sum(), torch.tensor(len(y), device=device)])
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), it, first_bad)
+                it, pos = it + 1, pos + 1
+                if spec.warmup_lr > 0 and warmup_end is None and it % WARMUP_CHECK == 0:
+                    d = (sums - window).tolist()  # sync
+                    window = sums.clone()
+                    if 100.0 * d[1] / d[2] < spec.warmup_until_err:
+                        warmup_end = it
+                        tqdm.write(f"{config['run']}: warm-up ended at iteration {it} (training error {100.0 * d[1] / d[2]:.1f}%)")
+                if it % LOG_EVERY == 0:
+                    _check_finite(first_bad, spec, warmup_end)  # sync
+                    loss_sum, errors, n = sums.tolist()
+                    bar.set_postfix_str(f"lr={lr:.3g} loss={loss_sum / n:.3f} err={100 * errors / n:.1f}% "
+                                        f"img/s={n / (train_seconds + time.perf_counter() - start):.0f}")
+                    bar.update(it - bar.n)
+            _check_finite(first_bad, spec, warmup_end)
+            loss_sum, errors, n = sums.tolist()  # sync: the epoch's training time is complete here
+            train_seconds += time.perf_counter() - start
+            if stop["signal"] is not None:
+                save_checkpoint()
+                raise Interrupted(f"{stop['signal']} at iteration {it}; checkpoint written. Continue with the same command plus --resume.")
+
+            eval_start = time.perf_counter()
+            test_loss, test_err = evaluate(forward, dataset.test, mean, spec, device)
+            epoch_seconds = train_seconds + time.perf_counter() - eval_start
+            best = min(best, test_err)
+            epoch += 1
+            ckpt.append_row(run_dir / "metrics.csv", {
+                "experiment": config["experiment"], "run": config["run"], "model": spec.model, "depth": config["depth"],
+                "residual": config["residual"], "epoch": epoch, "iteration": it, "lr": lr_at(it - 1, spec, warmup_end),
+                "train_loss": f"{loss_sum / n:.6g}", "train_err": f"{100 * errors / n:.4f}", "test_loss": f"{test_loss:.6g}",
+                "test_err": f"{test_err:.4f}", "epoch_seconds": f"{epoch_seconds:.3f}", "images_per_second": f"{n / train_seconds:.1f}",
+            })  # fmt: skip
+            rows += 1
+            perm, pos, sums = None, 0, None
+            save_checkpoint()
+            bar.update(it - bar.n)
+            bar.set_postfix_str(f"epoch {epoch}: train err {100 * errors / n:.1f}%, test err {test_err:.2f}%")
+
+    ckpt.save({"model": model.state_dict(), "config": config}, run_dir / "final.pt")
+    ckpt.write_status(run_dir, "done")
+    return _result_from_csv(run_dir, config, "done")
+
+
+def _check_finite(first_bad, spec, warmup_end):
+    bad = int(first_bad)
+    if bad >= 0:
+        raise RunFailed(f"non-finite loss at iteration {bad} (lr {lr_at(bad, spec, warmup_end):g}); stopped, the last good checkpoint is kept")
+
+
+def _result_from_csv(run_dir, config, state, message=""):
+    path = Path(run_dir) / "metrics.csv"
+    rows = []
+    if path.exists():
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+    result = RunResult(config["run"], state, config["params"], message=message)
+    if rows:
+        result.final_train_err = float(rows[-1]["train_err"])
+        result.final_test_err = float(rows[-1]["test_err"])
+        result.best_test_err = min(float(r["test_err"]) for r in rows)
+        result.minutes = sum(float(r["epoch_seconds"]) for r in rows) / 60
+    return result
+

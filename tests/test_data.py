@@ -1,0 +1,148 @@
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torchvision import datasets
+
+from conftest import CLASSES, write_cifar10_python_tgz, write_image_folder, write_tar_gz
+from resnet_repro import data
+from resnet_repro.data import DataError
+
+
+def test_image_folder_decodes_exact_pixels_and_labels(image_folder):
+    root, written = image_folder
+    ds = data.load(str(root))
+    assert ds.classes == CLASSES and ds.num_classes == 3
+    assert ds.train.images.dtype == torch.uint8 and ds.train.images.shape == (12, 3, 32, 32)
+    # Files are read class by class; match each decoded image to the one written (PNG is lossless).
+    images, labels = written["train"]
+    order = np.lexsort((np.arange(len(labels)), labels))
+    assert torch.equal(ds.train.images, torch.from_numpy(images[order]).permute(0, 3, 1, 2))
+    assert ds.train.labels.tolist() == labels[order].tolist()
+    assert len(ds.test) == 6
+    torch.testing.assert_close(ds.mean, ds.train.images.float().mean(0) / 255)
+
+
+def test_nested_tar_gz_is_decoded_once_then_read_from_cache(image_folder, tmp_path, monkeypatch):
+    root, _ = image_folder
+    archive = write_tar_gz(root, tmp_path / "tiny.tar.gz", arcname="Tiny-Images")
+    first = data.load(str(archive), data_dir=tmp_path / "d")
+    assert len(list((tmp_path / "d" / "cache").glob("*.pt"))) == 1
+    monkeypatch.setattr(data, "_decode_tree", lambda *a: pytest.fail("decoded again instead of using the cache"))
+    second = data.load(str(archive), data_dir=tmp_path / "d")
+    assert torch.equal(first.train.images, second.train.images) and first.checksum == second.checksum
+    assert first.name == "tiny.tar.gz" and first.classes == CLASSES
+
+
+def test_bundled_mini_cifar10_is_real_and_class_balanced():
+    ds = data.load("mini", data_dir="data")
+    assert ds.name.startswith("CIFAR-10 mini (JPEG q75 copy")
+    assert ds.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert torch.bincount(ds.train.labels).tolist() == [500] * 10
+    assert torch.bincount(ds.test.labels).tolist() == [100] * 10
+    # Real photos, not noise: CIFAR-10's mean pixel is about (0.49, 0.48, 0.45).
+    torch.testing.assert_close(ds.mean.mean((1, 2)), torch.tensor([0.49, 0.48, 0.45]), atol=0.03, rtol=0)
+
+
+def test_torchvision_cifar10_path_downloads_verifies_and_loads(tmp_path, monkeypatch, http_dir):
+    folder, url = http_dir
+    tgz = folder / "cifar-10-python.tar.gz"
+    written, md5s = write_cifar10_python_tgz(tgz)
+    monkeypatch.setattr(datasets.CIFAR10, "url", f"{url}/cifar-10-python.tar.gz")
+    monkeypatch.setattr(datasets.CIFAR10, "tgz_md5", hashlib.md5(tgz.read_bytes()).hexdigest())
+    monkeypatch.setattr(datasets.CIFAR10, "train_list", [[f"data_batch_{i}", md5s[f"data_batch_{i}"]] for i in range(1, 6)])
+    monkeypatch.setattr(datasets.CIFAR10, "test_list", [["test_batch", md5s["test_batch"]]])
+    monkeypatch.setattr(datasets.CIFAR10, "meta", {**datasets.CIFAR10.meta, "md5": md5s["batches.meta"]})
+    ds = data.load("cifar10", data_dir=tmp_path / "data")
+    assert ds.name == "CIFAR-10" and ds.num_classes == 10
+    assert torch.equal(ds.train.images, torch.from_numpy(written["train"][0]).permute(0, 3, 1, 2))
+    assert ds.test.labels.tolist() == written["test"][1].tolist()
+
+
+def test_torchvision_checksum_mismatch_is_one_clear_error(tmp_path, monkeypatch, http_dir):
+    folder, url = http_dir
+    write_cifar10_python_tgz(folder / "cifar-10-python.tar.gz")
+    monkeypatch.setattr(datasets.CIFAR10, "url", f"{url}/cifar-10-python.tar.gz")
+    monkeypatch.setattr(datasets.CIFAR10, "tgz_md5", "0" * 32)
+    with pytest.raises(DataError, match="checksum mismatch"):
+        data.load("cifar10", data_dir=tmp_path / "data")
+
+
+def test_offline_cifar10_says_what_was_tried_and_what_to_pass(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.CIFAR10, "url", "http://nonexistent.invalid/cifar-10-python.tar.gz")
+    with pytest.raises(DataError) as e:
+        data.load("cifar10", data_dir=tmp_path)
+    msg = str(e.value)
+    assert "could not get CIFAR-10" in msg and "nonexistent.invalid" in msg and "--data PATH" in msg and "--quick" in msg
+
+
+def test_missing_path_and_corrupt_archive(tmp_path, image_folder):
+    with pytest.raises(DataError, match="does not exist"):
+        data.load(str(tmp_path / "nope.tar.gz"))
+    root, _ = image_folder
+    archive = write_tar_gz(root, tmp_path / "t.tar.gz", arcname="t")
+    blob = archive.read_bytes()
+    archive.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataError, match="corrupt or unreadable archive"):
+        data.load(str(archive), data_dir=tmp_path / "d")
+
+
+def test_wrong_size_too_few_classes_and_mismatched_classes(tmp_path):
+    write_image_folder(tmp_path / "big", size=40)
+    with pytest.raises(DataError, match="40x40.*32x32"):
+        data.load(str(tmp_path / "big"))
+    write_image_folder(tmp_path / "one", classes=["cat"])
+    with pytest.raises(DataError, match="at least 2"):
+        data.load(str(tmp_path / "one"))
+    write_image_folder(tmp_path / "odd")
+    shutil.rmtree(tmp_path / "odd" / "test" / "bird")
+    with pytest.raises(DataError, match="test/ classes"):
+        data.load(str(tmp_path / "odd"))
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(DataError, match="no train/"):
+        data.load(str(tmp_path / "empty"))
+
+
+def test_undecodable_image_is_named(image_folder):
+    root, _ = image_folder
+    bad = root / "train" / "bird" / "9999.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(DataError, match="9999.png"):
+        data.load(str(root))
+
+
+def test_val_split_is_fixed_and_disjoint(image_folder):
+    root, _ = image_folder
+    a, b = data.load(str(root), val_size=4), data.load(str(root), val_size=4)
+    assert len(a.train) == 8 and len(a.test) == 4 and "8/4 train/val" in a.name
+    assert torch.equal(a.test.images, b.test.images)
+    full = data.load(str(root))
+    rows = {tuple(x.flatten().tolist()) for x in full.train.images}
+    assert rows == {tuple(x.flatten().tolist()) for x in torch.cat([a.train.images, a.test.images])}
+    torch.testing.assert_close(a.mean, a.train.images.float().mean(0) / 255)
+
+
+def test_normalize_subtracts_the_per_pixel_mean():
+    images = torch.tensor([[[[0, 255]]]], dtype=torch.uint8).expand(1, 3, 1, 2)
+    mean = torch.full((3, 1, 2), 0.5)
+    torch.testing.assert_close(data.normalize(images, mean), torch.tensor([-0.5, 0.5]).expand(1, 3, 1, 2))
+
+
+def test_augment_crops_and_flips_each_image_independently():
+    torch.manual_seed(0)
+    x = torch.randn(256, 3, 32, 32)
+    out = data.augment(x, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    found = set()
+    for i in range(len(x)):  # every output is some crop of the padded image, flipped or not
+        match = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (0, 1)
+                 if torch.equal(out[i], (lambda c: c.flip(2) if f else c)(padded[i, :, dy:dy + 32, dx:dx + 32]))]
+        assert match, i
+        found.add(match[0])
+    flips = sum(f for _, _, f in found)
+    assert len(found) > 100 and 0.3 < flips / len(found) < 0.7
+    # Seeded: the same generator state gives the same batch.
+    assert torch.equal(out, data.augment(x, torch.Generator().manual_seed(1)))

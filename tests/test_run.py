@@ -1,0 +1,91 @@
+import json
+
+import pytest
+
+from conftest import write_image_folder
+from resnet_repro import run
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    write_image_folder(root, n_train=32, n_test=8)
+    return root
+
+
+def experiment(tmp_path, tiny_dir, extra=""):
+    path = tmp_path / "pair.toml"
+    path.write_text(f"""
+description = "a tiny plain/residual pair"
+runs = ["plain8", "resnet8"]
+[train]
+data = "{tiny_dir}"
+batch_size = 16
+iterations = 4
+milestones = [2, 3]
+eval_batch_size = 8
+{extra}
+""")
+    return str(path)
+
+
+def cli(*argv):
+    return run.main([*map(str, argv), "--no-progress"])
+
+
+def test_list_shows_every_experiment_with_its_line(capsys):
+    assert cli("--list") == 0
+    out = capsys.readouterr().out
+    assert "degradation" in out and "Fig. 1" in out and "plain20, plain56, resnet20, resnet56" in out
+
+
+def test_unknown_experiment_is_a_usage_error_without_traceback(capsys):
+    assert cli("nope") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown experiment 'nope'") and "Traceback" not in err
+
+
+def test_runs_a_pair_prints_a_summary_then_refuses_to_overwrite(tmp_path, tiny_dir, capsys):
+    exp = experiment(tmp_path, tiny_dir)
+    assert cli(exp, "--out", tmp_path / "res", "--no-figures", "--device", "cpu") == 0
+    out = capsys.readouterr().out
+    table = out[out.index("run "):].splitlines()
+    assert table[0].split() == ["run", "params", "train", "err", "test", "err", "best", "test", "minutes", "state"]
+    assert table[1].split()[0] == "plain8" and table[1].split()[-1] == "done" and table[2].split()[0] == "resnet8"
+    for r in ("plain8", "resnet8"):
+        assert (tmp_path / "res" / "pair" / r / "metrics.csv").exists()
+    assert cli(exp, "--out", tmp_path / "res", "--no-figures") == 2
+    assert "already holds runs plain8, resnet8; pass --resume" in capsys.readouterr().err
+    assert cli(exp, "--out", tmp_path / "res", "--no-figures", "--resume") == 0
+    assert capsys.readouterr().out.count("skipped") == 2
+
+
+def test_overrides_reach_the_runs(tmp_path, tiny_dir):
+    exp = experiment(tmp_path, tiny_dir)
+    assert cli(exp, "--out", tmp_path / "res", "--no-figures", "--runs", "resnet8", "--seed", "7", "--iterations", "2", "--set", "lr=0.05") == 0
+    config = json.loads((tmp_path / "res" / "pair" / "resnet8" / "config.json").read_text())
+    assert (config["seed"], config["iterations"], config["lr"], config["milestones"]) == (7, 2, 0.05, [1, 2])
+    assert not (tmp_path / "res" / "pair" / "plain8").exists()
+
+
+def test_a_failing_run_does_not_stop_the_others(tmp_path, tiny_dir, capsys):
+    exp = experiment(tmp_path, tiny_dir, extra="[run.plain8]\nlr = 1e30\n")
+    assert cli(exp, "--out", tmp_path / "res", "--no-figures") == 1
+    captured = capsys.readouterr()
+    assert "plain8: FAILED: non-finite loss at iteration" in captured.err
+    lines = {line.split()[0]: line for line in captured.out.splitlines() if line.startswith(("plain8", "resnet8"))}
+    assert "failed" in lines["plain8"] and lines["resnet8"].split()[-1] == "done"
+
+
+def test_missing_data_is_one_clear_message(tmp_path, capsys):
+    assert cli("degradation", "--data", tmp_path / "nowhere", "--out", tmp_path / "res") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err and "--quick" in err
+
+
+def test_help_teaches_with_examples(capsys):
+    with pytest.raises(SystemExit) as e:
+        run.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "degradation --quick" in out and "--resume" in out and "examples:" in out

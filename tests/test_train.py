@@ -1,0 +1,163 @@
+import csv
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from conftest import write_image_folder
+from resnet_repro import checkpoint as ckpt
+from resnet_repro import data, train
+from resnet_repro.config import TrainSpec
+from resnet_repro.models import build_model
+
+TIMING = ("epoch_seconds", "images_per_second", "run")  # and the run name, which differs
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    write_image_folder(root, n_train=48, n_test=12)
+    return data.load(str(root))
+
+
+def spec(**kw):
+    base = dict(model="resnet8", data="tiny", batch_size=16, iterations=10, milestones=(5, 8), eval_batch_size=8)
+    return TrainSpec(**{**base, **kw})
+
+
+def run(s, ds, run_dir, **kw):
+    return train.train(s, ds, run_dir, experiment="exp", run=run_dir.name, progress=False, **kw)
+
+
+def rows(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_lr_schedule_is_a_pure_function_of_the_iteration():
+    s = TrainSpec(lr=0.1, milestones=(32000, 48000))
+    assert [train.lr_at(i, s) for i in (0, 31999, 32000, 47999, 48000, 63999)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    w = TrainSpec(lr=0.1, milestones=(32000, 48000), warmup_lr=0.01)
+    assert train.lr_at(100, w, None) == 0.01 and train.lr_at(399, w, 400) == 0.01 and train.lr_at(400, w, 400) == 0.1
+
+
+def test_a_run_writes_its_csv_config_status_and_final_weights(tiny, tmp_path):
+    result = run(spec(), tiny, tmp_path / "resnet8")
+    d = tmp_path / "resnet8"
+    r = rows(d)
+    with open(d / "metrics.csv") as f:
+        assert f.readline().strip().split(",") == list(ckpt.CSV_COLUMNS)
+    assert [int(x["epoch"]) for x in r] == [1, 2, 3, 4] and [int(x["iteration"]) for x in r] == [3, 6, 9, 10]
+    assert [float(x["lr"]) for x in r] == pytest.approx([0.1, 0.01, 0.001, 0.001])
+    assert {x["experiment"] for x in r} == {"exp"} and r[0]["residual"] == "True" and r[0]["depth"] == "8"
+    for x in r:
+        assert 0 <= float(x["train_err"]) <= 100 and 0 <= float(x["test_err"]) <= 100 and float(x["images_per_second"]) > 0
+    config = json.loads((d / "config.json").read_text())
+    assert config["model"] == "resnet8" and config["seed"] == 0 and config["params"] == result.params
+    assert config["dataset"] == tiny.name and config["dataset_checksum"] == tiny.checksum and config["shortcut"] == "A"
+    assert {"torch", "device", "commit", "milestones"} <= set(config)
+    assert json.loads((d / "status.json").read_text())["state"] == "done"
+    final = torch.load(d / "final.pt", weights_only=False)
+    build_model("resnet8", 3).load_state_dict(final["model"], strict=True)
+    assert result.state == "done" and result.final_test_err == float(r[-1]["test_err"])
+    assert result.best_test_err == min(float(x["test_err"]) for x in r)
+
+
+def test_training_reduces_the_loss(tiny, tmp_path):
+    r = rows(tmp_path / "p" if run(spec(iterations=30, milestones=(), lr=0.05), tiny, tmp_path / "p") else None)
+    assert float(r[-1]["train_loss"]) < float(r[0]["train_loss"])
+
+
+def test_existing_run_is_never_silently_overwritten(tiny, tmp_path):
+    d = tmp_path / "r"
+    run(spec(), tiny, d)
+    with pytest.raises(ckpt.RunDirError, match="--resume .* --overwrite"):
+        run(spec(), tiny, d)
+    assert run(spec(), tiny, d, resume=True).state == "skipped"  # finished: nothing to redo
+    with pytest.raises(ckpt.RunDirError, match=r"different config \(lr: 0.1 -> 0.2\)"):
+        run(spec(lr=0.2), tiny, d, resume=True)
+    assert run(spec(lr=0.2), tiny, d, overwrite=True).state == "done"
+    assert json.loads((d / "config.json").read_text())["lr"] == 0.2
+
+
+def interrupt_at(monkeypatch, step):
+    """Send SIGINT to ourselves from inside the `step`-th augmentation call (mid-iteration)."""
+    calls = {"n": 0}
+    real = train.augment
+
+    def augment(x, g):
+        calls["n"] += 1
+        if calls["n"] == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(x, g)
+
+    monkeypatch.setattr(train, "augment", augment)
+
+
+@pytest.fixture(scope="module")
+def whole(tiny, tmp_path_factory):
+    d = tmp_path_factory.mktemp("whole") / "whole"
+    run(spec(), tiny, d, deterministic=True)
+    return d
+
+
+@pytest.mark.parametrize("stop_at", [2, 3, 7])  # mid-epoch, the last step of an epoch, another epoch
+def test_sigint_checkpoints_and_resume_is_exact(tiny, whole, tmp_path, monkeypatch, stop_at):
+    broken = tmp_path / "broken"
+    interrupt_at(monkeypatch, stop_at)
+    with pytest.raises(train.Interrupted, match=f"iteration {stop_at}; checkpoint written"):
+        run(spec(), tiny, broken, deterministic=True)
+    assert json.loads((broken / "status.json").read_text())["state"] == "interrupted"
+    monkeypatch.undo()
+    run(spec(), tiny, broken, resume=True, deterministic=True)
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING} for r in rs]  # noqa: E731
+    assert strip(rows(broken)) == strip(rows(whole))
+    a, b = torch.load(whole / "final.pt")["model"], torch.load(broken / "final.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rows_newer_than_the_checkpoint_are_dropped_on_resume(tiny, tmp_path):
+    d = tmp_path / "r"
+    interrupt_at_epoch_end = spec(iterations=6, milestones=())
+    run(interrupt_at_epoch_end, tiny, d)
+    # Simulate a kill between writing epoch 2's row and its checkpoint: roll the checkpoint back.
+    state = torch.load(d / "checkpoint.pt", weights_only=False)
+    assert state["csv_rows"] == 2
+    ckpt.write_status(d, "interrupted")
+    (d / "final.pt").unlink()
+    whole = rows(d)
+    # An extra, stale row beyond the checkpoint must go, not be duplicated.
+    with open(d / "metrics.csv", "a") as f:
+        f.write(",".join(["stale"] * len(ckpt.CSV_COLUMNS)) + "\n")
+    run(spec(iterations=6, milestones=()), tiny, d, resume=True)
+    assert [r["epoch"] for r in rows(d)] == [r["epoch"] for r in whole]
+
+
+def test_non_finite_loss_fails_the_run_naming_iteration_and_lr(tiny, tmp_path):
+    d = tmp_path / "nan"
+    result = run(spec(lr=1e30, milestones=()), tiny, d)
+    assert result.state == "failed"
+    assert "non-finite loss at iteration" in result.message and "lr 1e+30" in result.message
+    status = json.loads((d / "status.json").read_text())
+    assert status["state"] == "failed" and "non-finite" in status["message"]
+    assert not (d / "final.pt").exists()
+
+
+def test_warmup_holds_the_low_lr_until_the_error_falls(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "WARMUP_CHECK", 3)
+    d = tmp_path / "w"
+    run(spec(iterations=12, milestones=(), warmup_lr=0.01, warmup_until_err=101.0), tiny, d)
+    # Ended at the first check (iteration 3): the first epoch's last step still ran at the warm-up lr.
+    assert [float(r["lr"]) for r in rows(d)] == pytest.approx([0.01, 0.1, 0.1, 0.1])
+    d2 = tmp_path / "w2"
+    run(spec(iterations=12, milestones=(), warmup_lr=0.01, warmup_until_err=0.0), tiny, d2)
+    assert [float(r["lr"]) for r in rows(d2)] == pytest.approx([0.01] * 4)  # never ended
+
+
+def test_a_second_process_on_the_same_run_is_refused(tmp_path):
+    with ckpt.RunLock(tmp_path):
+        with pytest.raises(ckpt.RunDirError, match="in use by another process"):
+            with ckpt.RunLock(tmp_path):
+                pass
