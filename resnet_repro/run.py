@@ -155,11 +155,7 @@ def _main(args):
 def draw_figures(exp_dir, out):
     from resnet_repro import analysis
 
-    drawn = analysis.draw([exp_dir], out, fig7=False)
-    for name, what in drawn.items():
-        if isinstance(what, str):
-            continue
-        print(f"figure {name}: {', '.join(str(p) for p in what)}")
+    analysis.draw([exp_dir], out, fig7=False)  # prints what it drew and what it could not
 
 
 if __name__ == "__main__":

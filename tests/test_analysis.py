@@ -1,0 +1,422 @@
+import csv
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from resnet_repro import analysis, models
+from resnet_repro.analysis import compare, draw, final_metrics, load_runs
+
+COLUMNS = list(analysis.CSV_COLUMNS)
+FULL, MINI = "CIFAR-10 (JPEG q75 copy)", "CIFAR-10 mini (JPEG q75 copy, 500+100 per class)"
+
+
+def write_run(root, run, experiment="degradation", epochs=4, quick=False, stem=None, seed=0, offset=0.0, state="done"):
+    """A run directory as the engine writes it, with known curves; returns the CSV rows as dicts."""
+    kind, depth = models.parse_name(run)
+    run_dir = root / experiment / run
+    run_dir.mkdir(parents=True)
+    rows = []
+    for epoch in range(1, epochs + 1):
+        train_err = 60 / epoch + depth / 10 + offset  # deeper plain nets train worse, as the paper
+        rows.append({
+            "experiment": experiment, "run": run, "model": run, "depth": depth, "residual": kind == "resnet",
+            "epoch": epoch, "iteration": 391 * epoch, "lr": 0.1, "train_loss": train_err / 30, "train_err": train_err,
+            "test_loss": train_err / 25, "test_err": train_err + 3 - epoch % 2, "epoch_seconds": 10.0 + epoch,
+            "images_per_second": 5000.0,
+        })
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    stem = stem or ("imagenet" if models.is_imagenet_family(run) else "cifar")
+    config = {
+        "experiment": experiment, "run": run, "model": run, "depth": depth, "residual": kind == "resnet",
+        "shortcut": "A", "stem": stem, "num_classes": 10, "dataset": MINI if quick else FULL,
+        "dataset_checksum": "abc", "data": "mini" if quick else "cifar10", "data_dir": "data", "quick": quick,
+        "seed": seed, "device": "cpu", "torch": str(torch.__version__), "commit": "1234abc", "params": 1000 * depth,
+        "batch_size": 128, "iterations": 391 * epochs, "lr": 0.1, "milestones": [2, 3], "something_new": [1],
+    }
+    (run_dir / "config.json").write_text(json.dumps(config))
+    if state:
+        (run_dir / "status.json").write_text(json.dumps({"state": state, "message": ""}))
+    return rows
+
+
+def lines_by_gid(ax):
+    return {line.get_gid(): line for line in ax.get_lines()}
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def test_load_runs_is_tidy_typed_and_joined_with_config(tmp_path):
+    rows = write_run(tmp_path, "plain20")
+    write_run(tmp_path, "resnet20", epochs=3, state=None)
+    df = load_runs(tmp_path)
+    assert len(df) == 4 + 3
+    assert list(df.columns[: len(COLUMNS)]) == COLUMNS
+    assert {c: str(df[c].dtype) for c in ("depth", "epoch", "iteration", "residual", "quick", "seed", "params", "test_err")} == {
+        "depth": "int64", "epoch": "int64", "iteration": "int64", "residual": "bool", "quick": "bool",
+        "seed": "Int64", "params": "Int64", "test_err": "float64",
+    }
+    plain = df[df.run == "plain20"]
+    assert plain.train_err.tolist() == [r["train_err"] for r in rows]
+    assert plain.iteration.tolist() == [391, 782, 1173, 1564]
+    assert set(plain.dataset) == {FULL} and set(plain.shortcut) == {"A"} and set(plain.commit) == {"1234abc"}
+    assert set(plain.path) == {str(tmp_path / "degradation" / "plain20")}
+    assert dict(df.groupby("run").state.first()) == {"plain20": "done", "resnet20": "unknown"}
+    assert "something_new" not in df.columns
+
+
+def test_load_runs_accepts_root_experiment_or_run_dir_once_each(tmp_path):
+    write_run(tmp_path, "plain20")
+    write_run(tmp_path, "plain56")
+    run_dir = tmp_path / "degradation" / "plain20"
+    assert len(load_runs(tmp_path)) == len(load_runs(tmp_path / "degradation")) == 8
+    assert set(load_runs(run_dir).run) == {"plain20"}
+    assert len(load_runs(tmp_path, run_dir)) == 8  # overlapping paths: each run once
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_runs(tmp_path / "nowhere")
+
+
+def _cut_last_line(text):
+    return text[: text.rindex(",") - 2]
+
+
+def _drop_column(text):
+    return text.replace("test_loss,", "", 1)
+
+
+def _letters_in_line_3(text):
+    lines = text.splitlines(keepends=True)
+    lines[2] = lines[2].replace("0.1,", "abc,", 1)
+    return "".join(lines)
+
+
+def _short_line_2(text):
+    lines = text.splitlines(keepends=True)
+    lines[1] = ",".join(lines[1].split(",")[:5]) + "\n"
+    return "".join(lines)
+
+
+def _epochs_repeated(text):
+    lines = text.splitlines(keepends=True)
+    return "".join(lines + [lines[2]])
+
+
+@pytest.mark.parametrize(
+    "corrupt,where",
+    [
+        (_cut_last_line, r"line 5: cut off"),
+        (_drop_column, r"line 1: missing columns test_loss"),
+        (_letters_in_line_3, r"line 3, column lr: 'abc' is not a number"),
+        (_short_line_2, r"line 2: 5 fields, expected 14"),
+        (_epochs_repeated, r"line 6: epoch 2 after epoch 4"),
+    ],
+)
+def test_malformed_csv_raises_naming_file_and_line(tmp_path, corrupt, where):
+    write_run(tmp_path, "plain20")
+    path = tmp_path / "degradation" / "plain20" / "metrics.csv"
+    path.write_text(corrupt(path.read_text()))
+    with pytest.raises(ValueError) as e:
+        load_runs(tmp_path)
+    assert str(path) in str(e.value)
+    assert re.search(where, str(e.value)), str(e.value)
+
+
+def test_malformed_json_names_file_and_line(tmp_path):
+    write_run(tmp_path, "plain20")
+    path = tmp_path / "degradation" / "plain20" / "status.json"
+    path.write_text('{"state":\n "done",\n}')
+    with pytest.raises(ValueError, match=rf"{path}, line 3: not valid JSON"):
+        load_runs(tmp_path)
+
+
+def test_run_without_epochs_is_left_out_with_a_warning(tmp_path):
+    write_run(tmp_path, "plain20")
+    write_run(tmp_path, "plain56", state="running")
+    csv_path = tmp_path / "degradation" / "plain56" / "metrics.csv"
+    csv_path.write_text(csv_path.read_text().splitlines(keepends=True)[0])  # the header only
+    with pytest.warns(UserWarning, match=r"plain56: no epoch in metrics.csv yet \(state: running\)"):
+        df = load_runs(tmp_path)
+    assert set(df.run) == {"plain20"}
+    with pytest.raises(analysis.CannotDraw, match="^missing: plain56$"):
+        analysis.fig1(df)
+
+
+# --- per-run numbers ---------------------------------------------------------------------------
+
+
+def test_final_metrics_are_the_csv_last_and_best_values(tmp_path):
+    rows = write_run(tmp_path, "resnet56", epochs=5)
+    final = final_metrics(load_runs(tmp_path))
+    assert len(final) == 1
+    row = final.iloc[0]
+    assert row.final_train_err == rows[-1]["train_err"] and row.final_test_err == rows[-1]["test_err"]
+    assert row.best_test_err == min(r["test_err"] for r in rows)
+    assert row.minutes == pytest.approx(sum(r["epoch_seconds"] for r in rows) / 60)
+    assert (row.iterations, row.params, row.state, row.residual, row.depth) == (391 * 5, 56000, "done", True, 56)
+
+
+def test_compare_matches_by_run_name_and_gives_differences(tmp_path):
+    write_run(tmp_path / "a", "plain20", seed=0)
+    write_run(tmp_path / "a", "resnet20", seed=0)
+    b_rows = write_run(tmp_path / "b", "plain20", seed=1, offset=1.5)
+    both = load_runs(tmp_path)
+    assert both[both.run == "plain20"].path.nunique() == 2  # same name, told apart by path
+    out = compare(load_runs(tmp_path / "a"), load_runs(tmp_path / "b")).set_index("run")
+    assert out.loc["plain20", "final_test_err_b"] == b_rows[-1]["test_err"]
+    assert out.loc["plain20", "final_test_err_diff"] == pytest.approx(1.5)
+    assert out.loc["plain20", "final_train_err_diff"] == pytest.approx(1.5)
+    assert (out.loc["plain20", "seed_a"], out.loc["plain20", "seed_b"]) == (0, 1)
+    assert np.isnan(out.loc["resnet20", "final_test_err_b"])  # only in a
+    with pytest.raises(ValueError, match="several runs named plain20"):
+        compare(both, load_runs(tmp_path / "b"))
+
+
+# --- figures -----------------------------------------------------------------------------------
+
+
+def test_fig1_plots_the_csv_against_iterations(tmp_path):
+    curves = {run: write_run(tmp_path, run) for run in ("plain20", "plain56", "resnet20")}
+    fig = analysis.fig1(load_runs(tmp_path))
+    left, right = fig.axes
+    assert left.get_xlabel() == right.get_xlabel() == "iter. (1e4)"
+    assert (left.get_ylabel(), right.get_ylabel()) == ("training error (%)", "test error (%)")
+    for ax, column in ((left, "train_err"), (right, "test_err")):
+        lines = lines_by_gid(ax)
+        assert set(lines) == {f"plain20:{column[:-4]}", f"plain56:{column[:-4]}"}
+        for run in ("plain20", "plain56"):
+            line = lines[f"{run}:{column[:-4]}"]
+            assert list(line.get_xdata()) == [r["iteration"] / 1e4 for r in curves[run]]
+            assert list(line.get_ydata()) == [r[column] for r in curves[run]]
+        assert ax.get_ylim() == (0, 20)
+    assert [t.get_text() for t in left.get_legend().get_texts()] == ["20-layer", "56-layer"]
+    assert fig._suptitle is None  # full runs: no title, as the paper
+
+
+def test_fig6_draws_the_runs_that_exist_dashed_train_bold_test(tmp_path):
+    curves = {run: write_run(tmp_path, run) for run in ("plain20", "plain56", "resnet20", "resnet110")}
+    left, middle, right = analysis.fig6(load_runs(tmp_path)).axes
+    assert set(lines_by_gid(left)) == {"plain20:train", "plain20:test", "plain56:train", "plain56:test"}
+    assert set(lines_by_gid(middle)) == {"resnet20:train", "resnet20:test", "resnet110:train", "resnet110:test"}
+    assert set(lines_by_gid(right)) == {"resnet110:train", "resnet110:test"}
+    train, test = lines_by_gid(middle)["resnet110:train"], lines_by_gid(middle)["resnet110:test"]
+    assert train.get_linestyle() == "--" and test.get_linestyle() == "-"
+    assert test.get_linewidth() > train.get_linewidth()
+    assert list(test.get_ydata()) == [r["test_err"] for r in curves["resnet110"]]
+    assert (left.get_ylim(), middle.get_ylim(), right.get_ylim()) == ((0, 20), (0, 20), (5, 20))
+    assert "not run: ResNet-1202" in [t.get_text() for t in right.texts]
+    assert "not run: plain-32, plain-44" in [t.get_text() for t in left.texts]
+
+
+def test_fig4_is_labelled_cifar_variant_and_draws_thin_train_bold_test(tmp_path):
+    curves = {run: write_run(tmp_path, run, stem="cifar") for run in ("plain18", "plain34", "resnet18", "resnet34")}
+    fig = analysis.fig4(load_runs(tmp_path))
+    assert "CIFAR variant" in fig._suptitle.get_text()
+    left, right = fig.axes
+    assert set(lines_by_gid(left)) == {"plain18:train", "plain18:test", "plain34:train", "plain34:test"}
+    line = lines_by_gid(right)["resnet34:train"]
+    assert list(line.get_ydata()) == [r["train_err"] for r in curves["resnet34"]]
+    assert line.get_linewidth() < lines_by_gid(right)["resnet34:test"].get_linewidth()
+
+
+def test_quick_runs_are_labelled_and_not_clipped_to_the_papers_range(tmp_path):
+    for run in ("plain20", "plain56"):
+        write_run(tmp_path, run, experiment="degradation-quick", quick=True, offset=30)
+    fig = analysis.fig1(load_runs(tmp_path))
+    assert fig._suptitle.get_text() == f"quick run: {MINI}, short schedule"
+    assert fig.axes[0].get_ylim()[1] > 40
+
+
+def test_fig_depth_plots_final_errors_against_depth(tmp_path):
+    curves = {run: write_run(tmp_path, run) for run in ("plain20", "plain56", "resnet20", "resnet56", "resnet110")}
+    left, right = analysis.fig_depth(load_runs(tmp_path)).axes
+    plain = lines_by_gid(left)
+    assert [t.get_text() for t in left.get_xticklabels()] == ["20", "56", "110"]
+    assert list(plain["plain:train"].get_xdata()) == [0, 1]  # at the ticks of 20 and 56
+    assert list(plain["plain:train"].get_ydata()) == [curves["plain20"][-1]["train_err"], curves["plain56"][-1]["train_err"]]
+    assert list(lines_by_gid(right)["resnet:test"].get_ydata()) == [curves[r][-1]["test_err"] for r in ("resnet20", "resnet56", "resnet110")]
+    assert (left.get_title(), right.get_title()) == ("plain", "ResNet")
+
+
+def test_fig7_draws_network_order_and_sorted(tmp_path):
+    stds = {"plain20": [0.5, 2.0, 1.0], "resnet20": [1.0, 0.2, 0.7]}
+    top, bottom = analysis.fig7(stds).axes
+    assert list(lines_by_gid(top)["plain20:order"].get_ydata()) == [0.5, 2.0, 1.0]
+    assert list(lines_by_gid(bottom)["plain20:sorted"].get_ydata()) == [2.0, 1.0, 0.5]
+    assert list(lines_by_gid(bottom)["resnet20:sorted"].get_xdata()) == [1, 2, 3]
+    assert lines_by_gid(top)["plain20:order"].get_linestyle() == "--"
+    assert bottom.get_xlabel() == "layer index (sorted by magnitude)"
+
+
+# --- Fig. 7's numbers --------------------------------------------------------------------------
+
+
+def fixed_weights(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.3)
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return model
+
+
+def responses_by_hand(model, x):
+    """The BN outputs after every 3x3 conv, by a functional re-run of the CIFAR net in eval mode."""
+
+    def conv_bn(conv, bn, t):
+        t = F.conv2d(t, conv.weight, None, conv.stride, conv.padding)
+        return (t - bn.running_mean[:, None, None]) / (bn.running_var[:, None, None] + bn.eps).sqrt() * bn.weight[:, None, None] + bn.bias[:, None, None]
+
+    out = [conv_bn(model.conv1, model.bn1, x)]
+    h = out[-1].relu()
+    for block in [*model.layer1, *model.layer2, *model.layer3]:
+        out.append(conv_bn(block.conv1, block.bn1, h))
+        out.append(conv_bn(block.conv2, block.bn2, out[-1].relu()))
+        y = out[-1] + (h if block.downsample is None else block.downsample(h)) if block.residual else out[-1]
+        h = y.relu()
+    return out
+
+
+@pytest.mark.parametrize("name", ["plain8", "resnet8"])
+def test_layer_response_std_equals_hand_computation(name):
+    model = fixed_weights(models.build_model(name))
+    images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        by_hand = responses_by_hand(model, images)
+    # per channel: population std over N*H*W; then the mean over channels
+    expected = [r.transpose(0, 1).flatten(1).std(dim=1, unbiased=False).mean().item() for r in by_hand]
+    assert len(expected) == len(models.response_points(model)) == 7
+    got = analysis.layer_response_std(model, images, batch_size=4)  # 2 batches: running sums across them
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert got == pytest.approx(analysis.layer_response_std(model, images, batch_size=6), rel=1e-9)
+    assert len(set(np.round(got, 6))) == 7  # the layers do differ, so the order is checked too
+
+
+# --- draw, tables, command line ---------------------------------------------------------------
+
+
+def test_draw_writes_what_it_can_and_names_what_is_missing(tmp_path, capsys):
+    curves = {run: write_run(tmp_path, run) for run in ("plain20", "plain56", "resnet20", "resnet56")}
+    out = tmp_path / "figs"
+    result = draw([tmp_path / "degradation"], out, fig7=False)
+    for name in ("fig1", "fig6", "depth"):
+        assert result[name] == [out / f"{name}.png", out / f"{name}.pdf"]
+        assert all(p.stat().st_size > 1000 for p in result[name])
+    assert result["fig4"] == "missing: plain18, plain34, resnet18, resnet34"
+    assert result["table2"] == "missing: plain18, plain34, resnet18, resnet34"
+    assert result["fig7"] == "skipped"
+    printed = capsys.readouterr().out
+    assert "fig4: not drawn, missing: plain18, plain34, resnet18, resnet34" in printed
+    assert "fig6.png" in printed and "without plain32, plain44, resnet32" in printed
+
+    table = pd.read_csv(out / "table6.csv").set_index("depth")
+    assert list(table.index) == [20, 32, 44, 56, 110, 1202]
+    assert table.loc[20, "test_err"] == curves["resnet20"][-1]["test_err"]
+    assert table.loc[56, "best_test_err"] == min(r["test_err"] for r in curves["resnet56"])
+    assert table.loc[56, "paper_test_err"] == 6.97 and table.loc[56, "params"] == 56000
+    assert table.loc[20, "diff"] == pytest.approx(curves["resnet20"][-1]["test_err"] - 8.75)
+    assert np.isnan(table.loc[110, "test_err"])
+    markdown = (out / "table6.md").read_text()
+    assert f"| 20 | 0.02M | {curves['resnet20'][-1]['test_err']:.2f} |" in markdown and "| 8.75 |" in markdown
+
+    summary = pd.read_csv(out / "summary.csv").set_index("run")
+    assert summary.loc["plain56", "final_train_err"] == curves["plain56"][-1]["train_err"]
+    assert summary.loc["plain56", "minutes"] == pytest.approx(sum(r["epoch_seconds"] for r in curves["plain56"]) / 60)
+    assert "| plain56 |" in (out / "summary.md").read_text()
+
+
+def test_draw_reports_everything_missing_without_raising(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = draw(tmp_path / "empty", tmp_path / "figs")
+    assert result["fig1"] == "missing: plain20, plain56"
+    assert result["fig7"] == "missing: " + ", ".join(analysis.FIG7_RUNS)
+    assert result["summary"] == "missing: any run"
+    assert not list((tmp_path / "figs").glob("*.png"))
+
+
+def test_draw_puts_quick_runs_apart_and_labels_them(tmp_path):
+    for run in ("plain20", "plain56"):
+        write_run(tmp_path, run)
+        write_run(tmp_path, run, experiment="degradation-quick", quick=True)
+    result = draw(tmp_path, tmp_path / "figs", fig7=False)
+    assert result["fig1"] == [tmp_path / "figs" / "fig1.png", tmp_path / "figs" / "fig1.pdf"]
+    assert result["quick/fig1"] == [tmp_path / "figs" / "quick" / "fig1.png", tmp_path / "figs" / "quick" / "fig1.pdf"]
+    assert "quick run" in (tmp_path / "figs" / "quick" / "summary.md").read_text()
+    assert "quick run" not in (tmp_path / "figs" / "summary.md").read_text()
+
+
+def test_draw_reports_ambiguous_run_names(tmp_path):
+    write_run(tmp_path / "a", "plain20")
+    write_run(tmp_path / "b", "plain20")
+    write_run(tmp_path / "b", "plain56")
+    result = draw(tmp_path, tmp_path / "figs", fig7=False)
+    assert result["fig1"].startswith("ambiguous: plain20 in ")
+
+
+def test_table2_says_cifar_variant_is_not_comparable(tmp_path):
+    curves = {run: write_run(tmp_path, run, stem="cifar") for run in ("plain18", "plain34", "resnet34")}
+    table = analysis.table2(load_runs(tmp_path)).set_index("layers")
+    assert table.loc[34, "resnet"] == curves["resnet34"][-1]["test_err"]
+    assert table.loc[18, "plain"] == curves["plain18"][-1]["test_err"] and np.isnan(table.loc[18, "resnet"])
+    assert (table.loc[34, "paper_plain"], table.loc[34, "paper_resnet"]) == (28.54, 25.03)
+    assert not any("diff" in c for c in table.columns)
+    markdown = analysis.to_markdown(table.reset_index())
+    assert "CIFAR variant" in markdown and "Not comparable" in markdown
+
+
+def test_draw_fig7_from_final_weights(tmp_path, monkeypatch, capsys):
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    weights = {}
+    for run in ("plain20", "resnet20"):
+        write_run(tmp_path, run)
+        run_dir = tmp_path / "degradation" / run
+        weights[run] = fixed_weights(models.build_model(run), seed=len(weights))
+        config = json.loads((run_dir / "config.json").read_text())
+        torch.save({"model": weights[run].state_dict(), "config": config}, run_dir / "final.pt")
+    write_run(tmp_path, "resnet56")  # no final.pt: drawn without it
+    sources = []
+    monkeypatch.setattr(analysis, "_test_images", lambda source, data_dir, device: sources.append(source) or images)
+    result = draw(tmp_path, tmp_path / "figs", device="cpu")
+    assert result["fig7"] == [tmp_path / "figs" / n for n in ("fig7.csv", "fig7.png", "fig7.pdf")]
+    fig7_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("fig7: "))
+    assert fig7_line.endswith("fig7.pdf (without plain56, resnet56, resnet110)")
+    assert sources == ["cifar10"]  # the test set is loaded once, from the runs' config
+    table = pd.read_csv(tmp_path / "figs" / "fig7.csv")
+    for run, model in weights.items():
+        expected = analysis.layer_response_std(model, images)
+        assert table[table.run == run]["std"].tolist() == pytest.approx(expected, rel=1e-6)
+        assert table[table.run == run].module.tolist() == models.response_points(model)
+
+
+def test_cli_help_teaches_and_run_prints_drawn_missing_and_summary(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        analysis.main(["--help"])
+    assert e.value.code == 0
+    assert "examples:" in capsys.readouterr().out
+    rows = write_run(tmp_path, "plain20")
+    write_run(tmp_path, "plain56")
+    assert analysis.main([str(tmp_path), "--out", str(tmp_path / "figs"), "--no-fig7"]) == 0
+    printed = capsys.readouterr().out
+    assert "fig1.png" in printed and "fig4: not drawn, missing: plain18" in printed
+    assert f"| degradation | plain20 | 0.02M | {rows[-1]['train_err']:.2f} |" in printed
+    with pytest.raises(SystemExit) as e:
+        analysis.main([str(tmp_path / "nowhere")])
+    assert e.value.code == 2
+
+
+def test_the_csv_columns_are_the_engines():
+    from resnet_repro.checkpoint import CSV_COLUMNS
+
+    assert tuple(analysis.CSV_COLUMNS) == CSV_COLUMNS
