@@ -212,23 +212,45 @@ def train(spec, dataset, run_dir, *, experiment, run, device="cpu", quick=False,
             raise
 
 
+def setup_model(spec, num_classes, device):
+    """The model (initialised on the CPU from spec.seed, so any device starts from the same weights),
+    the callable that runs it (compiled or not), and its optimizer."""
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.model, num_classes, spec.shortcut, spec.stem)
+    model = model.to(device, memory_format=torch.channels_last if spec.channels_last else torch.contiguous_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
+                                fused=True if torch.device(device).type == "cuda" else None)
+    return model, (torch.compile(model) if spec.compile else model), optimizer
+
+
+def train_step(forward, optimizer, images, labels, mean, generator, spec, device):
+    """One SGD step on a batch of uint8 images: normalize, augment, forward under autocast, backward,
+    update. Returns the loss and the number of errors as device scalars: no host sync."""
+    x = augment(normalize(images, mean), generator)
+    if spec.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(device, spec):
+        logits = forward(x)
+    loss = F.cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), (logits.argmax(1) != labels).sum()
+
+
 def _train(spec, dataset, run_dir, config, state, device, progress, deterministic):
     if deterministic:
         torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
-    torch.manual_seed(spec.seed)
-    model = build_model(spec.model, dataset.num_classes, spec.shortcut, spec.stem)  # init on the CPU: same weights on any device
-    model = model.to(device, memory_format=torch.channels_last if spec.channels_last else torch.contiguous_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
-    forward = torch.compile(model) if spec.compile else model
+    model, forward, optimizer = setup_model(spec, dataset.num_classes, device)
     generator = torch.Generator(device=device).manual_seed(spec.seed)
-    train_split, mean = dataset.train, dataset.mean
-    per_epoch = len(train_split) // spec.batch_size
+    train_split, mean, batch = dataset.train, dataset.mean, spec.batch_size
+    per_epoch = len(train_split) // batch
     if per_epoch == 0:
-        raise RunFailed(f"the training split has {len(train_split)} images, fewer than one batch of {spec.batch_size}")
+        raise RunFailed(f"the training split has {len(train_split)} images, fewer than one batch of {batch}")
 
     it, epoch, rows, warmup_end, best = 0, 0, 0, None, math.inf
-    perm, pos, sums, train_seconds = None, 0, None, 0.0
+    perm, pos, sums, train_seconds = None, 0, None, 0.0  # the epoch in progress: order, position, (loss sum, errors), time
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -260,47 +282,39 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
             if perm is None:
                 perm = torch.randperm(len(train_split), device=device, generator=generator)
                 pos, train_seconds = 0, 0.0
-                sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, errors, images
-            window = sums.clone()
+                sums = torch.zeros(2, device=device, dtype=torch.float64)
+            window, window_pos = sums.clone(), pos  # warm-up: the error since the last check
             start = time.perf_counter()
             while pos < per_epoch and it < spec.iterations and stop["signal"] is None:
                 lr = lr_at(it, spec, warmup_end)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                idx = perm[pos * spec.batch_size : (pos + 1) * spec.batch_size]
-                x = augment(normalize(train_split.images[idx], mean), generator)
-                if spec.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                y = train_split.labels[idx]
-                with autocast(device, spec):
-                    logits = forward(x)
-                loss = F.cross_entropy(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss = loss.detach()
-                sums += torch.stack([loss * len(y), (logits.argmax(1) != y).sum(), torch.tensor(len(y), device=device)])
+                idx = perm[pos * batch : (pos + 1) * batch]
+                loss, errors = train_step(forward, optimizer, train_split.images[idx], train_split.labels[idx], mean, generator, spec, device)
+                sums += torch.stack([loss * batch, errors])
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), it, first_bad)
                 it, pos = it + 1, pos + 1
+                bar.update(1)  # host-side only; the numbers in the postfix wait for LOG_EVERY
                 if spec.warmup_lr > 0 and warmup_end is None and it % WARMUP_CHECK == 0:
-                    d = (sums - window).tolist()  # sync
-                    window = sums.clone()
-                    if 100.0 * d[1] / d[2] < spec.warmup_until_err:
+                    err = 100.0 * (sums[1] - window[1]).item() / ((pos - window_pos) * batch)  # sync
+                    window, window_pos = sums.clone(), pos
+                    if err < spec.warmup_until_err:
                         warmup_end = it
-                        tqdm.write(f"{config['run']}: warm-up ended at iteration {it} (training error {100.0 * d[1] / d[2]:.1f}%)")
+                        tqdm.write(f"{config['run']}: warm-up ended at iteration {it} (training error {err:.1f}%)")
                 if it % LOG_EVERY == 0:
                     _check_finite(first_bad, spec, warmup_end)  # sync
-                    loss_sum, errors, n = sums.tolist()
+                    loss_sum, errors = sums.tolist()
+                    n = pos * batch
                     bar.set_postfix_str(f"lr={lr:.3g} loss={loss_sum / n:.3f} err={100 * errors / n:.1f}% "
                                         f"img/s={n / (train_seconds + time.perf_counter() - start):.0f}")
-                    bar.update(it - bar.n)
             _check_finite(first_bad, spec, warmup_end)
-            loss_sum, errors, n = sums.tolist()  # sync: the epoch's training time is complete here
+            loss_sum, errors = sums.tolist()  # sync: the epoch's training time is complete here
             train_seconds += time.perf_counter() - start
             if stop["signal"] is not None:
                 save_checkpoint()
                 raise Interrupted(f"{stop['signal']} at iteration {it}; checkpoint written. Continue with the same command plus --resume.")
 
+            n = pos * batch
             eval_start = time.perf_counter()
             test_loss, test_err = evaluate(forward, dataset.test, mean, spec, device)
             epoch_seconds = train_seconds + time.perf_counter() - eval_start
@@ -308,14 +322,13 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
             epoch += 1
             ckpt.append_row(run_dir / "metrics.csv", {
                 "experiment": config["experiment"], "run": config["run"], "model": spec.model, "depth": config["depth"],
-                "residual": config["residual"], "epoch": epoch, "iteration": it, "lr": lr_at(it - 1, spec, warmup_end),
+                "residual": config["residual"], "epoch": epoch, "iteration": it, "lr": f"{lr_at(it - 1, spec, warmup_end):.6g}",
                 "train_loss": f"{loss_sum / n:.6g}", "train_err": f"{100 * errors / n:.4f}", "test_loss": f"{test_loss:.6g}",
                 "test_err": f"{test_err:.4f}", "epoch_seconds": f"{epoch_seconds:.3f}", "images_per_second": f"{n / train_seconds:.1f}",
             })  # fmt: skip
             rows += 1
             perm, pos, sums = None, 0, None
             save_checkpoint()
-            bar.update(it - bar.n)
             bar.set_postfix_str(f"epoch {epoch}: train err {100 * errors / n:.1f}%, test err {test_err:.2f}%")
 
     ckpt.save({"model": model.state_dict(), "config": config}, run_dir / "final.pt")

@@ -1,0 +1,35 @@
+import csv
+
+import torch
+
+from conftest import write_image_folder
+from resnet_repro import bench, data
+
+
+def test_bench_measures_both_paths_and_appends_a_csv(tmp_path, capsys):
+    write_image_folder(tmp_path / "tiny", n_train=48, n_test=12)
+    argv = ["--models", "resnet8", "--batch", "8", "--iterations", "3", "--warmup", "1", "--device", "cpu",
+            "--workers", "0", "--data", str(tmp_path / "tiny"), "--check-iterations", "4", "--out", str(tmp_path / "bench")]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "check after 4 iterations from one seed" in out and "noise bound" in out
+    (path,) = (tmp_path / "bench").glob("cpu-*.csv")
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == ["usual", "engine"] and {r["model"] for r in rows} == {"resnet8"}
+    assert all(float(r["images_per_second"]) > 0 and r["device"] == "cpu" and r["torch"] for r in rows)
+    assert float(rows[1]["speedup"]) == round(float(rows[1]["images_per_second"]) / float(rows[0]["images_per_second"]), 2)
+    assert bench.main(argv[:-2] + ["--check-iterations", "0", "--out", str(tmp_path / "bench")]) == 0
+    with open(path) as f:
+        assert len(list(csv.DictReader(f))) == 4  # appended, never overwritten
+
+
+def test_usual_loader_yields_what_torchvision_cifar_would(tmp_path):
+    write_image_folder(tmp_path / "tiny", n_train=16, n_test=4)
+    ds = data.load(str(tmp_path / "tiny"))
+    loader, normalize = bench.usual_loader(ds, batch=4, workers=0, device=torch.device("cpu"))
+    x, y = next(iter(loader))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    # Normalized per channel with the training split's statistics: roughly zero mean, unit std overall.
+    whole = torch.cat([b for b, _ in loader])
+    assert abs(whole.mean().item()) < 0.3 and 0.6 < whole.std().item() < 1.4
