@@ -360,8 +360,8 @@ def fig_depth(df):
         ax.set(xlabel="depth (layers)", ylabel="final error (%)", title=name)
         ax.set_xticks(range(len(depths)), labels=depths)
         ax.set_xlim(-0.5, len(depths) - 0.5)
-        ax.set_ylim(0, None)
         ax.legend(fontsize="small", frameon=False)
+    axes[0].set_ylim(0, 1.08 * final[["final_train_err", "final_test_err"]].max().max())  # shared: room for both panels
     return _finish(fig, _title(df[df.path.isin(final.path)]))
 
 

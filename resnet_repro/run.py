@@ -104,6 +104,9 @@ def main(argv=None):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C: the last epoch's checkpoint is kept
+        print("stopped; continue with the same command plus --resume", file=sys.stderr)
+        return 130
 
 
 def _main(args):

@@ -243,6 +243,8 @@ def test_fig_depth_plots_final_errors_against_depth(tmp_path):
     assert list(plain["plain:train"].get_ydata()) == [curves["plain20"][-1]["train_err"], curves["plain56"][-1]["train_err"]]
     assert list(lines_by_gid(right)["resnet:test"].get_ydata()) == [curves[r][-1]["test_err"] for r in ("resnet20", "resnet56", "resnet110")]
     assert (left.get_title(), right.get_title()) == ("plain", "ResNet")
+    highest = max(c[-1][k] for c in curves.values() for k in ("train_err", "test_err"))
+    assert right.get_ylim()[1] > highest and left.get_ylim() == right.get_ylim()  # no point cut off in either panel
 
 
 def test_fig7_draws_network_order_and_sorted(tmp_path):

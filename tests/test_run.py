@@ -89,3 +89,18 @@ def test_help_teaches_with_examples(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "degradation --quick" in out and "--resume" in out and "examples:" in out
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(Exception, match="does not exist"):
+        cli("degradation", "--data", tmp_path / "nowhere", "--out", tmp_path / "res", "--debug")
+
+
+@pytest.mark.parametrize("text,match", [("runs = [\"plain20\"\n[train]\nlr = 0.1.2\n", "malformed TOML"),
+                                        ("runs = [\"resnet21\"]\n", "not a model name"),
+                                        ("runs = [\"plain20\"]\n[train]\nlearning_rate = 1\n", "valid keys are")])
+def test_bad_spec_files_exit_2_with_one_line(tmp_path, capsys, text, match):
+    (tmp_path / "bad.toml").write_text(text)
+    assert cli(tmp_path / "bad.toml", "--out", tmp_path / "res") == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1 and "Traceback" not in err

@@ -82,15 +82,15 @@ def test_existing_run_is_never_silently_overwritten(tiny, tmp_path):
     assert json.loads((d / "config.json").read_text())["lr"] == 0.2
 
 
-def interrupt_at(monkeypatch, step):
-    """Send SIGINT to ourselves from inside the `step`-th augmentation call (mid-iteration)."""
+def interrupt_at(monkeypatch, step, sig=signal.SIGINT):
+    """Send `sig` to ourselves from inside the `step`-th augmentation call (mid-iteration)."""
     calls = {"n": 0}
     real = train.augment
 
     def augment(x, g):
         calls["n"] += 1
         if calls["n"] == step:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), sig)
         return real(x, g)
 
     monkeypatch.setattr(train, "augment", augment)
@@ -103,13 +103,16 @@ def whole(tiny, tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("stop_at", [2, 3, 7])  # mid-epoch, the last step of an epoch, another epoch
-def test_sigint_checkpoints_and_resume_is_exact(tiny, whole, tmp_path, monkeypatch, stop_at):
+@pytest.mark.parametrize(  # mid-epoch, the last step of an epoch, another epoch; Ctrl-C or a scheduler's SIGTERM
+    "stop_at,sig", [(2, signal.SIGINT), (3, signal.SIGINT), (7, signal.SIGINT), (5, signal.SIGTERM)]
+)
+def test_a_signal_checkpoints_and_resume_is_exact(tiny, whole, tmp_path, monkeypatch, stop_at, sig):
     broken = tmp_path / "broken"
-    interrupt_at(monkeypatch, stop_at)
-    with pytest.raises(train.Interrupted, match=f"iteration {stop_at}; checkpoint written"):
+    interrupt_at(monkeypatch, stop_at, sig)
+    with pytest.raises(train.Interrupted, match=f"{sig.name} at iteration {stop_at}; checkpoint written"):
         run(spec(), tiny, broken, deterministic=True)
     assert json.loads((broken / "status.json").read_text())["state"] == "interrupted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     monkeypatch.undo()
     run(spec(), tiny, broken, resume=True, deterministic=True)
     strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING} for r in rs]  # noqa: E731
