@@ -27,8 +27,8 @@ examples:
   uv run python -m resnet_repro.run --list
 
 Each run writes results/<experiment>/<run>/ (metrics.csv, config.json, status.json, checkpoint.pt,
-final.pt); figures go to figures/ (quick runs: figures/quick/). An existing run is never overwritten
-unless --overwrite is given.
+final.pt); figures go to figures/ (quick runs: figures/quick/). A finished run is skipped, an unfinished
+one needs --resume, and nothing is overwritten unless --overwrite is given.
 """
 
 
@@ -52,8 +52,8 @@ def parse_args(argv):
     p.add_argument("--figures", default="figures", help="where figures are drawn (default: figures; quick runs: figures/quick)")
     p.add_argument("--iterations", type=int, help="stop after this many iterations; the lr milestones scale with it")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any spec key for every run, e.g. --set lr=0.05 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue existing runs from their last checkpoint (finished runs are skipped)")
-    p.add_argument("--overwrite", action="store_true", help="delete existing runs of this experiment and start them again")
+    p.add_argument("--resume", action="store_true", help="continue unfinished runs from their last checkpoint (finished runs are always skipped)")
+    p.add_argument("--overwrite", action="store_true", help="delete existing runs of this experiment, finished or not, and train them again")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bitwise-repeatable on CPU; slower on GPU)")
     p.add_argument("--no-figures", action="store_true", help="do not draw figures at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -118,9 +118,10 @@ def _main(args):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     exp_dir = Path(args.out) / exp.name
     if not (args.resume or args.overwrite):
-        taken = [run for run in exp.runs if (exp_dir / run / "config.json").exists()]
-        if taken:
-            raise ckpt.RunDirError(f"{exp_dir} already holds runs {', '.join(taken)}; pass --resume to continue them, "
+        unfinished = [run for run in exp.runs if (exp_dir / run / "config.json").exists()
+                      and ckpt.read_status(exp_dir / run)["state"] != "done"]  # finished runs are skipped
+        if unfinished:
+            raise ckpt.RunDirError(f"{exp_dir} already holds unfinished runs {', '.join(unfinished)}; pass --resume to continue them, "
                                    f"--overwrite to start them again, or --out elsewhere.")
 
     first = next(iter(exp.runs.values()))

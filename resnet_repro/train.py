@@ -183,16 +183,17 @@ def evaluate(model, split, mean, spec, device):
 
 def train(spec, dataset, run_dir, *, experiment, run, device="cpu", quick=False, data_dir="data",
           resume=False, overwrite=False, progress=True, deterministic=False):
-    """Train one run into `run_dir`. Returns a RunResult; raises RunDirError for a run directory that
-    cannot be used, Interrupted on SIGINT/SIGTERM (after a checkpoint)."""
+    """Train one run into `run_dir`. Returns a RunResult; a finished run with the same config is skipped,
+    never trained again unless `overwrite`. Raises RunDirError for a run directory that cannot be used
+    (an unfinished run without `resume`, a different config), Interrupted on SIGINT/SIGTERM (after a checkpoint)."""
     device = torch.device(device)
     run_dir = Path(run_dir)
     config = run_config(spec, dataset, experiment=experiment, run=run, quick=quick, device=device, data_dir=data_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with ckpt.RunLock(run_dir):
-        if resume and ckpt.read_status(run_dir)["state"] == "done" and (run_dir / "final.pt").exists():
+        if not overwrite and ckpt.read_status(run_dir)["state"] == "done":
             prepare_run_dir(run_dir, config, resume=True, overwrite=False)  # still refuses a changed config
-            return _result_from_csv(run_dir, config, "skipped", "already done")
+            return _result_from_csv(run_dir, config, "skipped", "done already; --overwrite (or another --out) trains it again")
         state = prepare_run_dir(run_dir, config, resume, overwrite)
         ckpt.write_status(run_dir, "running")
         try:

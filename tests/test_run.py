@@ -45,7 +45,7 @@ def test_unknown_experiment_is_a_usage_error_without_traceback(capsys):
     assert err.startswith("error: unknown experiment 'nope'") and "Traceback" not in err
 
 
-def test_runs_a_pair_prints_a_summary_then_refuses_to_overwrite(tmp_path, tiny_dir, capsys):
+def test_runs_a_pair_prints_a_summary_then_never_redoes_or_overwrites(tmp_path, tiny_dir, capsys):
     exp = experiment(tmp_path, tiny_dir)
     assert cli(exp, "--out", tmp_path / "res", "--no-figures", "--device", "cpu") == 0
     out = capsys.readouterr().out
@@ -54,10 +54,14 @@ def test_runs_a_pair_prints_a_summary_then_refuses_to_overwrite(tmp_path, tiny_d
     assert table[1].split()[0] == "plain8" and table[1].split()[-1] == "done" and table[2].split()[0] == "resnet8"
     for r in ("plain8", "resnet8"):
         assert (tmp_path / "res" / "pair" / r / "metrics.csv").exists()
-    assert cli(exp, "--out", tmp_path / "res", "--no-figures") == 2
-    assert "already holds runs plain8, resnet8; pass --resume" in capsys.readouterr().err
-    assert cli(exp, "--out", tmp_path / "res", "--no-figures", "--resume") == 0
+    assert cli(exp, "--out", tmp_path / "res", "--no-figures") == 0  # finished runs are skipped, not redone
     assert capsys.readouterr().out.count("skipped") == 2
+    (tmp_path / "res" / "pair" / "resnet8" / "status.json").write_text('{"state": "interrupted"}')
+    assert cli(exp, "--out", tmp_path / "res", "--no-figures") == 2
+    assert "already holds unfinished runs resnet8; pass --resume" in capsys.readouterr().err
+    (tmp_path / "res" / "pair" / "resnet8" / "status.json").write_text('{"state": "done"}')
+    assert cli(exp, "--out", tmp_path / "res", "--no-figures", "--iterations", "3") == 2
+    assert "different config (iterations: 4 -> 3" in capsys.readouterr().err
 
 
 def test_overrides_reach_the_runs(tmp_path, tiny_dir):

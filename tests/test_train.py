@@ -73,9 +73,13 @@ def test_training_reduces_the_loss(tiny, tmp_path):
 def test_existing_run_is_never_silently_overwritten(tiny, tmp_path):
     d = tmp_path / "r"
     run(spec(), tiny, d)
+    before = (d / "metrics.csv").read_text()
+    assert run(spec(), tiny, d).state == "skipped" and run(spec(), tiny, d, resume=True).state == "skipped"
+    assert (d / "metrics.csv").read_text() == before  # finished: nothing redone, nothing rewritten
+    ckpt.write_status(d, "interrupted")
     with pytest.raises(ckpt.RunDirError, match="--resume .* --overwrite"):
         run(spec(), tiny, d)
-    assert run(spec(), tiny, d, resume=True).state == "skipped"  # finished: nothing to redo
+    ckpt.write_status(d, "done")
     with pytest.raises(ckpt.RunDirError, match=r"different config \(lr: 0.1 -> 0.2\)"):
         run(spec(lr=0.2), tiny, d, resume=True)
     assert run(spec(lr=0.2), tiny, d, overwrite=True).state == "done"
