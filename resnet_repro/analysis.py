@@ -12,6 +12,8 @@ Reads what the training engine writes into every run directory `results/<experim
 - `fig1`, `fig4`, `fig6`, `fig7`, `fig_depth`: one matplotlib Figure each, drawn like the paper's.
 - `table6`, `table2`, `summary_table`: DataFrames; `table.attrs["note"]` says what ours are.
 - `draw(paths, out_dir)`: all of the above that the runs allow, as PNG, PDF, Markdown and CSV.
+- `fig_predictions`, `predict`: one finished run's predictions on a fixed sample of test images, as a
+  grid titled "predicted (true)" with the mistakes in red (`python -m resnet_repro.analysis predictions RUN_DIR`).
 
 Runs are found by their run name (`plain20`, `resnet110`, ...). Within one drawing each name must
 belong to one run directory; `draw` draws quick runs (config `quick`) apart, into `out_dir/quick`.
@@ -26,6 +28,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -36,7 +39,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from resnet_repro import models
+from resnet_repro import data, models
 
 # metrics.csv columns (an API shared with train.py) and how to parse them
 CSV_COLUMNS = {
@@ -427,8 +430,6 @@ def response_stds(df, device=None, runs=FIG7_RUNS):
 
 
 def _test_images(source, data_dir, device):
-    from resnet_repro import data  # only Fig. 7 needs the data, and tests pass tensors instead
-
     try:
         ds = data.load(source, data_dir, device=device)
     except data.DataError as e:
@@ -455,6 +456,53 @@ def fig7(stds, title=""):
         ax.set_ylim(0, None)
         ax.legend(fontsize="small", frameon=False, loc="best")
     return _finish(fig, title)
+
+
+# --- predictions on test images ----------------------------------------------------------------
+
+RIGHT, WRONG = "black", "red"
+
+
+def predict(model, images, mean, device="cpu", batch=1000):
+    """The model's class for each uint8 image (N, 3, H, W), in eval mode: int64 (N,) on the CPU.
+    mean: the training split's per-pixel mean, as `data.Dataset.mean`."""
+    model = model.to(device).eval()
+    mean = mean.to(device)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = data.normalize(images[i : i + batch].to(device), mean)
+            out.append(model(x).argmax(1).cpu())
+    return torch.cat(out)
+
+
+def sample_indices(total, n, seed=0):
+    """A fixed random choice of min(n, total) of `total` test images, in index order."""
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    return order[:n].sort().values
+
+
+def fig_predictions(images, labels, predictions, classes, title="", columns=8):
+    """A grid of uint8 images (N, 3, H, W), each titled "predicted (true)"; wrong ones get a red title
+    and a red frame. The suptitle gives `title` and the accuracy on these N images."""
+    images = torch.as_tensor(images).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3) for imshow
+    labels, predictions = torch.as_tensor(labels).tolist(), torch.as_tensor(predictions).tolist()
+    assert len(images) == len(labels) == len(predictions) > 0, (len(images), len(labels), len(predictions))
+    columns = min(columns, len(images))
+    rows = math.ceil(len(images) / columns)
+    fig = Figure(figsize=(1.6 * columns, 1.75 * rows + 0.5))
+    for i, (image, label, pred) in enumerate(zip(images, labels, predictions)):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        ax.imshow(image, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        color = RIGHT if pred == label else WRONG
+        ax.set_title(f"{classes[pred]} ({classes[label]})", color=color, fontsize=8)
+        for spine in ax.spines.values():
+            spine.set(color=color, linewidth=3 if pred != label else 0.5)
+    correct = sum(p == t for p, t in zip(predictions, labels))
+    score = f"predicted (true), mistakes in red: {correct}/{len(labels)} right ({100 * correct / len(labels):.1f}%) on these images"
+    return _finish(fig, "\n".join(filter(None, [title, score])))
 
 
 # --- tables ------------------------------------------------------------------------------------
@@ -610,16 +658,30 @@ EXAMPLES = """examples:
   uv run python -m resnet_repro.analysis                          # everything under results/ -> figures/
   uv run python -m resnet_repro.analysis results/degradation --out figures/
   uv run python -m resnet_repro.analysis results/degradation-quick --out figures/quick --no-fig7
+  uv run python -m resnet_repro.analysis predictions results/degradation/resnet56   # its predictions on 32 test images
 
 Figures (PNG and PDF): fig1 (plain-20 vs plain-56), fig6 (plain, ResNet, ResNet-110/1202),
 fig4 (18 vs 34 layers), fig7 (std of layer responses, needs final.pt and the test data), depth
 (final error against depth). Tables (Markdown and CSV): table6, table2, summary.
 A figure whose runs are missing is listed with their names. Quick runs (config "quick") found
 among full ones are drawn apart, into <out>/quick.
+`predictions RUN_DIR` draws one finished run's predictions instead (see `predictions --help`).
+"""
+
+PREDICTIONS_EXAMPLES = """examples:
+  uv run python -m resnet_repro.analysis predictions results/degradation/resnet56
+  uv run python -m resnet_repro.analysis predictions results/degradation-quick/resnet20 --n 16 --out pred.png
+
+Loads RUN_DIR/final.pt (written when the run is done) and the run's test data, predicts a fixed random
+sample of test images (the same ones for every run with the same --seed and test set) and draws them
+titled "predicted (true)", mistakes in red.
 """
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["predictions"]:
+        return predictions_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m resnet_repro.analysis",
         description="Draw the paper's figures and tables from training results (results/<experiment>/<run>/metrics.csv).",
@@ -641,6 +703,54 @@ def main(argv=None):
     draw(df, args.out, fig7=not args.no_fig7, device=args.device)
     for prefix, subset, _ in _result_sets(df, args.out):
         print(f"\n{prefix}summary:\n{to_markdown(summary_table(subset))}", end="")
+    return 0
+
+
+def predictions_main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m resnet_repro.analysis predictions",
+        description="Draw a finished run's predictions on a fixed sample of test images.",
+        epilog=PREDICTIONS_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory, e.g. results/degradation/resnet56")
+    parser.add_argument("--out", type=Path, help="PNG to write (default: figures/predictions-<experiment>-<run>.png)")
+    parser.add_argument("--n", type=int, default=32, help="images to show (default: 32, as 4 rows of 8)")
+    parser.add_argument("--seed", type=int, default=0, help="which test images (default: 0)")
+    parser.add_argument("--device", default="cpu", help="device for the forward pass (default: cpu)")
+    args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.exit(2, f"error: --n must be at least 1, not {args.n}\n")
+    path = args.run_dir / "final.pt"
+    if not args.run_dir.is_dir():
+        parser.exit(2, f"error: {args.run_dir}: no such run directory\n")
+    if not path.exists():
+        status = args.run_dir / "status.json"
+        state = _read_json(status).get("state", "unknown") if status.exists() else "not started"
+        parser.exit(2, f"error: {args.run_dir} has no final.pt: the run is not finished (state: {state})\n")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        parser.exit(2, f"error: cannot read {path}: {e}\n")
+    config = ckpt["config"]
+    try:
+        ds = data.load(config["data"], config.get("data_dir", "data"))
+    except data.DataError as e:
+        parser.exit(2, f"error: {e}\n")
+    model = models.build_model(config["model"], config["num_classes"], config.get("shortcut"), config.get("stem"))
+    model.load_state_dict(ckpt["model"])
+
+    index = sample_indices(len(ds.test), args.n, args.seed)
+    images, labels = ds.test.images[index], ds.test.labels[index]
+    predictions = predict(model, images, ds.mean, args.device)
+    experiment, run = config.get("experiment", args.run_dir.parent.name), config.get("run", args.run_dir.name)
+    title = f"{experiment}/{run}: {_label(config['model'])} on {config.get('dataset', ds.name)}, {len(index)} of {len(ds.test)} test images (seed {args.seed})"
+    fig = fig_predictions(images, labels, predictions, ds.classes, title)
+    out = args.out or Path("figures") / f"predictions-{experiment}-{run}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=150)
+    correct = (predictions == labels).sum().item()
+    print(f"{out}: {correct}/{len(index)} right")
     return 0
 
 

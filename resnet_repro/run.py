@@ -2,6 +2,7 @@
 
 import argparse
 import math
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from resnet_repro import checkpoint as ckpt
 from resnet_repro import config as cfg
 from resnet_repro import data as datamod
+from resnet_repro import distributed
 from resnet_repro import train as trainer
 
 EPILOG = """\
@@ -44,7 +46,9 @@ def parse_args(argv):
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     p.add_argument("--quick", action="store_true", help="bundled mini CIFAR-10 and a short schedule of the same shape; results go to <experiment>-quick")
     p.add_argument("--runs", help="comma-separated subset of the experiment's runs, e.g. plain20,resnet20")
-    p.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda if available, else cpu)")
+    p.add_argument("--device", help="cuda, cuda:1, cpu, ... or a comma-separated list to spread runs over (default: cuda if available, else cpu)")
+    p.add_argument("--jobs", type=int, default=1, help="train up to this many runs at once, each in its own process (default 1); "
+                   "small CIFAR nets leave a GPU mostly idle, so several at once finish sooner")
     p.add_argument("--seed", type=int, help="seed for init, data order and augmentation (default: the spec's, 0)")
     p.add_argument("--data", help="cifar10, cifar100, mini, or a path to an ImageFolder dir with train/ and test/ or a .tar.gz of one")
     p.add_argument("--data-dir", default="data", help="where downloads and decoded caches live (default: ./data)")
@@ -63,6 +67,8 @@ def parse_args(argv):
         p.error("name an experiment (see --list), e.g. python -m resnet_repro.run degradation --quick")
     if args.resume and args.overwrite:
         p.error("--resume and --overwrite exclude each other")
+    if args.jobs < 1:
+        p.error("--jobs must be at least 1")
     return args
 
 
@@ -113,9 +119,23 @@ def _main(args):
     if args.list:
         list_experiments()
         return 0
+    rank, world_size, dist_device = distributed.init()
+    try:
+        return _run(args, rank, world_size, dist_device)
+    finally:
+        distributed.finish()
+
+
+def _run(args, rank, world_size, dist_device):
+    say = print if rank == 0 else (lambda *a, **k: None)  # under torchrun only rank 0 talks
     runs = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs else None
     exp = cfg.load_experiment(args.experiment, quick=args.quick, overrides=overrides_from(args), runs=runs)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    devices = [torch.device(d.strip()) for d in (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).split(",")]
+    if world_size > 1:
+        if args.jobs > 1 or len(devices) > 1:
+            raise cfg.SpecError("under torchrun each process trains a shard of every run: --jobs and several --device don't apply")
+        devices = [dist_device]
+    device = devices[0]
     exp_dir = Path(args.out) / exp.name
     if not (args.resume or args.overwrite):
         unfinished = [run for run in exp.runs if (exp_dir / run / "config.json").exists()
@@ -125,35 +145,113 @@ def _main(args):
                                    f"--overwrite to start them again, or --out elsewhere.")
 
     first = next(iter(exp.runs.values()))
-    print(f"{exp.name}: {len(exp.runs)} runs ({', '.join(exp.runs)}), {first.iterations:,} iterations of batch {first.batch_size}, "
-          f"on {trainer.device_name(device)} -> {exp_dir}/")
+    say(f"{exp.name}: {len(exp.runs)} runs ({', '.join(exp.runs)}), {first.iterations:,} iterations of batch {first.batch_size}, "
+          f"on {', '.join(map(trainer.device_name, devices))}{f' x {world_size} processes' if world_size > 1 else ''} -> {exp_dir}/")
+    parallel = (args.jobs > 1 or len(devices) > 1) and len(exp.runs) > 1
     datasets, results = {}, []
     for run, spec in exp.runs.items():
         key = (spec.data, spec.val_size)
-        if key not in datasets:
+        if key not in datasets:  # in parallel mode this checks the data once and fills the cache the runs read
             t = time.perf_counter()
-            datasets[key] = datamod.load(spec.data, args.data_dir, device, spec.val_size)
+            datasets[key] = datamod.load(spec.data, args.data_dir, "cpu" if parallel else device, spec.val_size)
             ds = datasets[key]
-            print(f"data: {ds.name}, {len(ds.train):,} train / {len(ds.test):,} test images, {ds.num_classes} classes "
+            say(f"data: {ds.name}, {len(ds.train):,} train / {len(ds.test):,} test images, {ds.num_classes} classes "
                   f"({time.perf_counter() - t:.1f}s)")
+    if parallel:
+        results = run_parallel(args, exp, exp_dir, devices)
+        return 130 if results is None else finish(args, exp, exp_dir, results)
+    for run, spec in exp.runs.items():
+        key = (spec.data, spec.val_size)
         try:
             result = trainer.train(spec, datasets[key], exp_dir / run, experiment=exp.name, run=run, device=device,
                                    quick=exp.quick, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,
                                    progress=not args.no_progress, deterministic=args.deterministic)
         except trainer.Interrupted as e:
+            if rank:
+                return 130
             print(f"{run}: {e}", file=sys.stderr)
             print(f"resume with: python -m resnet_repro.run {' '.join(sys.argv[1:] if sys.argv[1:] else [args.experiment])} --resume"
                   .replace(" --resume --resume", " --resume"), file=sys.stderr)
             return 130
-        if result.state == "failed":
+        if result.state == "failed" and rank == 0:
             print(f"{run}: FAILED: {result.message}", file=sys.stderr)
         results.append(result)
+    if rank:
+        return 1 if any(r.state == "failed" for r in results) else 0
+    return finish(args, exp, exp_dir, results)
 
+
+def finish(args, exp, exp_dir, results):
     print()
     print(summary_table(results))
     if not args.no_figures:
         draw_figures(exp_dir, Path(args.figures) / ("quick" if exp.quick else ""))
     return 1 if any(r.state == "failed" for r in results) else 0
+
+
+def child_command(args, run, device):
+    """The command that trains one run of this invocation in a process of its own."""
+    cmd = [sys.executable, "-m", "resnet_repro.run", args.experiment, "--runs", run, "--device", str(device),
+           "--out", args.out, "--data-dir", args.data_dir, "--no-figures", "--no-progress"]
+    for flag in ("quick", "resume", "overwrite", "deterministic", "debug"):
+        if getattr(args, flag):
+            cmd.append(f"--{flag}")
+    for key in ("seed", "data", "iterations"):
+        if getattr(args, key) is not None:
+            cmd += [f"--{key}", str(getattr(args, key))]
+    for item in args.set:
+        cmd += ["--set", item]
+    return cmd
+
+
+def run_parallel(args, exp, exp_dir, devices):
+    """Train the runs in up to args.jobs processes, runs spread over `devices`; one progress bar over all
+    of them, read from their CSVs. Each process logs to <run dir>/output.log. Returns the RunResults,
+    or None if interrupted."""
+    from tqdm import tqdm
+
+    pending = list(exp.runs)
+    device_of = {run: devices[i % len(devices)] for i, run in enumerate(pending)}
+    running, codes = {}, {}
+    total = sum(spec.iterations for spec in exp.runs.values())
+    bar = tqdm(total=total, desc=f"{exp.name} ({args.jobs} at once)", unit="it", disable=args.no_progress, dynamic_ncols=True)
+    try:
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                run = pending.pop(0)
+                (exp_dir / run).mkdir(parents=True, exist_ok=True)
+                log = open(exp_dir / run / "output.log", "a")
+                running[run] = (subprocess.Popen(child_command(args, run, device_of[run]), stdout=log, stderr=subprocess.STDOUT), log)
+            for run, (proc, log) in list(running.items()):
+                if proc.poll() is not None:
+                    codes[run] = proc.returncode
+                    log.close()
+                    del running[run]
+                    bar.write(f"{run}: {ckpt.read_status(exp_dir / run)['state']} (exit {proc.returncode}, log: {exp_dir / run / 'output.log'})")
+            bar.update(sum(last_iteration(exp_dir / run) for run in exp.runs) - bar.n)
+            time.sleep(1)
+    except KeyboardInterrupt:  # Ctrl-C reached the runs too: they finish their step and write a checkpoint
+        for proc, _ in running.values():
+            proc.wait()
+        print(f"interrupted; continue with: python -m resnet_repro.run {' '.join(sys.argv[1:])} --resume", file=sys.stderr)
+        return None
+    finally:
+        bar.close()
+    usage = [run for run, code in codes.items() if code == 2]
+    if usage:
+        tail = (exp_dir / usage[0] / "output.log").read_text().strip().splitlines()[-1:]
+        raise ckpt.RunDirError(f"run {usage[0]} refused to start: {tail[0] if tail else 'see its output.log'}")
+    return [trainer.run_result(exp_dir / run) for run in exp.runs if (exp_dir / run / "config.json").exists()]
+
+
+def last_iteration(run_dir):
+    """The iteration of the last complete CSV row (0 without one); for the progress bar only."""
+    path = run_dir / "metrics.csv"
+    lines = path.read_text().splitlines() if path.exists() else []
+    try:
+        return int(lines[-1].split(",")[ckpt.CSV_COLUMNS.index("iteration")]) if len(lines) > 1 else 0
+    except (ValueError, IndexError):  # a row being written
+        return 0
 
 
 def draw_figures(exp_dir, out):

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -30,7 +31,7 @@ from resnet_repro.models import build_model, num_params, parse_name
 LOG_EVERY = 50  # iterations between progress-bar updates (each one is a host-device sync)
 WARMUP_CHECK = 50  # iterations between checks of the warm-up's training error
 # config.json keys that may differ on --resume (where and when it runs, not what it computes)
-ENVIRONMENT_KEYS = ("device", "torch", "commit", "python", "data_dir", "started")
+ENVIRONMENT_KEYS = ("device", "torch", "commit", "python", "data_dir", "started", "world_size")
 
 
 class RunFailed(Exception):
@@ -59,6 +60,27 @@ def lr_at(it, spec, warmup_end=None):
     if spec.warmup_lr > 0 and (warmup_end is None or it < warmup_end):
         return spec.warmup_lr
     return spec.lr * spec.lr_decay ** sum(it >= m for m in spec.milestones)
+
+
+def world():
+    """(rank, world size): (0, 1) unless torchrun started a process group (see resnet_repro.distributed)."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def all_sum(t):
+    """Sum a tensor over the processes of a torchrun job (in place); the tensor itself otherwise."""
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def from_rank0(obj):
+    """Rank 0's `obj` on every process (a picklable object)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def git_commit():
@@ -100,6 +122,7 @@ def run_config(spec, dataset, *, experiment, run, quick, device, data_dir):
         "torch": str(torch.__version__),
         "commit": git_commit(),
         "python": sys.version.split()[0],
+        "world_size": world()[1],  # processes under torchrun, each training a shard of every batch
         "data_dir": str(data_dir),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -167,17 +190,19 @@ def autocast(device, spec):
 def evaluate(model, split, mean, spec, device):
     """Mean loss and error (%) over a whole split, in eval mode, one host sync at the end."""
     model.eval()
+    rank, world_size = world()
+    images, labels = split.images[rank::world_size], split.labels[rank::world_size]  # each process a shard
     sums = torch.zeros(2, device=device, dtype=torch.float64)
-    for i in range(0, len(split), spec.eval_batch_size):
-        x = normalize(split.images[i : i + spec.eval_batch_size], mean)
+    for i in range(0, len(labels), spec.eval_batch_size):
+        x = normalize(images[i : i + spec.eval_batch_size], mean)
         if spec.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = split.labels[i : i + spec.eval_batch_size]
+        y = labels[i : i + spec.eval_batch_size]
         with autocast(device, spec):
             logits = model(x)
         sums += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum"), (logits.argmax(1) != y).sum()])
     model.train()
-    loss_sum, errors = sums.tolist()
+    loss_sum, errors = all_sum(sums).tolist()
     return loss_sum / len(split), 100.0 * errors / len(split)
 
 
@@ -189,45 +214,78 @@ def train(spec, dataset, run_dir, *, experiment, run, device="cpu", quick=False,
     device = torch.device(device)
     run_dir = Path(run_dir)
     config = run_config(spec, dataset, experiment=experiment, run=run, quick=quick, device=device, data_dir=data_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with ckpt.RunLock(run_dir):
-        if not overwrite and ckpt.read_status(run_dir)["state"] == "done":
-            prepare_run_dir(run_dir, config, resume=True, overwrite=False)  # still refuses a changed config
-            return _result_from_csv(run_dir, config, "skipped", "done already; --overwrite (or another --out) trains it again")
-        state = prepare_run_dir(run_dir, config, resume, overwrite)
-        ckpt.write_status(run_dir, "running")
+    main = world()[0] == 0  # under torchrun only rank 0 touches the run directory
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    with ckpt.RunLock(run_dir) if main else contextlib.nullcontext():
+        plan, state = None, None
+        if main:
+            try:
+                if not overwrite and ckpt.read_status(run_dir)["state"] == "done":
+                    prepare_run_dir(run_dir, config, resume=True, overwrite=False)  # still refuses a changed config
+                    plan = "skip"
+                else:
+                    state = prepare_run_dir(run_dir, config, resume, overwrite)
+                    ckpt.write_status(run_dir, "running")
+                    plan = "train" if state is None else "resume"
+            except RunDirError as e:
+                plan = e
+        plan = from_rank0(plan)
+        if isinstance(plan, RunDirError):
+            raise plan
+        if plan == "skip":
+            return run_result(run_dir, "skipped", "done already; --overwrite (or another --out) trains it again")
+        if plan == "resume" and not main:
+            state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+
+        def mark(status, message):
+            if main:
+                try:
+                    ckpt.write_status(run_dir, status, message)
+                except (ckpt.DiskFull, OSError):  # a full disk may refuse even this; the message still reaches the summary
+                    pass
+
         try:
-            return _train(spec, dataset, run_dir, config, state, device, progress, deterministic)
+            return _train(spec, dataset, run_dir, config, state, device, progress and main, deterministic)
         except Interrupted as e:
-            ckpt.write_status(run_dir, "interrupted", str(e))
+            mark("interrupted", str(e))
             raise
-        except (RunFailed, ckpt.DiskFull) as e:
-            ckpt.write_status(run_dir, "failed", str(e))
-            return _result_from_csv(run_dir, config, "failed", str(e))
-        except torch.OutOfMemoryError:
-            message = f"out of GPU memory at batch size {spec.batch_size}; try a smaller batch (--set batch_size={spec.batch_size // 2}) or fewer concurrent runs"
-            ckpt.write_status(run_dir, "failed", message)
-            return _result_from_csv(run_dir, config, "failed", message)
+        except (RunFailed, ckpt.DiskFull, torch.OutOfMemoryError) as e:
+            message = str(e)
+            if isinstance(e, torch.OutOfMemoryError):
+                message = (f"out of GPU memory at batch size {spec.batch_size}; try a smaller batch "
+                           f"(--set batch_size={spec.batch_size // 2}) or fewer concurrent runs")
+            mark("failed", message)
+            return run_result(run_dir, "failed", message)
         except KeyboardInterrupt:
-            ckpt.write_status(run_dir, "interrupted", "stopped at once by a second Ctrl-C; --resume continues from the last epoch's checkpoint")
+            mark("interrupted", "stopped at once by a second Ctrl-C; --resume continues from the last epoch's checkpoint")
             raise
 
 
 def setup_model(spec, num_classes, device):
     """The model (initialised on the CPU from spec.seed, so any device starts from the same weights),
-    the callable that runs it (compiled or not), and its optimizer."""
+    the callable that trains it (DistributedDataParallel under torchrun, compiled or not), and its optimizer."""
+    device = torch.device(device)
     torch.manual_seed(spec.seed)
     model = build_model(spec.model, num_classes, spec.shortcut, spec.stem)
     model = model.to(device, memory_format=torch.channels_last if spec.channels_last else torch.contiguous_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
-                                fused=True if torch.device(device).type == "cuda" else None)
-    return model, (torch.compile(model) if spec.compile else model), optimizer
+                                fused=True if device.type == "cuda" else None)
+    forward = model
+    if dist.is_initialized():  # gradients averaged over the processes; BN statistics stay per process, as on the paper's 2 GPUs
+        forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, (torch.compile(forward) if spec.compile else forward), optimizer
 
 
 def train_step(forward, optimizer, images, labels, mean, generator, spec, device):
     """One SGD step on a batch of uint8 images: normalize, augment, forward under autocast, backward,
-    update. Returns the loss and the number of errors as device scalars: no host sync."""
+    update. Returns the summed loss and the number of errors as device scalars: no host sync.
+    Under torchrun every process augments the whole global batch (so the random draws match one process)
+    and trains its shard `rank::world size`."""
     x = augment(normalize(images, mean), generator)
+    rank, world_size = world()
+    if world_size > 1:
+        x, labels = x[rank::world_size], labels[rank::world_size]
     if spec.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(device, spec):
@@ -236,7 +294,7 @@ def train_step(forward, optimizer, images, labels, mean, generator, spec, device
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.detach(), (logits.argmax(1) != labels).sum()
+    return loss.detach() * len(labels), (logits.argmax(1) != labels).sum()
 
 
 def _train(spec, dataset, run_dir, config, state, device, progress, deterministic):
@@ -244,6 +302,7 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
         torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
     model, forward, optimizer = setup_model(spec, dataset.num_classes, device)
+    main, distributed = world()[0] == 0, world()[1] > 1
     generator = torch.Generator(device=device).manual_seed(spec.seed)
     train_split, mean, batch = dataset.train, dataset.mean, spec.batch_size
     per_epoch = len(train_split) // batch
@@ -261,99 +320,129 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         generator.set_state(state["rng"]["data"])
         if state["perm"] is not None:
-            perm, pos, sums, train_seconds = state["perm"].to(device), state["pos"], state["sums"].to(device), state["train_seconds"]
-        ckpt.truncate_rows(run_dir / "metrics.csv", rows)
+            perm, pos, train_seconds = state["perm"].to(device), state["pos"], state["train_seconds"]
+            sums = state["sums"].to(device) if main else torch.zeros_like(state["sums"], device=device)  # summed over processes
+        if main:
+            ckpt.truncate_rows(run_dir / "metrics.csv", rows)
         tqdm.write(f"{config['run']}: resuming at iteration {it} (epoch {epoch + 1})")
 
     def save_checkpoint():
+        epoch_sums = None if sums is None else all_sum(sums.clone()).cpu()  # a collective: before the rank check
+        if not main:
+            return
         ckpt.save({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": it, "epoch": epoch,
             "csv_rows": rows, "warmup_end": warmup_end, "best_test_err": best,
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                     "data": generator.get_state()},
-            "perm": None if perm is None else perm.cpu(), "pos": pos, "sums": None if sums is None else sums.cpu(),
+            "perm": None if perm is None else perm.cpu(), "pos": pos, "sums": epoch_sums,
             "train_seconds": train_seconds, "config": config,
         }, run_dir / "checkpoint.pt")  # fmt: skip
 
     model.train()
     first_bad = torch.full((), -1, device=device, dtype=torch.int64)  # first iteration with a non-finite loss
     bar = tqdm(total=spec.iterations, initial=it, desc=config["run"], unit="it", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    def stopping():
+        # Under torchrun the processes agree at LOG_EVERY iterations (a collective), so all stop at one step.
+        if not distributed:
+            return stop["signal"] is not None
+        if it % LOG_EVERY:
+            return False
+        return bool(all_sum(torch.tensor(int(stop["signal"] is not None), device=device)))
+
     with stop_requests() as stop, bar:
         while it < spec.iterations:
             if perm is None:
                 perm = torch.randperm(len(train_split), device=device, generator=generator)
                 pos, train_seconds = 0, 0.0
-                sums = torch.zeros(2, device=device, dtype=torch.float64)
+                sums = torch.zeros(2, device=device, dtype=torch.float64)  # this process's share; all_sum when read
             window, window_pos = sums.clone(), pos  # warm-up: the error since the last check
             start = time.perf_counter()
-            while pos < per_epoch and it < spec.iterations and stop["signal"] is None:
+            stopped = False
+            while pos < per_epoch and it < spec.iterations and not stopped:
                 lr = lr_at(it, spec, warmup_end)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 idx = perm[pos * batch : (pos + 1) * batch]
                 loss, errors = train_step(forward, optimizer, train_split.images[idx], train_split.labels[idx], mean, generator, spec, device)
-                sums += torch.stack([loss * batch, errors])
+                sums += torch.stack([loss, errors])
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), it, first_bad)
                 it, pos = it + 1, pos + 1
                 bar.update(1)  # host-side only; the numbers in the postfix wait for LOG_EVERY
                 if spec.warmup_lr > 0 and warmup_end is None and it % WARMUP_CHECK == 0:
-                    err = 100.0 * (sums[1] - window[1]).item() / ((pos - window_pos) * batch)  # sync
+                    err = 100.0 * all_sum(sums[1] - window[1]).item() / ((pos - window_pos) * batch)  # sync
                     window, window_pos = sums.clone(), pos
                     if err < spec.warmup_until_err:
                         warmup_end = it
                         tqdm.write(f"{config['run']}: warm-up ended at iteration {it} (training error {err:.1f}%)")
                 if it % LOG_EVERY == 0:
                     _check_finite(first_bad, spec, warmup_end)  # sync
-                    loss_sum, errors = sums.tolist()
+                    loss_sum, errors = all_sum(sums.clone()).tolist()
                     n = pos * batch
                     bar.set_postfix_str(f"lr={lr:.3g} loss={loss_sum / n:.3f} err={100 * errors / n:.1f}% "
                                         f"img/s={n / (train_seconds + time.perf_counter() - start):.0f}")
+                stopped = stopping()
             _check_finite(first_bad, spec, warmup_end)
-            loss_sum, errors = sums.tolist()  # sync: the epoch's training time is complete here
+            loss_sum, errors = all_sum(sums.clone()).tolist()  # sync: the epoch's training time is complete here
             train_seconds += time.perf_counter() - start
-            if stop["signal"] is not None:
+            if stopped:
                 save_checkpoint()
-                raise Interrupted(f"{stop['signal']} at iteration {it}; checkpoint written. Continue with the same command plus --resume.")
+                raise Interrupted(f"{stop['signal'] or 'a signal to another process'} at iteration {it}; checkpoint written. "
+                                  f"Continue with the same command plus --resume.")
 
             n = pos * batch
             eval_start = time.perf_counter()
-            test_loss, test_err = evaluate(forward, dataset.test, mean, spec, device)
+            test_loss, test_err = evaluate(model if distributed else forward, dataset.test, mean, spec, device)
             epoch_seconds = train_seconds + time.perf_counter() - eval_start
             best = min(best, test_err)
             epoch += 1
-            ckpt.append_row(run_dir / "metrics.csv", {
+            row = {
                 "experiment": config["experiment"], "run": config["run"], "model": spec.model, "depth": config["depth"],
                 "residual": config["residual"], "epoch": epoch, "iteration": it, "lr": f"{lr_at(it - 1, spec, warmup_end):.6g}",
                 "train_loss": f"{loss_sum / n:.6g}", "train_err": f"{100 * errors / n:.4f}", "test_loss": f"{test_loss:.6g}",
                 "test_err": f"{test_err:.4f}", "epoch_seconds": f"{epoch_seconds:.3f}", "images_per_second": f"{n / train_seconds:.1f}",
-            })  # fmt: skip
+            }  # fmt: skip
+            if main:
+                ckpt.append_row(run_dir / "metrics.csv", row)
             rows += 1
             perm, pos, sums = None, 0, None
             save_checkpoint()
             bar.set_postfix_str(f"epoch {epoch}: train err {100 * errors / n:.1f}%, test err {test_err:.2f}%")
 
-    ckpt.save({"model": model.state_dict(), "config": config}, run_dir / "final.pt")
-    ckpt.write_status(run_dir, "done")
-    return _result_from_csv(run_dir, config, "done")
+    if main:
+        ckpt.save({"model": model.state_dict(), "config": config}, run_dir / "final.pt")
+        ckpt.write_status(run_dir, "done")
+    if distributed:
+        dist.barrier()  # the others read the result rank 0 wrote
+    return run_result(run_dir, "done")
 
 
 def _check_finite(first_bad, spec, warmup_end):
-    bad = int(first_bad)
+    bad = first_bad.clone()
+    if dist.is_initialized():  # the earliest over the processes
+        bad = torch.where(bad < 0, torch.iinfo(torch.int64).max, bad)
+        dist.all_reduce(bad, op=dist.ReduceOp.MIN)
+        bad = torch.where(bad == torch.iinfo(torch.int64).max, -1, bad)
+    bad = int(bad)
     if bad >= 0:
         raise RunFailed(f"non-finite loss at iteration {bad} (lr {lr_at(bad, spec, warmup_end):g}); stopped, the last good checkpoint is kept")
 
 
-def _result_from_csv(run_dir, config, state, message=""):
-    path = Path(run_dir) / "metrics.csv"
+def run_result(run_dir, state=None, message=None):
+    """A run's RunResult from its directory: config.json, status.json (unless `state` is given) and
+    metrics.csv."""
+    run_dir = Path(run_dir)
+    config = ckpt.read_json(run_dir / "config.json")
+    status = ckpt.read_status(run_dir)
+    result = RunResult(config["run"], state or status["state"], config["params"],
+                       message=status.get("message", "") if message is None else message)
     rows = []
-    if path.exists():
-        with open(path) as f:
+    if (run_dir / "metrics.csv").exists():
+        with open(run_dir / "metrics.csv") as f:
             rows = list(csv.DictReader(f))
-    result = RunResult(config["run"], state, config["params"], message=message)
     if rows:
         result.final_train_err = float(rows[-1]["train_err"])
         result.final_test_err = float(rows[-1]["test_err"])
         result.best_test_err = min(float(r["test_err"]) for r in rows)
         result.minutes = sum(float(r["epoch_seconds"]) for r in rows) / 60
     return result
-

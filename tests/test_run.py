@@ -108,3 +108,17 @@ def test_bad_spec_files_exit_2_with_one_line(tmp_path, capsys, text, match):
     assert cli(tmp_path / "bad.toml", "--out", tmp_path / "res") == 2
     err = capsys.readouterr().err
     assert match in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_jobs_train_runs_in_parallel_processes_with_the_same_results(tmp_path, tiny_dir, capsys):
+    exp = experiment(tmp_path, tiny_dir)
+    assert cli(exp, "--out", tmp_path / "seq", "--no-figures", "--deterministic") == 0
+    assert cli(exp, "--out", tmp_path / "par", "--no-figures", "--deterministic", "--jobs", "2") == 0
+    out = capsys.readouterr().out
+    assert out.count(" done") >= 2
+    for r in ("plain8", "resnet8"):
+        seq = (tmp_path / "seq" / "pair" / r / "metrics.csv").read_text().splitlines()
+        par = (tmp_path / "par" / "pair" / r / "metrics.csv").read_text().splitlines()
+        strip = lambda lines: [",".join(line.split(",")[:12]) for line in lines]  # noqa: E731  (timing columns differ)
+        assert strip(par) == strip(seq)
+        assert (tmp_path / "par" / "pair" / r / "output.log").exists()

@@ -1,0 +1,91 @@
+"""torchrun with 2 gloo processes on CPU: the same global batches and results as one process (within
+the tolerance that per-process BN statistics allow), rank 0 alone writing, resume after a kill."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_image_folder
+from resnet_repro import run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    write_image_folder(tmp / "tiny", n_train=64, n_test=16)
+    (tmp / "exp.toml").write_text(f"""
+runs = ["resnet8"]
+[train]
+data = "{tmp / 'tiny'}"
+batch_size = 16
+iterations = 12
+milestones = [6, 9]
+eval_batch_size = 8
+""")
+    return tmp
+
+
+def torchrun(tmp, out, *extra, **popen):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "resnet_repro.run",
+           str(tmp / "exp.toml"), "--out", str(tmp / out), "--no-progress", "--no-figures", "--deterministic", *extra]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    if popen:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def two(setup):
+    result = torchrun(setup, "two")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return setup / "two" / "exp" / "resnet8", result.stdout
+
+
+def test_two_processes_match_one_within_tolerance(setup, two):
+    assert run.main([str(setup / "exp.toml"), "--out", str(setup / "one"), "--no-progress", "--no-figures",
+                     "--deterministic", "--device", "cpu"]) == 0
+    one = rows(setup / "one" / "exp" / "resnet8" / "metrics.csv")
+    two_dir, stdout = two
+    both = rows(two_dir / "metrics.csv")
+    key = lambda r: (r["epoch"], r["iteration"], r["lr"])  # noqa: E731
+    assert [key(r) for r in both] == [key(r) for r in one]  # the same global batches and schedule
+    for a, b in zip(one, both):  # BN statistics over 8 images per process instead of 16: close, not equal
+        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=0.03)
+        assert float(b["test_loss"]) == pytest.approx(float(a["test_loss"]), rel=0.03)
+    assert stdout.count("run ") == 1 and "x 2 processes" in stdout  # rank 0 alone prints the summary
+    import json
+    config = json.loads((two_dir / "config.json").read_text())
+    assert config["world_size"] == 2
+    a, b = torch.load(setup / "one" / "exp" / "resnet8" / "final.pt")["model"], torch.load(two_dir / "final.pt")["model"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=0.05, rtol=0.05) for k in a)
+
+
+def test_killed_torchrun_job_resumes_to_the_same_result(setup, two):
+    metrics = setup / "broken" / "exp" / "resnet8" / "metrics.csv"
+    proc = torchrun(setup, "broken", start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers, no chance to clean up
+    proc.wait()
+    assert len(rows(metrics)) < 3, "the job finished before it could be killed"
+    result = torchrun(setup, "broken", "--resume")
+    assert result.returncode == 0, result.stderr[-2000:]
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")} for r in rs]  # noqa: E731
+    assert strip(rows(metrics)) == strip(rows(two[0] / "metrics.csv"))
+    a, b = torch.load(two[0] / "final.pt")["model"], torch.load(metrics.parent / "final.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,30 @@
+import pytest
+import torch
+
+from resnet_repro import config, models
+
+
+def test_degradation18_34_is_fig4s_cifar_variant():
+    exp = config.load_experiment("degradation18_34")
+    assert list(exp.runs) == ["plain18", "plain34", "resnet18", "resnet34"]
+    for spec in exp.runs.values():
+        assert (spec.stem, spec.shortcut, spec.data) == ("cifar", "A", "cifar10")
+        assert (spec.batch_size, spec.lr, spec.iterations, spec.milestones) == (128, 0.1, 64000, (32000, 48000))
+    quick = config.load_experiment("degradation18_34", quick=True)
+    assert {(s.data, s.iterations, s.stem) for s in quick.runs.values()} == {("mini", 40, "cifar")}
+
+
+@pytest.mark.parametrize("run", ["plain18", "plain34", "resnet18", "resnet34"])
+def test_degradation18_34_nets_take_cifar_images(run):
+    spec = config.load_experiment("degradation18_34").runs[run]
+    model = models.build_model(spec.model, 10, spec.shortcut, spec.stem).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_cifar100_uses_cifar100_and_quick_the_mini_cifar10():
+    exp = config.load_experiment("cifar100")
+    assert list(exp.runs) == ["plain20", "plain56", "resnet20", "resnet56"]
+    assert {s.data for s in exp.runs.values()} == {"cifar100"}
+    quick = config.load_experiment("cifar100", quick=True)
+    assert {(s.data, s.iterations) for s in quick.runs.values()} == {("mini", 100)}

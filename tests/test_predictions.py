@@ -1,0 +1,115 @@
+import json
+
+import pytest
+import torch
+from matplotlib.colors import to_rgba
+from PIL import Image
+
+from conftest import CLASSES, write_image_folder
+from resnet_repro import analysis, data, models
+
+
+def fixed_model(seed=0):
+    """A tiny resnet8 for 3 classes with random weights and BN statistics, so eval mode is not an identity."""
+    model = models.build_model("resnet8", len(CLASSES))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if "running_var" in name else torch.randn(t.shape, generator=g) * 0.5)
+    return model
+
+
+def tiny_uint8(n, seed=0):
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_grid_titles_are_predicted_and_true_and_mistakes_are_red():
+    images = tiny_uint8(6)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    predictions = torch.tensor([0, 2, 2, 1, 1, 2])
+    fig = analysis.fig_predictions(images, labels, predictions, CLASSES, title="exp/run")
+    assert len(fig.axes) == 6
+    for ax, image, t, p in zip(fig.axes, images, labels.tolist(), predictions.tolist()):
+        assert ax.get_title() == f"{CLASSES[p]} ({CLASSES[t]})"
+        color = to_rgba(ax.title.get_color())
+        frame = to_rgba(ax.spines["left"].get_edgecolor())
+        if p == t:
+            assert color == frame == to_rgba(analysis.RIGHT)
+        else:
+            assert color == frame == to_rgba(analysis.WRONG) != to_rgba(analysis.RIGHT)
+            assert ax.spines["left"].get_linewidth() > 2
+        assert (ax.images[0].get_array() == image.permute(1, 2, 0).numpy()).all()  # the raw pixels, not normalized
+    suptitle = fig._suptitle.get_text()
+    assert suptitle.startswith("exp/run\n") and "4/6 right (66.7%)" in suptitle
+
+
+def test_grid_is_rows_of_eight():
+    fig = analysis.fig_predictions(tiny_uint8(11), [0] * 11, [0] * 11, CLASSES)
+    rows_cols = {ax.get_subplotspec().get_geometry()[:2] for ax in fig.axes}
+    assert rows_cols == {(2, 8)} and len(fig.axes) == 11
+    assert "11/11 right (100.0%)" in fig._suptitle.get_text()
+
+
+def test_predict_is_the_eval_argmax_in_any_batch_size():
+    model, images = fixed_model(), tiny_uint8(10)
+    mean = images.float().mean(0) / 255
+    expected = model.eval()(data.normalize(images, mean)).argmax(1)
+    model.train()
+    for batch in (3, 1000):
+        assert torch.equal(analysis.predict(model, images, mean, "cpu", batch), expected)
+    assert not model.training
+
+
+def test_sample_indices_are_fixed_by_the_seed_and_capped():
+    assert torch.equal(analysis.sample_indices(100, 8, seed=1), analysis.sample_indices(100, 8, seed=1))
+    assert not torch.equal(analysis.sample_indices(100, 8, seed=1), analysis.sample_indices(100, 8, seed=2))
+    assert analysis.sample_indices(5, 32).tolist() == [0, 1, 2, 3, 4]
+
+
+def write_finished_run(root, data_path, final=True):
+    run_dir = root / "results" / "tiny" / "resnet8"
+    run_dir.mkdir(parents=True)
+    config = {"experiment": "tiny", "run": "resnet8", "model": "resnet8", "num_classes": len(CLASSES), "shortcut": "A",
+              "stem": "cifar", "data": str(data_path), "data_dir": str(root / "data"), "dataset": "tiny"}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    model = fixed_model()
+    if final:
+        torch.save({"model": model.state_dict(), "config": config}, run_dir / "final.pt")
+    return run_dir, model
+
+
+def test_cli_draws_a_finished_runs_predictions(tmp_path, monkeypatch, capsys):
+    write_image_folder(tmp_path / "images", n_test=9)
+    run_dir, model = write_finished_run(tmp_path, tmp_path / "images")
+    monkeypatch.chdir(tmp_path)
+    assert analysis.main(["predictions", str(run_dir), "--n", "4"]) == 0
+    out = tmp_path / "figures" / "predictions-tiny-resnet8.png"
+    assert Image.open(out).format == "PNG"
+    ds = data.load(str(tmp_path / "images"))
+    index = analysis.sample_indices(len(ds.test), 4)
+    right = (analysis.predict(model, ds.test.images[index], ds.mean) == ds.test.labels[index]).sum().item()
+    assert capsys.readouterr().out.strip() == f"{out.relative_to(tmp_path)}: {right}/4 right"
+
+    assert analysis.main(["predictions", str(run_dir), "--out", str(tmp_path / "all.png")]) == 0
+    assert (tmp_path / "all.png").exists()
+    assert capsys.readouterr().out.strip().endswith("/9 right")  # --n 32 capped at the 9 test images
+
+
+def test_cli_says_when_the_run_is_not_finished(tmp_path, capsys):
+    run_dir, _ = write_finished_run(tmp_path, tmp_path / "images", final=False)
+    (run_dir / "status.json").write_text(json.dumps({"state": "running"}))
+    with pytest.raises(SystemExit) as e:
+        analysis.main(["predictions", str(run_dir)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no final.pt" in err and "not finished (state: running)" in err
+
+
+def test_cli_says_when_the_data_cannot_be_loaded(tmp_path, capsys):
+    run_dir, _ = write_finished_run(tmp_path, tmp_path / "nowhere")
+    with pytest.raises(SystemExit) as e:
+        analysis.main(["predictions", str(run_dir)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: data not found:") and "nowhere" in err
