@@ -734,7 +734,7 @@ def predictions_main(argv=None):
         parser.exit(2, f"error: cannot read {path}: {e}\n")
     config = ckpt["config"]
     try:
-        ds = data.load(config["data"], config.get("data_dir", "data"))
+        ds = data.load(config["data"], config.get("data_dir", "data"), image_size=config.get("image_size", 32), resize=config.get("resize", False))
     except data.DataError as e:
         parser.exit(2, f"error: {e}\n")
     model = models.build_model(config["model"], config["num_classes"], config.get("shortcut"), config.get("stem"))

@@ -33,6 +33,9 @@ class TrainSpec:
     stem: str | None = None  # "cifar" or "imagenet"; None: the family's default
     data: str = "cifar10"  # cifar10, cifar100 (downloaded), mini (bundled), or a path to an ImageFolder dir / .tar.gz
     val_size: int = 0  # >0: hold out this many training images and evaluate on them (the paper chose its schedule on 45k/5k)
+    image_size: int = 32  # images must be this size (CIFAR: 32) ...
+    resize: bool = False  # ... unless resized to it when decoded (ImageFolder data, e.g. 224 for fine-tuning)
+    init_weights: str = ""  # "": He init; "torchvision": its ImageNet weights (torch cache or download); or a weights file
     batch_size: int = 128  # the paper's mini-batch (it was split over 2 GPUs)
     lr: float = 0.1
     momentum: float = 0.9
@@ -63,6 +66,7 @@ class TrainSpec:
             (self.lr > 0 and 0 < self.lr_decay <= 1, "lr must be positive and lr_decay in (0, 1]"),
             (list(self.milestones) == sorted(self.milestones), f"milestones must increase: {list(self.milestones)}"),
             (self.val_size >= 0 and self.warmup_lr >= 0, "val_size and warmup_lr must not be negative"),
+            (self.image_size >= 8, f"image_size must be at least 8, not {self.image_size}"),
             (self.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, not {self.precision!r}"),
         ]
         for ok, message in checks:

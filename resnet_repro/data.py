@@ -6,7 +6,7 @@ Sources (`load(source, ...)`):
 - a directory with `train/` and `test/` ImageFolder trees (class per subfolder), or a `.tar.gz` of one.
   Archives are decoded once into `data_dir/cache/` and reused.
 
-Every split is decoded once to a uint8 tensor (N, 3, 32, 32) and moved to the device whole: training
+Every split is decoded once to a uint8 tensor (N, 3, 32, 32: other sizes with image_size/resize) and moved to the device whole: training
 then needs no DataLoader workers and no per-batch host-to-device copies.
 """
 
@@ -60,16 +60,19 @@ class Dataset:
         return len(self.classes)
 
 
-def load(source="cifar10", data_dir="data", device="cpu", val_size=0):
+def load(source="cifar10", data_dir="data", device="cpu", val_size=0, image_size=32, resize=False):
     """Load `source` (see module doc) onto `device`. val_size > 0 holds out that many training images
-    (the same ones for every seed) and returns them as `test`."""
+    (the same ones for every seed) and returns them as `test`. Images must be image_size x image_size;
+    with `resize`, ImageFolder images of any size are resized to that when decoded (e.g. 224 for fine-tuning)."""
     data_dir = Path(data_dir)
     if source in ("cifar10", "cifar100"):
+        if resize and image_size != 32:
+            raise DataError(f"{source} is 32x32; resizing it to {image_size} is not supported (pass an ImageFolder --data instead)")
         name, classes, train, test = _load_torchvision(source, data_dir)
     else:
         path = MINI if source == "mini" else Path(source).expanduser()
-        name, classes, train, test = _load_folder_or_archive(path, data_dir)
-    _check(name, classes, train, test)
+        name, classes, train, test = _load_folder_or_archive(path, data_dir, image_size if resize else None)
+    _check(name, classes, train, test, image_size)
     checksum = _checksum(train, test)
     if val_size:
         if not 0 < val_size < len(train):
@@ -88,10 +91,11 @@ def normalize(images, mean):
     return images.float().div_(255).sub_(mean)
 
 
-def augment(x, generator, pad=4):
-    """Pad by `pad` (zeros, i.e. the mean pixel after normalize), random crop back to size and random
-    horizontal flip, drawn independently for every image of the batch."""
+def augment(x, generator, pad=None):
+    """Pad by `pad` (zeros, i.e. the mean pixel after normalize; default 1/8 of the size: 4 for 32x32),
+    random crop back to size and random horizontal flip, drawn independently for every image of the batch."""
     b, c, h, w = x.shape
+    pad = w // 8 if pad is None else pad
     padded = F.pad(x, (pad, pad, pad, pad))
     dev = x.device
     dy = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=generator)
@@ -134,7 +138,7 @@ def _load_torchvision(source, data_dir):
 # --- ImageFolder trees and archives of them -------------------------------------------------------
 
 
-def _load_folder_or_archive(path, data_dir):
+def _load_folder_or_archive(path, data_dir, size):
     if not path.exists():
         raise DataError(
             f"data not found: {path} does not exist. Pass --data cifar10 (download), --data PATH "
@@ -142,11 +146,12 @@ def _load_folder_or_archive(path, data_dir):
         )
     if path.is_dir():
         files = {p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*")) if p.is_file()}
-        classes, train, test = _decode_tree({k: v.read_bytes for k, v in files.items()}, str(path))
+        classes, train, test = _decode_tree({k: v.read_bytes for k, v in files.items()}, str(path), size)
         return path.name, classes, train, test
 
     md5 = _md5_file(path)
-    cache = data_dir / "cache" / f"{path.name.split('.')[0]}-{md5[:12]}-v{CACHE_VERSION}.pt"
+    resized = f"-{size}px" if size else ""
+    cache = data_dir / "cache" / f"{path.name.split('.')[0]}-{md5[:12]}{resized}-v{CACHE_VERSION}.pt"
     if cache.exists():
         try:
             c = torch.load(cache, weights_only=True)
@@ -157,7 +162,7 @@ def _load_folder_or_archive(path, data_dir):
         with tarfile.open(path, "r:*") as tar:
             members = {m.name: m for m in tar.getmembers() if m.isfile()}
             readers = {name: (lambda m=m, t=tar: t.extractfile(m).read()) for name, m in members.items()}
-            classes, train, test = _decode_tree(readers, str(path))
+            classes, train, test = _decode_tree(readers, str(path), size)
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
         raise DataError(f"corrupt or unreadable archive {path}: {e}. Get a fresh copy (expected a .tar.gz of an ImageFolder tree with train/ and test/).") from None
     name = KNOWN_ARCHIVES.get(md5, path.name)
@@ -169,9 +174,10 @@ def _load_folder_or_archive(path, data_dir):
     return name, classes, train, test
 
 
-def _decode_tree(readers, where):
+def _decode_tree(readers, where, size=None):
     """readers: relative path -> callable returning the file's bytes. Finds <root>/train/<class>/<image>
-    and <root>/test/<class>/<image> at any depth; returns classes, train Split, test Split."""
+    and <root>/test/<class>/<image> at any depth; returns classes, train Split, test Split. With `size`,
+    every image is resized to size x size."""
     from PIL import Image
 
     splits = {"train": {}, "test": {}}  # split -> class -> [(path, reader)]
@@ -191,7 +197,8 @@ def _decode_tree(readers, where):
         for label, cls in enumerate(classes):
             for rel, read in sorted(by_class[cls]):
                 try:
-                    img = np.asarray(Image.open(io.BytesIO(read())).convert("RGB"))
+                    img = Image.open(io.BytesIO(read())).convert("RGB")
+                    img = np.asarray(img.resize((size, size), Image.BILINEAR) if size else img)
                 except Exception as e:
                     raise DataError(f"{where}: cannot decode image {rel}: {e}") from None
                 if images and img.shape != images[0].shape:
@@ -203,13 +210,14 @@ def _decode_tree(readers, where):
     return classes, decode(splits["train"]), decode(splits["test"])
 
 
-def _check(name, classes, train, test):
+def _check(name, classes, train, test, size):
     if len(classes) < 2:
         raise DataError(f"{name}: found {len(classes)} class(es) {classes}; a classification dataset needs at least 2.")
     for split in (train, test):
-        if tuple(split.images.shape[1:]) != (3, 32, 32):
+        if tuple(split.images.shape[1:]) != (3, size, size):
             h, w = split.images.shape[2:]
-            raise DataError(f"{name}: images are {w}x{h}; the CIFAR experiments need 32x32 RGB images.")
+            raise DataError(f"{name}: images are {w}x{h}; this experiment needs {size}x{size} RGB images "
+                            f"(--set resize=true resizes them, --set image_size=N sets the size).")
 
 
 def _checksum(train, test):

@@ -17,6 +17,7 @@ follows a 3x3 conv is the "layer response" of Fig. 7 (after BN, before the ReLU 
 
 import re
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -276,6 +277,43 @@ def convert_cifar_state_dict(state_dict):
         key = key.removeprefix("module.")
         out["fc." + key.removeprefix("linear.") if key.startswith("linear.") else key] = value
     return out
+
+
+def pretrained_state_dict(name, source):
+    """Weights to start from: source "torchvision" (ImageNet weights of resnet18..152, from the local torch
+    cache, downloaded if absent and reachable), or a path to a state dict, a torchvision .pth, our final.pt
+    or a checkpoint of the common CIFAR re-implementations. Raises ValueError with what to do."""
+    if source == "torchvision":
+        import torchvision
+
+        kind, depth = parse_name(name)
+        if kind != "resnet" or depth not in IMAGENET_LAYERS:
+            raise ValueError(f"torchvision has pretrained weights for resnet18/34/50/101/152 only, not {name}")
+        weights = torchvision.models.get_model_weights(f"resnet{depth}").DEFAULT
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        try:
+            return weights.get_state_dict(progress=False)
+        except Exception as e:  # offline and not cached
+            raise ValueError(f"torchvision's {name} weights are not in the torch cache ({cached}) and could not be "
+                             f"downloaded ({type(e).__name__}: {e}). Copy {Path(weights.url).name} there, or pass a weights file.") from None
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise ValueError(f"weights file {path} not found; pass a file or 'torchvision'")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state.get("state_dict", state))  # our final.pt / checkpoint layouts
+    return convert_cifar_state_dict(state)
+
+
+def load_pretrained(model, state_dict):
+    """Load `state_dict` into `model`; a classifier (fc) of another class count is left freshly
+    initialised, as fine-tuning needs. Raises ValueError naming keys that do not fit."""
+    own = model.state_dict()
+    state = {k: v for k, v in state_dict.items() if not (k.startswith("fc.") and k in own and v.shape != own[k].shape)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    wrong = [k for k in missing if not k.startswith("fc.")] + list(unexpected)
+    if wrong:
+        raise ValueError(f"the weights do not fit {type(model).__name__}: {', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}")
+    return [k for k in missing]  # the keys left as initialised (the fc, when replaced)
 
 
 def summary(names):

@@ -96,10 +96,12 @@ def summary_table(results):
     return "\n".join(lines)
 
 
-def main(argv=None):
+def main(argv=None, make_experiment=None):
+    """The command line. make_experiment(args) -> Experiment replaces reading experiments/<name>.toml
+    (resnet_repro.finetune builds its experiment from its own options)."""
     args = parse_args(argv)
     try:
-        return _main(args)
+        return _main(args, make_experiment or experiment_from)
     except (cfg.SpecError, ckpt.RunDirError) as e:
         if args.debug:
             raise
@@ -115,21 +117,24 @@ def main(argv=None):
         return 130
 
 
-def _main(args):
+def experiment_from(args):
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs else None
+    return cfg.load_experiment(args.experiment, quick=args.quick, overrides=overrides_from(args), runs=runs)
+
+
+def _main(args, make_experiment):
     if args.list:
         list_experiments()
         return 0
     rank, world_size, dist_device = distributed.init()
     try:
-        return _run(args, rank, world_size, dist_device)
+        return _run(args, make_experiment(args), rank, world_size, dist_device)
     finally:
         distributed.finish()
 
 
-def _run(args, rank, world_size, dist_device):
+def _run(args, exp, rank, world_size, dist_device):
     say = print if rank == 0 else (lambda *a, **k: None)  # under torchrun only rank 0 talks
-    runs = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs else None
-    exp = cfg.load_experiment(args.experiment, quick=args.quick, overrides=overrides_from(args), runs=runs)
     devices = [torch.device(d.strip()) for d in (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).split(",")]
     if world_size > 1:
         if args.jobs > 1 or len(devices) > 1:
@@ -150,10 +155,10 @@ def _run(args, rank, world_size, dist_device):
     parallel = (args.jobs > 1 or len(devices) > 1) and len(exp.runs) > 1
     datasets, results = {}, []
     for run, spec in exp.runs.items():
-        key = (spec.data, spec.val_size)
+        key = (spec.data, spec.val_size, spec.image_size, spec.resize)
         if key not in datasets:  # in parallel mode this checks the data once and fills the cache the runs read
             t = time.perf_counter()
-            datasets[key] = datamod.load(spec.data, args.data_dir, "cpu" if parallel else device, spec.val_size)
+            datasets[key] = datamod.load(spec.data, args.data_dir, "cpu" if parallel else device, *key[1:])
             ds = datasets[key]
             say(f"data: {ds.name}, {len(ds.train):,} train / {len(ds.test):,} test images, {ds.num_classes} classes "
                   f"({time.perf_counter() - t:.1f}s)")
@@ -161,7 +166,7 @@ def _run(args, rank, world_size, dist_device):
         results = run_parallel(args, exp, exp_dir, devices)
         return 130 if results is None else finish(args, exp, exp_dir, results)
     for run, spec in exp.runs.items():
-        key = (spec.data, spec.val_size)
+        key = (spec.data, spec.val_size, spec.image_size, spec.resize)
         try:
             result = trainer.train(spec, datasets[key], exp_dir / run, experiment=exp.name, run=run, device=device,
                                    quick=exp.quick, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,

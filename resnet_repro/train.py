@@ -26,7 +26,7 @@ from tqdm import tqdm
 from resnet_repro import checkpoint as ckpt
 from resnet_repro.checkpoint import RunDirError
 from resnet_repro.data import augment, normalize
-from resnet_repro.models import build_model, num_params, parse_name
+from resnet_repro.models import build_model, load_pretrained, num_params, parse_name, pretrained_state_dict
 
 LOG_EVERY = 50  # iterations between progress-bar updates (each one is a host-device sync)
 WARMUP_CHECK = 50  # iterations between checks of the warm-up's training error
@@ -303,6 +303,12 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
     model, forward, optimizer = setup_model(spec, dataset.num_classes, device)
     main, distributed = world()[0] == 0, world()[1] > 1
+    if spec.init_weights and state is None:
+        try:
+            fresh = load_pretrained(model, pretrained_state_dict(spec.model, spec.init_weights))
+        except ValueError as e:
+            raise RunFailed(str(e)) from None
+        tqdm.write(f"{config['run']}: started from {spec.init_weights}" + (f" ({', '.join(fresh)} new)" if fresh else ""))
     generator = torch.Generator(device=device).manual_seed(spec.seed)
     train_split, mean, batch = dataset.train, dataset.mean, spec.batch_size
     per_epoch = len(train_split) // batch

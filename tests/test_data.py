@@ -91,8 +91,11 @@ def test_missing_path_and_corrupt_archive(tmp_path, image_folder):
 
 def test_wrong_size_too_few_classes_and_mismatched_classes(tmp_path):
     write_image_folder(tmp_path / "big", size=40)
-    with pytest.raises(DataError, match="40x40.*32x32"):
+    with pytest.raises(DataError, match="40x40.*32x32.*resize=true"):
         data.load(str(tmp_path / "big"))
+    assert data.load(str(tmp_path / "big"), image_size=40).train.images.shape[1:] == (3, 40, 40)
+    resized = data.load(str(tmp_path / "big"), image_size=24, resize=True)
+    assert resized.train.images.shape[1:] == (3, 24, 24) and resized.mean.shape == (3, 24, 24)
     write_image_folder(tmp_path / "one", classes=["cat"])
     with pytest.raises(DataError, match="at least 2"):
         data.load(str(tmp_path / "one"))
@@ -146,3 +149,11 @@ def test_augment_crops_and_flips_each_image_independently():
     assert len(found) > 100 and 0.3 < flips / len(found) < 0.7
     # Seeded: the same generator state gives the same batch.
     assert torch.equal(out, data.augment(x, torch.Generator().manual_seed(1)))
+
+
+def test_augment_pads_an_eighth_of_the_size_by_default():
+    x = torch.ones(64, 1, 16, 16)
+    out = data.augment(x, torch.Generator().manual_seed(0))
+    # A crop offset by up to 2 pixels (16 / 8) leaves at most 2 zero rows or columns on a side.
+    zero_rows = (out.sum(3) == 0).sum(2).max().item()
+    assert zero_rows == 2 and out.shape == x.shape
