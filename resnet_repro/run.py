@@ -172,11 +172,8 @@ def _run(args, exp, rank, world_size, dist_device):
                                    quick=exp.quick, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,
                                    progress=not args.no_progress, deterministic=args.deterministic)
         except trainer.Interrupted as e:
-            if rank:
-                return 130
-            print(f"{run}: {e}", file=sys.stderr)
-            print(f"resume with: python -m resnet_repro.run {' '.join(sys.argv[1:] if sys.argv[1:] else [args.experiment])} --resume"
-                  .replace(" --resume --resume", " --resume"), file=sys.stderr)
+            if rank == 0:
+                print(f"{run}: {e}", file=sys.stderr)  # says how to resume
             return 130
         if result.state == "failed" and rank == 0:
             print(f"{run}: FAILED: {result.message}", file=sys.stderr)
@@ -238,7 +235,7 @@ def run_parallel(args, exp, exp_dir, devices):
     except KeyboardInterrupt:  # Ctrl-C reached the runs too: they finish their step and write a checkpoint
         for proc, _ in running.values():
             proc.wait()
-        print(f"interrupted; continue with: python -m resnet_repro.run {' '.join(sys.argv[1:])} --resume", file=sys.stderr)
+        print("interrupted; the runs wrote checkpoints: continue with the same command plus --resume", file=sys.stderr)
         return None
     finally:
         bar.close()
