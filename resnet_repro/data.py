@@ -127,7 +127,7 @@ def _load_torchvision(source, data_dir):
         raise DataError(
             f"could not get {pretty}: tried torchvision's download from {cls.url} into {data_dir}/ ({reason}). "
             f"Without network, pass --data PATH (an ImageFolder directory with train/ and test/, or a .tar.gz "
-            f"of one, e.g. ../shared/data/cifar10-jpeg.tar.gz), or --quick for the bundled mini CIFAR-10."
+            f"of one, such as a cifar10-jpeg.tar.gz), or --quick for the bundled mini CIFAR-10."
         ) from None
     to_split = lambda d: Split(  # noqa: E731
         torch.from_numpy(np.ascontiguousarray(d.data.transpose(0, 3, 1, 2))), torch.tensor(d.targets, dtype=torch.int64)

@@ -21,7 +21,7 @@ examples:
       the demo: plain/ResNet-20/56 on the bundled mini CIFAR-10, a short schedule, CPU is fine
   uv run python -m resnet_repro.run degradation
       the paper's Fig. 1 runs (64k iterations each) on CIFAR-10, downloaded into ./data
-  uv run python -m resnet_repro.run degradation --data ../shared/data/cifar10-jpeg.tar.gz
+  uv run python -m resnet_repro.run degradation --data path/to/cifar10-jpeg.tar.gz
       the same from an ImageFolder .tar.gz (results say "CIFAR-10 (JPEG q75 copy)")
   uv run python -m resnet_repro.run degradation --runs plain20,resnet20 --seed 1 --out results/seed1
   uv run python -m resnet_repro.run degradation --resume          continue killed or stopped runs
@@ -152,6 +152,8 @@ def _run(args, exp, rank, world_size, dist_device):
     first = next(iter(exp.runs.values()))
     say(f"{exp.name}: {len(exp.runs)} runs ({', '.join(exp.runs)}), {first.iterations:,} iterations of batch {first.batch_size}, "
           f"on {', '.join(map(trainer.device_name, devices))}{f' x {world_size} processes' if world_size > 1 else ''} -> {exp_dir}/")
+    if device.type == "cpu" and first.iterations > 5000:
+        say(f"note: no GPU; {first.iterations:,} iterations per run take many hours on a CPU (--quick runs the demo in minutes)")
     parallel = (args.jobs > 1 or len(devices) > 1) and len(exp.runs) > 1
     datasets, results = {}, []
     for run, spec in exp.runs.items():
