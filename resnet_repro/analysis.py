@@ -586,8 +586,8 @@ FIGURE_RUNS = {"fig4": [n for p in FIG4_PANELS for n in p], "fig6": list(dict.fr
 def draw(paths, out_dir="figures", fig7=True, device=None):
     """Draw every figure and table the runs allow into out_dir (`<name>.png/.pdf`, `<table>.md/.csv`).
 
-    paths: a path, a list of paths (see load_runs) or a frame from load_runs. Quick runs among full
-    ones go to out_dir/quick, with keys "quick/<name>". Returns {name: [written paths]} for what was
+    paths: a path, a list of paths (see load_runs) or a frame from load_runs. Quick runs go to
+    out_dir/quick, with keys "quick/<name>". Returns {name: [written paths]} for what was
     drawn and {name: "missing: ..."} (or "ambiguous: ...", "skipped") for the rest; prints both.
     fig7=False skips Fig. 7, which loads final.pt and the test set. device: for Fig. 7 (default cuda if any).
     """
@@ -599,9 +599,9 @@ def draw(paths, out_dir="figures", fig7=True, device=None):
 
 
 def _result_sets(df, out_dir):
-    if df.quick.nunique() < 2:
-        return [("", df, out_dir)]
-    return [("", df[~df.quick], out_dir), ("quick/", df[df.quick], out_dir / "quick")]
+    """Full runs into out_dir; quick runs, not the paper's setting, always apart into out_dir/quick."""
+    sets = [("", df[~df.quick], out_dir)] if df.empty or (~df.quick).any() else []
+    return sets + ([("quick/", df[df.quick], out_dir / "quick")] if df.quick.any() else [])
 
 
 def _draw_set(df, out_dir, with_fig7, device, prefix):
@@ -647,7 +647,7 @@ def _save_figure(name, df, out_dir, device):
         fig = {"fig1": fig1, "fig4": fig4, "fig6": fig6, "depth": fig_depth}[name](df)
         absent = [n for n in FIGURE_RUNS.get(name, []) if n not in set(df.run)]
     for suffix in (".png", ".pdf"):
-        fig.savefig(out_dir / f"{name}{suffix}", dpi=150)
+        fig.savefig(out_dir / f"{name}{suffix}", dpi=150, metadata={"CreationDate": None} if suffix == ".pdf" else None)  # same runs, same bytes
         written.append(out_dir / f"{name}{suffix}")
     return written, absent
 
@@ -657,14 +657,14 @@ def _save_figure(name, df, out_dir, device):
 EXAMPLES = """examples:
   uv run python -m resnet_repro.analysis                          # everything under results/ -> figures/
   uv run python -m resnet_repro.analysis results/degradation --out figures/
-  uv run python -m resnet_repro.analysis results/degradation-quick --out figures/quick --no-fig7
+  uv run python -m resnet_repro.analysis results/degradation-quick --no-fig7     # quick runs: figures/quick/
   uv run python -m resnet_repro.analysis predictions results/degradation/resnet56   # its predictions on 32 test images
 
 Figures (PNG and PDF): fig1 (plain-20 vs plain-56), fig6 (plain, ResNet, ResNet-110/1202),
 fig4 (18 vs 34 layers), fig7 (std of layer responses, needs final.pt and the test data), depth
 (final error against depth). Tables (Markdown and CSV): table6, table2, summary.
-A figure whose runs are missing is listed with their names. Quick runs (config "quick") found
-among full ones are drawn apart, into <out>/quick.
+A figure whose runs are missing is listed with their names. Quick runs (config "quick") are
+always drawn apart, into <out>/quick.
 `predictions RUN_DIR` draws one finished run's predictions instead (see `predictions --help`).
 """
 

@@ -189,7 +189,7 @@ def finish(args, exp, exp_dir, results):
     print()
     print(summary_table(results))
     if not args.no_figures:
-        draw_figures(exp_dir, Path(args.figures) / ("quick" if exp.quick else ""))
+        draw_figures(exp_dir, Path(args.figures))  # quick runs land in <figures>/quick
     return 1 if any(r.state == "failed" for r in results) else 0
 
 

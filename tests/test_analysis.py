@@ -357,6 +357,8 @@ def test_draw_puts_quick_runs_apart_and_labels_them(tmp_path):
     assert result["quick/fig1"] == [tmp_path / "figs" / "quick" / "fig1.png", tmp_path / "figs" / "quick" / "fig1.pdf"]
     assert "quick run" in (tmp_path / "figs" / "quick" / "summary.md").read_text()
     assert "quick run" not in (tmp_path / "figs" / "summary.md").read_text()
+    only_quick = draw(tmp_path / "degradation-quick", tmp_path / "q", fig7=False)
+    assert only_quick["quick/fig1"][0] == tmp_path / "q" / "quick" / "fig1.png" and "fig1" not in only_quick
 
 
 def test_draw_reports_ambiguous_run_names(tmp_path):
