@@ -398,6 +398,9 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
 
             n = pos * batch
             eval_start = time.perf_counter()
+            if distributed:  # each process's last step moved its own BN running statistics: evaluate rank 0's, the ones saved
+                for buffer in model.buffers():
+                    dist.broadcast(buffer, src=0)
             test_loss, test_err = evaluate(model if distributed else forward, dataset.test, mean, spec, device)
             epoch_seconds = train_seconds + time.perf_counter() - eval_start
             best = min(best, test_err)

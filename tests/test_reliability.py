@@ -33,8 +33,8 @@ runs = ["resnet8"]
 [train]
 data = "{tmp_path / 'tiny'}"
 batch_size = 8
-iterations = 48
-milestones = [24, 36]
+iterations = 96
+milestones = [48, 72]
 eval_batch_size = 8
 """)
 
@@ -48,15 +48,14 @@ eval_batch_size = 8
     proc = subprocess.Popen(command(tmp_path / "broken"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
-        time.sleep(0.05)  # wait for two epochs' rows, then kill mid-run with no chance to clean up
-    time.sleep(0.3)
+        time.sleep(0.02)  # wait for two epochs' rows (of 12), then kill mid-run with no chance to clean up
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert json.loads((metrics.parent / "status.json").read_text())["state"] == "running"
     subprocess.run(command(tmp_path / "broken", "--resume"), check=True, env=env, capture_output=True, timeout=300)
     whole = tmp_path / "whole" / "exp" / "resnet8"
-    assert rows(metrics) == rows(whole / "metrics.csv") and len(rows(metrics)) == 6
+    assert rows(metrics) == rows(whole / "metrics.csv") and len(rows(metrics)) == 12
     a, b = torch.load(whole / "final.pt")["model"], torch.load(metrics.parent / "final.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
