@@ -157,7 +157,7 @@ def _run(args, exp, rank, world_size, dist_device):
     parallel = (args.jobs > 1 or len(devices) > 1) and len(exp.runs) > 1
     datasets, results = {}, []
     for run, spec in exp.runs.items():
-        key = (spec.data, spec.val_size, spec.image_size, spec.resize)
+        key = data_key(spec)
         if key not in datasets:  # in parallel mode this checks the data once and fills the cache the runs read
             t = time.perf_counter()
             datasets[key] = datamod.load(spec.data, args.data_dir, "cpu" if parallel else device, *key[1:])
@@ -168,9 +168,8 @@ def _run(args, exp, rank, world_size, dist_device):
         results = run_parallel(args, exp, exp_dir, devices)
         return 130 if results is None else finish(args, exp, exp_dir, results)
     for run, spec in exp.runs.items():
-        key = (spec.data, spec.val_size, spec.image_size, spec.resize)
         try:
-            result = trainer.train(spec, datasets[key], exp_dir / run, experiment=exp.name, run=run, device=device,
+            result = trainer.train(spec, datasets[data_key(spec)], exp_dir / run, experiment=exp.name, run=run, device=device,
                                    quick=exp.quick, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,
                                    progress=not args.no_progress, deterministic=args.deterministic)
         except trainer.Interrupted as e:
@@ -183,6 +182,11 @@ def _run(args, exp, rank, world_size, dist_device):
     if rank:
         return 1 if any(r.state == "failed" for r in results) else 0
     return finish(args, exp, exp_dir, results)
+
+
+def data_key(spec):
+    """What decides a run's dataset: runs that share it load it once (arguments 1.. of datamod.load)."""
+    return (spec.data, spec.val_size, spec.image_size, spec.resize)
 
 
 def finish(args, exp, exp_dir, results):

@@ -1,5 +1,6 @@
 import hashlib
 import io
+import csv
 import functools
 import http.server
 import pickle
@@ -79,3 +80,12 @@ def http_dir(tmp_path):
     yield folder, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
+
+
+TIMING = ("epoch_seconds", "images_per_second")  # metrics.csv columns that differ between identical runs
+
+
+def csv_rows(path, drop=()):
+    """metrics.csv as a list of dicts, without the `drop` columns."""
+    with open(path) as f:
+        return [{k: v for k, v in r.items() if k not in drop} for r in csv.DictReader(f)]

@@ -1,7 +1,6 @@
 """torchrun with 2 gloo processes on CPU: the same global batches and results as one process (within
 the tolerance that per-process BN statistics allow), rank 0 alone writing, resume after a kill."""
 
-import csv
 import json
 import os
 import signal
@@ -13,17 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_image_folder
+from conftest import TIMING, csv_rows as rows, write_image_folder
 from resnet_repro import data, run, train
 from resnet_repro.config import TrainSpec
 from resnet_repro.models import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def rows(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +86,6 @@ def test_killed_torchrun_job_resumes_to_the_same_result(setup, two):
     assert len(rows(metrics)) < 6, "the job finished before it could be killed"
     result = torchrun(setup, "broken", "--resume")
     assert result.returncode == 0, result.stderr[-2000:]
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")} for r in rs]  # noqa: E731
-    assert strip(rows(metrics)) == strip(rows(two[0] / "metrics.csv"))
+    assert rows(metrics, drop=TIMING) == rows(two[0] / "metrics.csv", drop=TIMING)
     a, b = torch.load(two[0] / "final.pt")["model"], torch.load(metrics.parent / "final.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,6 +1,5 @@
 """Faults injected on purpose: SIGKILL, a full disk, out of memory. Nothing may be lost or duplicated."""
 
-import csv
 import errno
 import json
 import os
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_image_folder
+from conftest import TIMING, csv_rows, write_image_folder
 from resnet_repro import checkpoint as ckpt
 from resnet_repro import data, train
 from resnet_repro.config import TrainSpec
@@ -22,8 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def rows(path):
-    with open(path) as f:
-        return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")} for r in csv.DictReader(f)]
+    return csv_rows(path, drop=TIMING)
 
 
 def test_sigkill_then_resume_equals_an_unbroken_run(tmp_path):

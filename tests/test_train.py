@@ -1,4 +1,3 @@
-import csv
 import json
 import os
 import signal
@@ -6,13 +5,13 @@ import signal
 import pytest
 import torch
 
-from conftest import write_image_folder
+from conftest import TIMING, csv_rows, write_image_folder
 from resnet_repro import checkpoint as ckpt
 from resnet_repro import data, train
 from resnet_repro.config import TrainSpec
 from resnet_repro.models import build_model
 
-TIMING = ("epoch_seconds", "images_per_second", "run")  # and the run name, which differs
+VARYING = (*TIMING, "run")  # and the run name, which differs between the two directories
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +31,7 @@ def run(s, ds, run_dir, **kw):
 
 
 def rows(run_dir):
-    with open(run_dir / "metrics.csv") as f:
-        return list(csv.DictReader(f))
+    return csv_rows(run_dir / "metrics.csv")
 
 
 def test_lr_schedule_is_a_pure_function_of_the_iteration():
@@ -119,8 +117,7 @@ def test_a_signal_checkpoints_and_resume_is_exact(tiny, whole, tmp_path, monkeyp
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     monkeypatch.undo()
     run(spec(), tiny, broken, resume=True, deterministic=True)
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING} for r in rs]  # noqa: E731
-    assert strip(rows(broken)) == strip(rows(whole))
+    assert csv_rows(broken / "metrics.csv", drop=VARYING) == csv_rows(whole / "metrics.csv", drop=VARYING)
     a, b = torch.load(whole / "final.pt")["model"], torch.load(broken / "final.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
