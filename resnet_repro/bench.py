@@ -101,15 +101,16 @@ def run_engine(spec, ds, iterations, warmup, device):
     generator = torch.Generator(device=device).manual_seed(spec.seed)
     model.train()
     per_epoch = len(ds.train) // spec.batch_size
-    perm, start = None, None
+    batches, start = None, None
     for i in range(warmup + iterations):
         if i == warmup:
             sync(device)
             start = time.perf_counter()
         if i % per_epoch == 0:
             perm = torch.randperm(len(ds.train), device=device, generator=generator)
-        idx = perm[(i % per_epoch) * spec.batch_size : (i % per_epoch + 1) * spec.batch_size]
-        trainer.train_step(forward, optimizer, ds.train.images[idx], ds.train.labels[idx], ds.mean, generator, spec, device)
+            batches = trainer.train_batches(ds.train, perm, 0, spec.batch_size, ds.mean, generator, spec, i // per_epoch, device)
+        x, labels = next(batches)
+        trainer.train_step(forward, optimizer, x, labels, spec, device)
     sync(device)
     return spec.batch_size * iterations / (time.perf_counter() - start), forward
 
@@ -130,7 +131,7 @@ def check_training(model_name, ds, spec, iterations, device, workers):
     _, (usual_model, normalize) = run_usual(model_name, ds, spec.batch_size, iterations, 0, device, workers, spec.seed)
     usual_err = test_error(usual_model, normalize(ds.test.images.float() / 255), ds.test.labels, device)
     _, engine_model = run_engine(spec, ds, iterations, 0, device)
-    _, engine_err = trainer.evaluate(engine_model, ds.test, ds.mean, spec, device)
+    _, engine_err, _ = trainer.evaluate(engine_model, ds.test, ds.mean, spec, device)
     p = (usual_err + engine_err) / 200
     bound = 300 * (2 * p * (1 - p) / len(ds.test)) ** 0.5
     return usual_err, engine_err, bound

@@ -32,9 +32,15 @@ class TrainSpec:
     shortcut: str | None = None  # "A", "B" or "C"; None: the family's default (A for CIFAR nets, B for 18..152)
     stem: str | None = None  # "cifar" or "imagenet"; None: the family's default
     data: str = "cifar10"  # cifar10, cifar100 (downloaded), mini (bundled), or a path to an ImageFolder dir / .tar.gz
+    loader: str = "memory"  # "memory": decoded once, resident on the device, CIFAR's pad-crop-flip (resnet_repro.data);
+    # "stream": decoded per step by DataLoader workers with the paper's ImageNet augmentation (resnet_repro.stream)
     val_size: int = 0  # >0: hold out this many training images and evaluate on them (the paper chose its schedule on 45k/5k)
-    image_size: int = 32  # images must be this size (CIFAR: 32) ...
+    image_size: int = 32  # images must be this size (CIFAR: 32) ... (stream: the side of the crops, 224)
     resize: bool = False  # ... unless resized to it when decoded (ImageFolder data, e.g. 224 for fine-tuning)
+    scale: tuple[int, ...] = (256, 480)  # stream: a training image's shorter side is resized to a random value in this range
+    test_resize: int = 256  # stream: an evaluation image's shorter side is resized to this, then the centre crop is taken
+    lighting: float = 0.1  # stream: std of AlexNet's PCA colour augmentation (0: none)
+    ten_crop: bool = False  # stream: after the last iteration also test with 10 crops (Table 2), into evaluation.json
     init_weights: str = ""  # "": He init; "torchvision": its ImageNet weights (torch cache or download); or a weights file
     batch_size: int = 128  # the paper's mini-batch (it was split over 2 GPUs)
     lr: float = 0.1
@@ -68,6 +74,14 @@ class TrainSpec:
             (self.val_size >= 0 and self.warmup_lr >= 0, "val_size and warmup_lr must not be negative"),
             (self.image_size >= 8, f"image_size must be at least 8, not {self.image_size}"),
             (self.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, not {self.precision!r}"),
+            (self.loader in ("memory", "stream"), f"loader must be memory or stream, not {self.loader!r}"),
+            (len(self.scale) == 2 and (self.loader == "memory" or self.image_size <= self.scale[0] <= self.scale[1]),
+             f"scale must be [low, high] with image_size ({self.image_size}) <= low <= high, not {list(self.scale)}"),
+            (self.loader == "memory" or self.test_resize >= self.image_size,
+             f"test_resize ({self.test_resize}) must be at least image_size ({self.image_size})"),
+            (self.lighting >= 0, "lighting must not be negative"),
+            (self.loader == "stream" or not self.ten_crop, "ten_crop needs loader = \"stream\" (crops of a larger image)"),
+            (self.loader == "memory" or self.val_size == 0, "val_size applies to loader = \"memory\"; the stream loader evaluates on val/ (or test/)"),
         ]
         for ok, message in checks:
             if not ok:

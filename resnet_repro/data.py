@@ -86,6 +86,16 @@ def load(source="cifar10", data_dir="data", device="cpu", val_size=0, image_size
     return Dataset(name, classes, move(train), move(test), mean.to(device), checksum, str(source))
 
 
+def load_for(spec, data_dir="data", device="cpu", workers=0):
+    """The dataset a TrainSpec asks for: `load` for loader = "memory", resnet_repro.stream's for "stream"
+    (decoded by `workers` DataLoader processes)."""
+    if spec.loader == "stream":
+        from resnet_repro import stream
+
+        return stream.load(spec.data, data_dir, device, spec.image_size, spec.test_resize, spec.scale, spec.lighting, workers)
+    return load(spec.data, data_dir, device, spec.val_size, spec.image_size, spec.resize)
+
+
 def normalize(images, mean):
     """uint8 images -> float32 in [0, 1] minus the per-pixel mean, as the paper."""
     return images.float().div_(255).sub_(mean)

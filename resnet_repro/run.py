@@ -2,6 +2,7 @@
 
 import argparse
 import math
+import os
 import subprocess
 import sys
 import time
@@ -51,6 +52,8 @@ def parse_args(argv):
                    "small CIFAR nets leave a GPU mostly idle, so several at once finish sooner")
     p.add_argument("--seed", type=int, help="seed for init, data order and augmentation (default: the spec's, 0)")
     p.add_argument("--data", help="cifar10, cifar100, mini, or a path to an ImageFolder dir with train/ and test/ or a .tar.gz of one")
+    p.add_argument("--workers", type=int, help="DataLoader workers per run for experiments that stream JPEGs (imagenet18_34); "
+                   "default: CPU cores / --jobs, at most 8. Results do not depend on it")
     p.add_argument("--data-dir", default="data", help="where downloads and decoded caches live (default: ./data)")
     p.add_argument("--out", default="results", help="results root; runs go to OUT/<experiment>/<run>/ (default: results)")
     p.add_argument("--figures", default="figures", help="where figures are drawn (default: figures; quick runs: figures/quick)")
@@ -160,7 +163,7 @@ def _run(args, exp, rank, world_size, dist_device):
         key = data_key(spec)
         if key not in datasets:  # in parallel mode this checks the data once and fills the cache the runs read
             t = time.perf_counter()
-            datasets[key] = datamod.load(spec.data, args.data_dir, "cpu" if parallel else device, *key[1:])
+            datasets[key] = datamod.load_for(spec, args.data_dir, "cpu" if parallel else device, workers(args))
             ds = datasets[key]
             say(f"data: {ds.name}, {len(ds.train):,} train / {len(ds.test):,} test images, {ds.num_classes} classes "
                   f"({time.perf_counter() - t:.1f}s)")
@@ -185,8 +188,15 @@ def _run(args, exp, rank, world_size, dist_device):
 
 
 def data_key(spec):
-    """What decides a run's dataset: runs that share it load it once (arguments 1.. of datamod.load)."""
-    return (spec.data, spec.val_size, spec.image_size, spec.resize)
+    """What decides a run's dataset: runs that share it load it once (see datamod.load_for)."""
+    return (spec.data, spec.loader, spec.val_size, spec.image_size, spec.resize, spec.scale, spec.test_resize, spec.lighting)
+
+
+def workers(args):
+    """DataLoader workers per run for the stream loader: the CPU cores shared by the runs at once, at most 8."""
+    if args.workers is not None:
+        return args.workers
+    return max(1, min(8, (os.cpu_count() or 2) // max(1, args.jobs)))
 
 
 def finish(args, exp, exp_dir, results):
@@ -204,7 +214,7 @@ def child_command(args, run, device):
     for flag in ("quick", "resume", "overwrite", "deterministic", "debug"):
         if getattr(args, flag):
             cmd.append(f"--{flag}")
-    for key in ("seed", "data", "iterations"):
+    for key in ("seed", "data", "iterations", "workers"):
         if getattr(args, key) is not None:
             cmd += [f"--{key}", str(getattr(args, key))]
     for item in args.set:

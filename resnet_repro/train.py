@@ -25,7 +25,9 @@ from tqdm import tqdm
 
 from resnet_repro import checkpoint as ckpt
 from resnet_repro.checkpoint import RunDirError
-from resnet_repro.data import augment, normalize
+from resnet_repro.config import SPEC_FIELDS
+from resnet_repro import stream
+from resnet_repro.data import DataError, augment, normalize
 from resnet_repro.models import build_model, load_pretrained, num_params, parse_name, pretrained_state_dict
 
 LOG_EVERY = 50  # iterations between progress-bar updates (each one is a host-device sync)
@@ -145,7 +147,9 @@ def prepare_run_dir(run_dir, config, resume, overwrite):
         ckpt.write_json(config, run_dir / "config.json")
         return None
     old = ckpt.read_json(run_dir / "config.json")
-    diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in config.items() if k not in ENVIRONMENT_KEYS and _json(old.get(k)) != _json(v)]
+    defaults = {k: _json(f.default) for k, f in SPEC_FIELDS.items()}  # a key added since the run started, at its default, is no change
+    diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in config.items() if k not in ENVIRONMENT_KEYS
+             and _json(old.get(k, defaults.get(k))) != _json(v)]
     if diffs:
         raise RunDirError(f"{run_dir} holds a run with a different config ({'; '.join(diffs)}); pass --overwrite to start it again, or --out elsewhere.")
     path = run_dir / "checkpoint.pt"
@@ -186,24 +190,68 @@ def autocast(device, spec):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-@torch.no_grad()
-def evaluate(model, split, mean, spec, device):
-    """Mean loss and error (%) over a whole split, in eval mode, one host sync at the end."""
-    model.eval()
+def train_batches(split, perm, pos, batch, mean, generator, spec, epoch, device):
+    """The epoch's batches from position `pos` on, as (normalized, augmented float images, labels),
+    this process's shard of each global batch under torchrun. A memory split is augmented on the device
+    (every process draws for the whole batch, so the draws match one process); a stream split
+    (resnet_repro.stream) is decoded and cropped by DataLoader workers, its lighting added here."""
     rank, world_size = world()
-    images, labels = split.images[rank::world_size], split.labels[rank::world_size]  # each process a shard
-    sums = torch.zeros(2, device=device, dtype=torch.float64)
+    per_epoch = len(split) // batch
+    if isinstance(split, stream.JpegSplit):
+        order = perm.cpu()
+        shards = [order[p * batch : (p + 1) * batch][rank::world_size].tolist() for p in range(pos, per_epoch)]
+        for images, labels, shift in _data_errors(stream.train_batches(split, shards, spec.seed, epoch, device)):
+            yield stream.lighting(normalize(images, mean), shift), labels
+        return
+    for p in range(pos, per_epoch):
+        idx = perm[p * batch : (p + 1) * batch]
+        x, labels = augment(normalize(split.images[idx], mean), generator), split.labels[idx]
+        yield x[rank::world_size], labels[rank::world_size]
+
+
+def eval_batches(split, mean, spec, device, views=1):
+    """This process's shard of a split in order, as (normalized float images, labels); with views=10
+    (stream splits) the images are (B, 10, 3, H, W), AlexNet's 10 crops."""
+    rank, world_size = world()
+    if isinstance(split, stream.JpegSplit):
+        indices = list(range(rank, len(split), world_size))
+        for images, labels in _data_errors(stream.eval_batches(split, indices, max(1, spec.eval_batch_size // views), device, views)):
+            yield normalize(images, mean), labels
+        return
+    images, labels = split.images[rank::world_size], split.labels[rank::world_size]
     for i in range(0, len(labels), spec.eval_batch_size):
-        x = normalize(images[i : i + spec.eval_batch_size], mean)
+        yield normalize(images[i : i + spec.eval_batch_size], mean), labels[i : i + spec.eval_batch_size]
+
+
+def _data_errors(batches):
+    """A bad image met by a DataLoader worker ends the run with its one-line message, not a worker traceback."""
+    try:
+        yield from batches
+    except DataError as e:
+        raise RunFailed(str(e).strip().splitlines()[-1].removeprefix("resnet_repro.data.DataError: ")) from None
+
+
+@torch.no_grad()
+def evaluate(model, split, mean, spec, device, views=1):
+    """(mean loss, top-1 error %, top-5 error %) over a whole split in eval mode, one host sync at the end.
+    views=10: the softmax averaged over AlexNet's 10 crops (stream splits)."""
+    model.eval()
+    sums = torch.zeros(3, device=device, dtype=torch.float64)
+    for x, y in eval_batches(split, mean, spec, device, views):
+        x = x.flatten(0, 1) if views > 1 else x
         if spec.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = labels[i : i + spec.eval_batch_size]
         with autocast(device, spec):
-            logits = model(x)
-        sums += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum"), (logits.argmax(1) != y).sum()])
+            logits = model(x).float()
+        if views > 1:  # log of the mean probability over the views, without underflow
+            log_p = logits.log_softmax(1).view(len(y), views, -1).logsumexp(1) - math.log(views)
+        else:
+            log_p = logits.log_softmax(1)
+        top5 = log_p.topk(min(5, log_p.shape[1]), dim=1).indices
+        sums += torch.stack([F.nll_loss(log_p, y, reduction="sum"), (top5[:, 0] != y).sum(), (top5 != y[:, None]).all(1).sum()])
     model.train()
-    loss_sum, errors = all_sum(sums).tolist()
-    return loss_sum / len(split), 100.0 * errors / len(split)
+    loss_sum, errors, errors5 = all_sum(sums).tolist()
+    return loss_sum / len(split), 100.0 * errors / len(split), 100.0 * errors5 / len(split)
 
 
 def train(spec, dataset, run_dir, *, experiment, run, device="cpu", quick=False, data_dir="data",
@@ -277,15 +325,9 @@ def setup_model(spec, num_classes, device):
     return model, (torch.compile(forward) if spec.compile else forward), optimizer
 
 
-def train_step(forward, optimizer, images, labels, mean, generator, spec, device):
-    """One SGD step on a batch of uint8 images: normalize, augment, forward under autocast, backward,
-    update. Returns the summed loss and the number of errors as device scalars: no host sync.
-    Under torchrun every process augments the whole global batch (so the random draws match one process)
-    and trains its shard `rank::world size`."""
-    x = augment(normalize(images, mean), generator)
-    rank, world_size = world()
-    if world_size > 1:
-        x, labels = x[rank::world_size], labels[rank::world_size]
+def train_step(forward, optimizer, x, labels, spec, device):
+    """One SGD step on a batch from train_batches: forward under autocast, backward, update. Returns the
+    summed loss and the number of errors as device scalars: no host sync."""
     if spec.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(device, spec):
@@ -363,14 +405,15 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
                 pos, train_seconds = 0, 0.0
                 sums = torch.zeros(2, device=device, dtype=torch.float64)  # this process's share; all_sum when read
             window, window_pos = sums.clone(), pos  # warm-up: the error since the last check
+            batches = train_batches(train_split, perm, pos, batch, mean, generator, spec, epoch, device)
             start = time.perf_counter()
             stopped = False
             while pos < per_epoch and it < spec.iterations and not stopped:
                 lr = lr_at(it, spec, warmup_end)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                idx = perm[pos * batch : (pos + 1) * batch]
-                loss, errors = train_step(forward, optimizer, train_split.images[idx], train_split.labels[idx], mean, generator, spec, device)
+                x, labels = next(batches)
+                loss, errors = train_step(forward, optimizer, x, labels, spec, device)
                 sums += torch.stack([loss, errors])
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), it, first_bad)
                 it, pos = it + 1, pos + 1
@@ -401,7 +444,7 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
             if distributed:  # each process's last step moved its own BN running statistics: evaluate rank 0's, the ones saved
                 for buffer in model.buffers():
                     dist.broadcast(buffer, src=0)
-            test_loss, test_err = evaluate(model if distributed else forward, dataset.test, mean, spec, device)
+            test_loss, test_err, _ = evaluate(model if distributed else forward, dataset.test, mean, spec, device)
             epoch_seconds = train_seconds + time.perf_counter() - eval_start
             best = min(best, test_err)
             epoch += 1
@@ -418,6 +461,15 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
             save_checkpoint()
             bar.set_postfix_str(f"epoch {epoch}: train err {100 * errors / n:.1f}%, test err {test_err:.2f}%")
 
+    if spec.ten_crop:  # Table 2's test, once at the end
+        if distributed:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+        tqdm.write(f"{config['run']}: 10-crop test on {len(dataset.test):,} images")
+        test_loss, top1, top5 = evaluate(model if distributed else forward, dataset.test, mean, spec, device, views=10)
+        if main:
+            ckpt.write_json({"views": 10, "iteration": it, "images": len(dataset.test), "test_loss": round(test_loss, 6),
+                             "top1_err": round(top1, 4), "top5_err": round(top5, 4)}, run_dir / "evaluation.json")
     if main:
         ckpt.save({"model": model.state_dict(), "config": config}, run_dir / "final.pt")
         ckpt.write_status(run_dir, "done")

@@ -380,6 +380,23 @@ def test_table2_says_cifar_variant_is_not_comparable(tmp_path):
     assert "CIFAR variant" in markdown and "Not comparable" in markdown
 
 
+def test_table2_takes_the_ten_crop_test_of_imagenet_runs(tmp_path):
+    for i, run in enumerate(("plain18", "plain34", "resnet18", "resnet34")):
+        write_run(tmp_path, run, experiment="imagenet18_34", stem="imagenet")
+        (tmp_path / "imagenet18_34" / run / "evaluation.json").write_text(json.dumps({"views": 10, "top1_err": 30.0 - i, "top5_err": 10.0 - i}))
+    df = load_runs(tmp_path)
+    assert df.groupby("run").top1_err_10crop.first().to_dict() == {"plain18": 30.0, "plain34": 29.0, "resnet18": 28.0, "resnet34": 27.0}
+    assert (df.top5_err_10crop.groupby(df.run).first() == df.top1_err_10crop.groupby(df.run).first() - 20).all()
+    table = analysis.table2(df).set_index("layers")
+    assert (table.loc[18, "plain"], table.loc[34, "resnet"]) == (30.0, 27.0)
+    assert table.loc[34, "diff_resnet"] == pytest.approx(27.0 - 25.03)
+    assert "10-crop, after the last iteration" in table.attrs["note"]
+    (tmp_path / "imagenet18_34" / "resnet34" / "evaluation.json").unlink()  # one run without: all single view
+    table = analysis.table2(load_runs(tmp_path)).set_index("layers")
+    assert np.isnan(load_runs(tmp_path).query("run == 'resnet34'").top1_err_10crop).all()
+    assert "diff_resnet" not in table.columns and "single view" in table.attrs["note"]
+
+
 def test_draw_fig7_from_final_weights(tmp_path, monkeypatch, capsys):
     images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     weights = {}

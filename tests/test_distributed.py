@@ -71,7 +71,7 @@ def test_two_processes_match_one_within_tolerance(setup, two):
     model = build_model("resnet8", 3)
     model.load_state_dict(torch.load(two_dir / "final.pt")["model"])
     ds = data.load(str(setup / "tiny"))
-    _, test_err = train.evaluate(model, ds.test, ds.mean, spec, "cpu")
+    _, test_err, _ = train.evaluate(model, ds.test, ds.mean, spec, "cpu")
     assert test_err == pytest.approx(float(both[-1]["test_err"]), abs=1e-4)
 
 

@@ -28,3 +28,21 @@ def test_cifar100_uses_cifar100_and_quick_the_mini_cifar10():
     assert {s.data for s in exp.runs.values()} == {"cifar100"}
     quick = config.load_experiment("cifar100", quick=True)
     assert {(s.data, s.iterations) for s in quick.runs.values()} == {("mini", 100)}
+
+
+def test_imagenet18_34_is_the_papers_imagenet_recipe():
+    exp = config.load_experiment("imagenet18_34")
+    assert list(exp.runs) == ["plain18", "plain34", "resnet18", "resnet34"]
+    for spec in exp.runs.values():
+        assert (spec.stem, spec.shortcut, spec.loader, spec.image_size, spec.scale, spec.test_resize) == ("imagenet", "A", "stream", 224, (256, 480), 256)
+        assert (spec.batch_size, spec.lr, spec.weight_decay, spec.iterations, spec.lighting, spec.ten_crop) == (256, 0.1, 1e-4, 600000, 0.1, True)
+    quick = config.load_experiment("imagenet18_34", quick=True)
+    assert {(s.data, s.loader, s.image_size, s.scale, s.test_resize, s.iterations) for s in quick.runs.values()} == {("mini", "stream", 32, (36, 68), 36, 40)}
+
+
+def test_imagenet18_34_nets_take_its_crops():
+    spec = config.load_experiment("imagenet18_34").runs["plain34"]
+    model = models.build_model(spec.model, 1000, spec.shortcut, spec.stem).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+    assert models.num_params(model) == models.num_params(models.build_model("resnet34", 1000, "A", "imagenet"))
