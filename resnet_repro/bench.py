@@ -6,6 +6,13 @@
 (b) "engine": resnet_repro.train.train_step on uint8 data resident on the device, batched augmentation
     there, bf16 autocast on CUDA, channels_last, fused SGD, no host sync inside the loop.
 Same model, batch and number of iterations, in one process; warm-up iterations are not timed.
+
+With --loader stream (a folder of JPEGs, the ImageNet recipe of experiments/imagenet18_34.toml):
+(a) "usual": torchvision's ImageFolder (PIL decode) with RandomResizedCrop, RandomHorizontalFlip,
+    ToTensor, Normalize in DataLoader workers, fp32, eager, `.item()` every step;
+(b) "engine": resnet_repro.stream's workers (torchvision.io decode, crop-then-resize, lighting on the
+    device) feeding the engine's step. Both are also timed without a model ("data only"): if that rate
+    is not well above the engine's, the GPU waits for the CPU and more workers (cores) are needed.
 """
 
 import argparse
@@ -20,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from resnet_repro import data as datamod
+from resnet_repro import stream
 from resnet_repro import train as trainer
 from resnet_repro.config import TrainSpec
 from resnet_repro.models import build_model
@@ -43,8 +51,33 @@ class PILArrays(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), self.labels[i]
 
 
+class PILFiles(torch.utils.data.Dataset):
+    """What torchvision.datasets.ImageFolder does per item: PIL opens the file, then the transform."""
+
+    def __init__(self, files, labels, transform):
+        self.files, self.labels, self.transform = files, labels.tolist(), transform
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        with Image.open(self.files[i]) as img:
+            return self.transform(img.convert("RGB")), self.labels[i]
+
+
 def usual_loader(ds, batch, workers, device, seed=0):
     from torchvision import transforms
+
+    if isinstance(ds.train, stream.JpegSplit):  # the usual ImageNet loop
+        normalize = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+        transform = transforms.Compose([
+            transforms.RandomResizedCrop(ds.train.crop), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize,
+        ])  # fmt: skip
+        dataset = PILFiles(ds.train.files, ds.train.labels, transform)
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True, pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed),
+        ), normalize
 
     mean = ds.train.images.float().mean((0, 2, 3)) / 255
     std = (ds.train.images.float() / 255).std((0, 2, 3))
@@ -62,6 +95,28 @@ def usual_loader(ds, batch, workers, device, seed=0):
 def batches(loader):
     while True:
         yield from loader
+
+
+def engine_batches(ds, spec, device, generator):
+    """The engine's batches, epoch after epoch, as train.train makes them."""
+    per_epoch, epoch = len(ds.train) // spec.batch_size, 0
+    while True:
+        perm = torch.randperm(len(ds.train), device=device, generator=generator)
+        yield from trainer.train_batches(ds.train, perm, 0, spec.batch_size, ds.mean, generator, spec, epoch, device)
+        epoch += 1
+
+
+def data_rate(batch_iter, batch, iterations, warmup, device):
+    """Images/s of a batch source alone (no model): what the data path can feed."""
+    start = None
+    for i, _ in enumerate(batch_iter):
+        if i == warmup:
+            sync(device)
+            start = time.perf_counter()
+        if i == warmup + iterations:
+            break
+    sync(device)
+    return batch * iterations / (time.perf_counter() - start)
 
 
 def sync(device):
@@ -100,16 +155,12 @@ def run_engine(spec, ds, iterations, warmup, device):
     model, forward, optimizer = trainer.setup_model(spec, ds.num_classes, device)
     generator = torch.Generator(device=device).manual_seed(spec.seed)
     model.train()
-    per_epoch = len(ds.train) // spec.batch_size
-    batches, start = None, None
+    source, start = engine_batches(ds, spec, device, generator), None
     for i in range(warmup + iterations):
         if i == warmup:
             sync(device)
             start = time.perf_counter()
-        if i % per_epoch == 0:
-            perm = torch.randperm(len(ds.train), device=device, generator=generator)
-            batches = trainer.train_batches(ds.train, perm, 0, spec.batch_size, ds.mean, generator, spec, i // per_epoch, device)
-        x, labels = next(batches)
+        x, labels = next(source)
         trainer.train_step(forward, optimizer, x, labels, spec, device)
     sync(device)
     return spec.batch_size * iterations / (time.perf_counter() - start), forward
@@ -149,18 +200,25 @@ def main(argv=None):
         epilog="examples:\n"
         "  uv run python -m resnet_repro.bench                                  # resnet20 and resnet56 on the default device\n"
         "  uv run python -m resnet_repro.bench --models resnet56 --iterations 500 --compile\n"
-        "  uv run python -m resnet_repro.bench --device cpu --iterations 5 --warmup 1 --check-iterations 0\n\n"
+        "  uv run python -m resnet_repro.bench --device cpu --iterations 5 --warmup 1 --check-iterations 0\n"
+        "  uv run python -m resnet_repro.bench --loader stream --data path/to/imagenet --workers 16   # resnet18/34, 224 crops\n\n"
         "Writes results/bench/<device>-<date>.csv (appending), with device, torch version and commit.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--models", default="resnet20,resnet56", help="comma-separated (default: resnet20,resnet56)")
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--models", help="comma-separated (default: resnet20,resnet56; with --loader stream: resnet18,resnet34)")
+    p.add_argument("--batch", type=int, help="default: 128 (CIFAR), 256 with --loader stream (ImageNet)")
+    p.add_argument("--loader", choices=("memory", "stream"), default="memory",
+                   help="memory: CIFAR-style data resident on the device (default); stream: a folder of JPEGs decoded by "
+                   "DataLoader workers, the ImageNet recipe (see experiments/imagenet18_34.toml)")
+    p.add_argument("--image-size", type=int, default=224, help="--loader stream: the crop (default 224; scale and test resize follow "
+                   "the paper's ratios, 256-480 and 256 for 224)")
     p.add_argument("--iterations", type=int, default=None, help="timed iterations per path (default: 300 on CUDA, 10 on CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default: 30 on CUDA, 2 on CPU)")
     p.add_argument("--device", help="default: cuda if available, else cpu")
     p.add_argument("--data", default="mini", help="dataset for both paths (default: the bundled mini CIFAR-10)")
     p.add_argument("--data-dir", default="data")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers of the usual loop")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="DataLoader workers of the usual loop (and of the engine's with --loader stream)")
     p.add_argument("--compile", action="store_true", help="torch.compile the engine's model")
     p.add_argument("--check-iterations", type=int, default=None,
                    help="train both paths this long from one seed and compare test errors (default: 1000 on CUDA, 0 = skip on CPU)")
@@ -172,8 +230,15 @@ def main(argv=None):
     iterations = args.iterations or (300 if cuda else 10)
     warmup = args.warmup if args.warmup is not None else (30 if cuda else 2)
     check = args.check_iterations if args.check_iterations is not None else (1000 if cuda else 0)
+    streamed = args.loader == "stream"
+    batch = args.batch or (256 if streamed else 128)
+    models = args.models or ("resnet18,resnet34" if streamed else "resnet20,resnet56")
+    shape = {}  # the spec's data fields
+    if streamed:
+        c = args.image_size
+        shape = dict(loader="stream", image_size=c, scale=(round(c * 256 / 224), round(c * 480 / 224)), test_resize=round(c * 256 / 224))
     try:
-        ds = datamod.load(args.data, args.data_dir, device)
+        ds = datamod.load_for(TrainSpec(data=args.data, **shape), args.data_dir, device, args.workers)
     except datamod.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -182,13 +247,24 @@ def main(argv=None):
     name = trainer.device_name(device)
     stamp = time.strftime("%Y-%m-%d")
     common = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": name, "torch": str(torch.__version__),
-              "commit": trainer.git_commit(), "data": ds.name, "batch": args.batch, "iterations": iterations}
-    print(f"{name}, torch {torch.__version__}, batch {args.batch}, {iterations} timed iterations after {warmup} warm-up, data: {ds.name}")
+              "commit": trainer.git_commit(), "data": ds.name, "batch": batch, "iterations": iterations}
+    print(f"{name}, torch {torch.__version__}, batch {batch}, {iterations} timed iterations after {warmup} warm-up, data: {ds.name}")
     print(f"{'model':<10}{'usual img/s':>14}{'engine img/s':>14}{'speedup':>9}")
     rows = []
-    for model_name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        spec = TrainSpec(model=model_name, batch_size=args.batch, compile=args.compile, iterations=iterations, milestones=())
-        usual, _ = run_usual(model_name, ds, args.batch, iterations, warmup, device, args.workers)
+    if streamed:
+        spec = TrainSpec(data=args.data, batch_size=batch, **shape)
+        usual_data = data_rate(batches(usual_loader(ds, batch, args.workers, device)[0]), batch, iterations, warmup, device)
+        engine_data = data_rate(engine_batches(ds, spec, device, torch.Generator(device=device).manual_seed(0)), batch, iterations, warmup, device)
+        print(f"{'data only':<10}{usual_data:>14.0f}{engine_data:>14.0f}{engine_data / usual_data:>8.1f}x   ({args.workers} workers, no model)")
+        rows.append({**common, "model": "-", "path": "usual-data", "images_per_second": round(usual_data, 1), "speedup": 1.0})
+        rows.append({**common, "model": "-", "path": "engine-data", "images_per_second": round(engine_data, 1),
+                     "speedup": round(engine_data / usual_data, 2)})
+        if check:
+            print("  (the same-seed training check is for --loader memory; skipped)")
+            check = 0
+    for model_name in [m.strip() for m in models.split(",") if m.strip()]:
+        spec = TrainSpec(model=model_name, batch_size=batch, compile=args.compile, iterations=iterations, milestones=(), **shape)
+        usual, _ = run_usual(model_name, ds, batch, iterations, warmup, device, args.workers)
         engine, _ = run_engine(spec, ds, iterations, warmup, device)
         print(f"{model_name:<10}{usual:>14.0f}{engine:>14.0f}{engine / usual:>8.1f}x")
         rows.append({**common, "model": model_name, "path": "usual", "images_per_second": round(usual, 1), "speedup": 1.0})

@@ -3,7 +3,7 @@ import csv
 import torch
 
 from conftest import write_image_folder
-from resnet_repro import bench, data
+from resnet_repro import bench, data, stream
 
 
 def test_bench_measures_both_paths_and_appends_a_csv(tmp_path, capsys):
@@ -33,3 +33,28 @@ def test_usual_loader_yields_what_torchvision_cifar_would(tmp_path):
     # Normalized per channel with the training split's statistics: roughly zero mean, unit std overall.
     whole = torch.cat([b for b, _ in loader])
     assert abs(whole.mean().item()) < 0.3 and 0.6 < whole.std().item() < 1.4
+
+
+def test_bench_streams_a_jpeg_folder_with_both_loops(tmp_path, capsys):
+    from test_stream import write_jpeg_folder
+
+    write_jpeg_folder(tmp_path / "jpeg", n_train=24, n_val=6)
+    argv = ["--loader", "stream", "--models", "resnet8", "--image-size", "32", "--batch", "6", "--iterations", "3",
+            "--warmup", "1", "--device", "cpu", "--workers", "0", "--data", str(tmp_path / "jpeg"), "--out", str(tmp_path / "bench")]
+    assert bench.main(argv) == 0
+    assert "data only" in capsys.readouterr().out
+    (path,) = (tmp_path / "bench").glob("cpu-*.csv")
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], r["path"]) for r in rows] == [("-", "usual-data"), ("-", "engine-data"), ("resnet8", "usual"), ("resnet8", "engine")]
+    assert all(float(r["images_per_second"]) > 0 and r["batch"] == "6" for r in rows)
+
+
+def test_usual_imagenet_loader_is_random_resized_crops(tmp_path):
+    from test_stream import write_jpeg_folder
+
+    write_jpeg_folder(tmp_path / "jpeg", n_train=12, n_val=3)
+    ds = stream.load(str(tmp_path / "jpeg"), tmp_path / "data", crop=32, test_resize=37, scale=(37, 69))
+    loader, _ = bench.usual_loader(ds, batch=4, workers=0, device=torch.device("cpu"))
+    x, y = next(iter(loader))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
