@@ -746,15 +746,26 @@ def predictions_main(argv=None):
     except Exception as e:
         parser.exit(2, f"error: cannot read {path}: {e}\n")
     config = ckpt["config"]
+    streamed = config.get("loader") == "stream"
     try:
-        ds = data.load(config["data"], config.get("data_dir", "data"), image_size=config.get("image_size", 32), resize=config.get("resize", False))
+        if streamed:  # a JPEG folder: the sampled images' centre crops, as each epoch's test
+            from resnet_repro import stream
+
+            ds = stream.load(config["data"], config.get("data_dir", "data"), crop=config["image_size"],
+                             test_resize=config["test_resize"], scale=tuple(config["scale"]))
+        else:
+            ds = data.load(config["data"], config.get("data_dir", "data"), image_size=config.get("image_size", 32), resize=config.get("resize", False))
     except data.DataError as e:
         parser.exit(2, f"error: {e}\n")
     model = models.build_model(config["model"], config["num_classes"], config.get("shortcut"), config.get("stem"))
     model.load_state_dict(ckpt["model"])
 
     index = sample_indices(len(ds.test), args.n, args.seed)
-    images, labels = ds.test.images[index], ds.test.labels[index]
+    if streamed:
+        images = torch.stack([stream.eval_crops(stream.read_image(ds.test.files[i]), ds.test) for i in index.tolist()])
+    else:
+        images = ds.test.images[index]
+    labels = ds.test.labels[index]
     predictions = predict(model, images, ds.mean, args.device)
     experiment, run = config.get("experiment", args.run_dir.parent.name), config.get("run", args.run_dir.name)
     title = f"{experiment}/{run}: {_label(config['model'])} on {config.get('dataset', ds.name)}, {len(index)} of {len(ds.test)} test images (seed {args.seed})"

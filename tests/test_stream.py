@@ -206,3 +206,14 @@ def test_bad_layouts_and_specs_say_what_is_expected(tmp_path):
         TrainSpec(ten_crop=True)
     with pytest.raises(SpecError, match="loader must be"):
         TrainSpec(loader="disk")
+
+
+def test_predictions_of_a_streamed_run_use_the_centre_crops(folder, tmp_path, capsys):
+    from resnet_repro import analysis
+
+    ds = load(folder, tmp_path)
+    d = tmp_path / "run"
+    train.train(spec(iterations=4, data=str(folder)), ds, d, experiment="exp", run="resnet8", progress=False, data_dir=tmp_path / "data")
+    out = tmp_path / "pred.png"
+    assert analysis.predictions_main([str(d), "--out", str(out), "--n", "5"]) == 0
+    assert out.exists() and capsys.readouterr().out.strip().endswith("/5 right")
