@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from resnet_repro import checkpoint as ckpt
+from resnet_repro import stream
 from resnet_repro.checkpoint import RunDirError
 from resnet_repro.config import SPEC_FIELDS
-from resnet_repro import stream
 from resnet_repro.data import DataError, augment, normalize
 from resnet_repro.models import build_model, load_pretrained, num_params, parse_name, pretrained_state_dict
 
