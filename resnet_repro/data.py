@@ -177,7 +177,7 @@ def _load_folder_or_archive(path, data_dir, size):
         raise DataError(f"corrupt or unreadable archive {path}: {e}. Get a fresh copy (expected a .tar.gz of an ImageFolder tree with train/ and test/).") from None
     name = KNOWN_ARCHIVES.get(md5, path.name)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # one per process: torchrun's may all write it
     torch.save(dict(name=name, classes=classes, train_images=train.images, train_labels=train.labels,
                     test_images=test.images, test_labels=test.labels), tmp)
     os.replace(tmp, cache)

@@ -175,17 +175,23 @@ def _root(source, data_dir):
     md5 = _md5_file(path)
     out = data_dir / "cache" / f"{path.name.split('.')[0]}-{md5[:12]}"
     if not (out / ".complete").exists():
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)  # what an interrupted extraction left
+        # torchrun's processes may all get here: each extracts into its own folder and renames it into
+        # place whole (with .complete inside); whoever comes second throws its copy away.
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
         try:
             with tarfile.open(path, "r:*") as tar:
                 tar.extractall(tmp, filter="data")
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
             raise DataError(f"corrupt or unreadable archive {path}: {e}. Get a fresh copy (expected a .tar.gz of an ImageFolder tree).") from None
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-        (out / ".complete").touch()
+        (tmp / ".complete").touch()
+        if out.exists() and not (out / ".complete").exists():
+            shutil.rmtree(out, ignore_errors=True)  # an extraction cut short
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process put a complete copy there first
+            shutil.rmtree(tmp, ignore_errors=True)
     return out, KNOWN_ARCHIVES.get(md5, path.name)
 
 
@@ -227,6 +233,7 @@ def _mean(train, cache):
         total += x.double().sum(0)
     mean = (total / len(order) / 255).float()
     cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(mean, cache.with_suffix(".tmp"))
-    os.replace(cache.with_suffix(".tmp"), cache)
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # one per process: torchrun's may all write it
+    torch.save(mean, tmp)
+    os.replace(tmp, cache)
     return mean

@@ -110,7 +110,7 @@ milestones = [3]
 eval_batch_size = 20
 """)
     result = torchrun(tmp_path, "two", "--data-dir", str(tmp_path / "data"), "--workers", "1")
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, result.stderr[-6000:]
     assert run.main([str(tmp_path / "exp.toml"), "--out", str(tmp_path / "one"), "--no-progress", "--no-figures",
                      "--deterministic", "--device", "cpu", "--data-dir", str(tmp_path / "data"), "--workers", "0"]) == 0
     one, two = (rows(tmp_path / d / "exp" / "resnet8" / "metrics.csv") for d in ("one", "two"))
