@@ -762,10 +762,9 @@ def predictions_main(argv=None):
 
     index = sample_indices(len(ds.test), args.n, args.seed)
     if streamed:
-        images = torch.stack([stream.eval_crops(stream.read_image(ds.test.files[i]), ds.test) for i in index.tolist()])
+        images, labels = next(stream.eval_batches(ds.test, index.tolist(), len(index), "cpu"))
     else:
-        images = ds.test.images[index]
-    labels = ds.test.labels[index]
+        images, labels = ds.test.images[index], ds.test.labels[index]
     predictions = predict(model, images, ds.mean, args.device)
     experiment, run = config.get("experiment", args.run_dir.parent.name), config.get("run", args.run_dir.name)
     title = f"{experiment}/{run}: {_label(config['model'])} on {config.get('dataset', ds.name)}, {len(index)} of {len(ds.test)} test images (seed {args.seed})"

@@ -441,9 +441,8 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
 
             n = pos * batch
             eval_start = time.perf_counter()
-            if distributed:  # each process's last step moved its own BN running statistics: evaluate rank 0's, the ones saved
-                for buffer in model.buffers():
-                    dist.broadcast(buffer, src=0)
+            if distributed:
+                rank0_buffers(model)
             test_loss, test_err, _ = evaluate(model if distributed else forward, dataset.test, mean, spec, device)
             epoch_seconds = train_seconds + time.perf_counter() - eval_start
             best = min(best, test_err)
@@ -463,8 +462,7 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
 
     if spec.ten_crop:  # Table 2's test, once at the end
         if distributed:
-            for buffer in model.buffers():
-                dist.broadcast(buffer, src=0)
+            rank0_buffers(model)
         tqdm.write(f"{config['run']}: 10-crop test on {len(dataset.test):,} images")
         test_loss, top1, top5 = evaluate(model if distributed else forward, dataset.test, mean, spec, device, views=10)
         if main:
@@ -476,6 +474,13 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
     if distributed:
         dist.barrier()  # the others read the result rank 0 wrote
     return run_result(run_dir, "done")
+
+
+def rank0_buffers(model):
+    """Under torchrun each process's steps moved its own BN running statistics: give every process rank 0's,
+    the ones saved, before evaluating."""
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
 
 
 def _check_finite(first_bad, spec, warmup_end):
