@@ -33,7 +33,7 @@ from resnet_repro.models import build_model, load_pretrained, num_params, parse_
 LOG_EVERY = 50  # iterations between progress-bar updates (each one is a host-device sync)
 WARMUP_CHECK = 50  # iterations between checks of the warm-up's training error
 # config.json keys that may differ on --resume (where and when it runs, not what it computes)
-ENVIRONMENT_KEYS = ("device", "torch", "commit", "python", "data_dir", "started", "world_size")
+ENVIRONMENT_KEYS = ("device", "torch", "commit", "python", "data_dir", "started", "world_size", "threads")
 
 
 class RunFailed(Exception):
@@ -125,6 +125,7 @@ def run_config(spec, dataset, *, experiment, run, quick, device, data_dir):
         "commit": git_commit(),
         "python": sys.version.split()[0],
         "world_size": world()[1],  # processes under torchrun, each training a shard of every batch
+        "threads": torch.get_num_threads(),  # CPU threads of this process (run --jobs sets them)
         "data_dir": str(data_dir),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
