@@ -43,7 +43,7 @@ from resnet_repro import data, models
 
 # metrics.csv columns (an API shared with train.py) and how to parse them
 CSV_COLUMNS = {
-    "experiment": str, "run": str, "model": str, "depth": int, "residual": bool, "epoch": int,
+    "experiment": str, "run": str, "model": str, "depth": int, "residual": bool, "epoch": float,
     "iteration": int, "lr": float, "train_loss": float, "train_err": float, "test_loss": float,
     "test_err": float, "epoch_seconds": float, "images_per_second": float,
 }
@@ -158,7 +158,7 @@ def read_metrics(path):
             raise ValueError(f"{path}, line {lineno}: {len(fields)} fields, expected {len(header)} (truncated or malformed)")
         row = {c: _parse(fields[index[c]], t, f"{path}, line {lineno}, column {c}") for c, t in CSV_COLUMNS.items()}
         if last_epoch is not None and row["epoch"] <= last_epoch:
-            raise ValueError(f"{path}, line {lineno}: epoch {row['epoch']} after epoch {last_epoch} (expected one row per epoch, in order)")
+            raise ValueError(f"{path}, line {lineno}: epoch {row['epoch']:g} after epoch {last_epoch:g} (expected rows in order)")
         last_epoch = row["epoch"]
         rows.append(row)
     runs = {r["run"] for r in rows}
@@ -189,13 +189,13 @@ def final_metrics(df):
             "experiment": last.experiment, "run": last.run, "model": last.model, "depth": last.depth,
             "residual": last.residual, "params": last.params, "final_train_err": last.train_err,
             "final_test_err": last.test_err, "best_test_err": run.test_err.min(),
-            "minutes": run.epoch_seconds.sum() / 60, "iterations": last.iteration, "epochs": len(run),
+            "minutes": run.epoch_seconds.sum() / 60, "iterations": last.iteration, "epochs": last.epoch,
             "state": last.state, "quick": last.quick, "seed": last.seed, "device": last.device,
             "commit": last.commit, "path": path,
         })
     columns = ["experiment", "run", "model", "depth", "residual", "params", "final_train_err", "final_test_err",
                "best_test_err", "minutes", "iterations", "epochs", "state", "quick", "seed", "device", "commit", "path"]
-    dtypes = {"depth": "int64", "residual": "bool", "params": "Int64", "iterations": "int64", "epochs": "int64",
+    dtypes = {"depth": "int64", "residual": "bool", "params": "Int64", "iterations": "int64", "epochs": "float64",
               "quick": "bool", "seed": "Int64"}
     for c in ("final_train_err", "final_test_err", "best_test_err", "minutes"):
         dtypes[c] = "float64"
@@ -259,9 +259,15 @@ def _title(df, *parts):
     return "; ".join(parts)
 
 
-def _curve(ax, rows, column, style, label=None):
+def _iterations(runs):
+    """The x-axis of curves: the paper's "iter. (1e4)", or plain iterations for runs shorter than 10k."""
+    longest = max(rows.iteration.max() for rows in runs.values())
+    return (1e4, "iter. (1e4)") if longest >= 1e4 else (1, "iterations")
+
+
+def _curve(ax, rows, column, style, label=None, scale=1e4):
     kind, depth = models.parse_name(rows.run.iloc[0])
-    (line,) = ax.plot(rows.iteration / 1e4, rows[column], color=COLORS.get(depth), label=label, **style)
+    (line,) = ax.plot(rows.iteration / scale, rows[column], color=COLORS.get(depth), label=label, **style)
     line.set_gid(f"{rows.run.iloc[0]}:{column.split('_')[0]}")  # "plain20:train", read back by the tests
 
 
@@ -291,10 +297,11 @@ def fig1(df):
     _require(runs, FIG1_RUNS)
     fig = Figure(figsize=(8, 3.2))
     axes = fig.subplots(1, 2)
+    scale, xlabel = _iterations(runs)
     for ax, column, ylabel in zip(axes, ("train_err", "test_err"), ("training error (%)", "test error (%)")):
         for name, rows in runs.items():
-            _curve(ax, rows, column, dict(linewidth=1.5), f"{models.parse_name(name)[1]}-layer")
-        ax.set(xlabel="iter. (1e4)", ylabel=ylabel)
+            _curve(ax, rows, column, dict(linewidth=1.5), f"{models.parse_name(name)[1]}-layer", scale)
+        ax.set(xlabel=xlabel, ylabel=ylabel)
         _ylim(ax, runs, (0, 20))
         _legend(ax)
     return _finish(fig, _title(pd.concat(runs.values())))
@@ -308,18 +315,19 @@ def fig6(df):
     _require(runs, names, least="one")
     fig = Figure(figsize=(13, 3.4))
     axes = fig.subplots(1, 3)
+    scale, xlabel = _iterations(runs)
     for ax, panel, ylim in zip(axes, FIG6_PANELS, ((0, 20), (0, 20), (5, 20))):
         for name in panel:
             if name in runs:
                 rows = runs[name]
-                _curve(ax, rows, "train_err", TRAIN_DASHED)
-                _curve(ax, rows, "test_err", TEST_BOLD, _label(name, rows.state.iloc[0]))
+                _curve(ax, rows, "train_err", TRAIN_DASHED, scale=scale)
+                _curve(ax, rows, "test_err", TEST_BOLD, _label(name, rows.state.iloc[0]), scale)
         absent = [_label(n) for n in panel if n not in runs]
         if absent:
             ax.text(0.03, 0.03, "not run: " + ", ".join(absent), transform=ax.transAxes, fontsize="x-small", color="gray")
         if len(absent) < len(panel):
             _legend(ax, TRAIN_DASHED)
-        ax.set(xlabel="iter. (1e4)", ylabel="error (%)")
+        ax.set(xlabel=xlabel, ylabel="error (%)")
         _ylim(ax, runs, ylim)
     return _finish(fig, _title(pd.concat(runs.values())))
 
@@ -334,13 +342,14 @@ def fig4(df):
     test = "test" if cifar else "val"
     fig = Figure(figsize=(9, 3.4))
     axes = fig.subplots(1, 2)
+    scale, xlabel = _iterations(runs)
     for ax, panel in zip(axes, FIG4_PANELS):
         for name in panel:
             if name in runs:
                 rows = runs[name]
-                _curve(ax, rows, "train_err", TRAIN_THIN)
-                _curve(ax, rows, "test_err", TEST_BOLD, _label(name, rows.state.iloc[0]))
-        ax.set(xlabel="iter. (1e4)", ylabel="error (%)")
+                _curve(ax, rows, "train_err", TRAIN_THIN, scale=scale)
+                _curve(ax, rows, "test_err", TEST_BOLD, _label(name, rows.state.iloc[0]), scale)
+        ax.set(xlabel=xlabel, ylabel="error (%)")
         ax.set_ylim(0, None)
         _legend(ax, TRAIN_THIN, test=test)
     variant = ["CIFAR variant (3x3 stem, CIFAR-10), not the paper's ImageNet runs"] if cifar else []

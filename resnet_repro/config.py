@@ -7,8 +7,9 @@ An experiment file holds
     [quick]  key = value ...             # what --quick changes (data, iterations, ...)
     [run.<name>] key = value ...         # what one run changes (e.g. warm-up for resnet110)
 Precedence, lowest first: TrainSpec defaults, [train], [quick] (with --quick), [run.<name>], command line.
-Whenever a layer changes `iterations` without giving `milestones`, the milestones scale with it, so
+Whenever a layer changes `iterations` without giving `milestones` (or `ramp`), they scale with it, so
 a shorter schedule keeps the paper's shape (lr steps at 50% and 75%).
+[quick] may also hold `runs = [...]`: the subset of runs --quick trains (when all do not fit in minutes).
 """
 
 import dataclasses
@@ -34,6 +35,7 @@ class TrainSpec:
     data: str = "cifar10"  # cifar10, cifar100 (downloaded), mini (bundled), or a path to an ImageFolder dir / .tar.gz
     loader: str = "memory"  # "memory": decoded once, resident on the device, CIFAR's pad-crop-flip (resnet_repro.data);
     # "stream": decoded per step by DataLoader workers with the paper's ImageNet augmentation (resnet_repro.stream)
+    train_size: int = 0  # >0: train on a fixed random subset of this many training images (the same for every seed)
     val_size: int = 0  # >0: hold out this many training images and evaluate on them (the paper chose its schedule on 45k/5k)
     image_size: int = 32  # images must be this size (CIFAR: 32) ... (stream: the side of the crops, 224)
     resize: bool = False  # ... unless resized to it when decoded (ImageFolder data, e.g. 224 for fine-tuning)
@@ -47,11 +49,14 @@ class TrainSpec:
     momentum: float = 0.9
     weight_decay: float = 1e-4  # applied to every parameter, BN included
     iterations: int = 64_000  # the paper stops at 64k iterations (about 164 epochs of 50k)
-    milestones: tuple[int, ...] = (32_000, 48_000)  # lr multiplied by lr_decay at each of these iterations
+    schedule: str = "step"  # "step": lr x lr_decay at each milestone (the paper); "linear": lr falls linearly to 0 at the end
+    milestones: tuple[int, ...] = (32_000, 48_000)  # schedule = "step": lr multiplied by lr_decay at each of these iterations
     lr_decay: float = 0.1
+    ramp: int = 0  # >0: the lr rises linearly from lr/ramp to lr over the first `ramp` iterations
     warmup_lr: float = 0.0  # >0: train at this lr until the training error falls below warmup_until_err (ResNet-110: 0.01)
     warmup_until_err: float = 80.0  # % training error, measured over the mini-batches since the last check
     seed: int = 0  # model init, data order and augmentation
+    log_every: int = 0  # 0: one CSV row (and test) per epoch; N > 0: one every N iterations (short runs on small data)
     eval_batch_size: int = 1000
     precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; or "bf16", "fp32"
     channels_last: bool = True
@@ -72,6 +77,10 @@ class TrainSpec:
             (self.lr > 0 and 0 < self.lr_decay <= 1, "lr must be positive and lr_decay in (0, 1]"),
             (list(self.milestones) == sorted(self.milestones), f"milestones must increase: {list(self.milestones)}"),
             (self.val_size >= 0 and self.warmup_lr >= 0, "val_size and warmup_lr must not be negative"),
+            (self.train_size >= 0 and self.ramp >= 0 and self.log_every >= 0, "train_size, ramp and log_every must not be negative"),
+            (self.schedule in ("step", "linear"), f"schedule must be step or linear, not {self.schedule!r}"),
+            (self.ramp < self.iterations, f"ramp ({self.ramp}) must be shorter than iterations ({self.iterations})"),
+            (self.loader == "memory" or self.train_size == 0, "train_size applies to loader = \"memory\""),
             (self.image_size >= 8, f"image_size must be at least 8, not {self.image_size}"),
             (self.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, not {self.precision!r}"),
             (self.loader in ("memory", "stream"), f"loader must be memory or stream, not {self.loader!r}"),
@@ -142,6 +151,8 @@ def apply(spec, changes, where):
     if "iterations" in changes and "milestones" not in changes:
         scale = changes["iterations"] / spec.iterations
         changes["milestones"] = tuple(round(m * scale) for m in spec.milestones)
+        if "ramp" not in changes:
+            changes["ramp"] = round(spec.ramp * scale)
     try:
         return dataclasses.replace(spec, **changes)
     except SpecError as e:
@@ -182,9 +193,15 @@ def load_experiment(name, quick=False, overrides=None, runs=None):
     names = doc.get("runs")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise SpecError(f"{path}: 'runs' must be a non-empty list of run names, e.g. runs = [\"plain20\", \"resnet20\"]")
+    quick_table = dict(doc.get("quick", {}))
+    quick_runs = quick_table.pop("runs", None)
+    if quick_runs is not None and (not isinstance(quick_runs, list) or not quick_runs or not set(quick_runs) <= set(names)):
+        raise SpecError(f"{path}: [quick] runs must be a non-empty list of names from runs = {names}, not {quick_runs!r}")
     per_run = doc.get("run", {})
     for extra in set(per_run) - set(names):
         raise SpecError(f"{path}: [run.{extra}] names no run in runs = {names}")
+    if quick and quick_runs and not runs:
+        names = [n for n in names if n in quick_runs]
     if runs:
         unknown = [r for r in runs if r not in names]
         if unknown:
@@ -195,7 +212,7 @@ def load_experiment(name, quick=False, overrides=None, runs=None):
     for run in names:
         layers = [(doc.get("train", {}), f"{path}: [train]")]
         if quick:
-            layers.append((doc.get("quick", {}), f"{path}: [quick]"))
+            layers.append((quick_table, f"{path}: [quick]"))
         layers.append((per_run.get(run, {}), f"{path}: [run.{run}]"))
         layers.append((overrides or {}, "command line"))
         model = per_run.get(run, {}).get("model", run)

@@ -60,9 +60,10 @@ class Dataset:
         return len(self.classes)
 
 
-def load(source="cifar10", data_dir="data", device="cpu", val_size=0, image_size=32, resize=False):
+def load(source="cifar10", data_dir="data", device="cpu", val_size=0, image_size=32, resize=False, train_size=0):
     """Load `source` (see module doc) onto `device`. val_size > 0 holds out that many training images
-    (the same ones for every seed) and returns them as `test`. Images must be image_size x image_size;
+    (the same ones for every seed) and returns them as `test`; train_size > 0 then keeps a fixed random
+    subset of that many training images (again the same for every seed). Images must be image_size x image_size;
     with `resize`, ImageFolder images of any size are resized to that when decoded (e.g. 224 for fine-tuning)."""
     data_dir = Path(data_dir)
     if source in ("cifar10", "cifar100"):
@@ -81,6 +82,11 @@ def load(source="cifar10", data_dir="data", device="cpu", val_size=0, image_size
         val = Split(train.images[order[:val_size]], train.labels[order[:val_size]])
         train = Split(train.images[order[val_size:]], train.labels[order[val_size:]])
         test, name = val, f"{name}, {len(train)}/{len(val)} train/val split"
+    if train_size:
+        if not 0 < train_size <= len(train):
+            raise DataError(f"train_size must be between 1 and {len(train)}, not {train_size}")
+        keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(1))[:train_size].sort().values
+        train, name = Split(train.images[keep], train.labels[keep]), f"{name}, {train_size:,}-image training subset"
     mean = train.images.float().mean(0) / 255
     move = lambda s: Split(s.images.to(device), s.labels.to(device))  # noqa: E731
     return Dataset(name, classes, move(train), move(test), mean.to(device), checksum, str(source))
@@ -93,7 +99,7 @@ def load_for(spec, data_dir="data", device="cpu", workers=0):
         from resnet_repro import stream
 
         return stream.load(spec.data, data_dir, device, spec.image_size, spec.test_resize, spec.scale, spec.lighting, workers)
-    return load(spec.data, data_dir, device, spec.val_size, spec.image_size, spec.resize)
+    return load(spec.data, data_dir, device, spec.val_size, spec.image_size, spec.resize, spec.train_size)
 
 
 def normalize(images, mean):

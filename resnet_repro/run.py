@@ -31,7 +31,7 @@ examples:
   uv run python -m resnet_repro.run --list
 
 Each run writes results/<experiment>/<run>/ (metrics.csv, config.json, status.json, checkpoint.pt,
-final.pt); figures go to figures/ (quick runs: figures/quick/). A finished run is skipped, an unfinished
+final.pt); figures go to figures/ (quick runs: figures/quick/), or OUT/figures/ with --out OUT. A finished run is skipped, an unfinished
 one needs --resume, and nothing is overwritten unless --overwrite is given.
 """
 
@@ -57,7 +57,7 @@ def parse_args(argv):
                    "default: CPU cores / --jobs, at most 8. Results do not depend on it")
     p.add_argument("--data-dir", default="data", help="where downloads and decoded caches live (default: ./data)")
     p.add_argument("--out", default="results", help="results root; runs go to OUT/<experiment>/<run>/ (default: results)")
-    p.add_argument("--figures", default="figures", help="where figures are drawn (default: figures; quick runs: figures/quick)")
+    p.add_argument("--figures", help="where figures are drawn (default: figures, or OUT/figures with --out; quick runs: <figures>/quick)")
     p.add_argument("--iterations", type=int, help="stop after this many iterations; the lr milestones scale with it")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any spec key for every run, e.g. --set lr=0.05 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue unfinished runs from their last checkpoint (finished runs are always skipped)")
@@ -190,7 +190,7 @@ def _run(args, exp, rank, world_size, dist_device):
 
 def data_key(spec):
     """What decides a run's dataset: runs that share it load it once (see datamod.load_for)."""
-    return (spec.data, spec.loader, spec.val_size, spec.image_size, spec.resize, spec.scale, spec.test_resize, spec.lighting)
+    return (spec.data, spec.loader, spec.val_size, spec.train_size, spec.image_size, spec.resize, spec.scale, spec.test_resize, spec.lighting)
 
 
 def workers(args):
@@ -204,8 +204,15 @@ def finish(args, exp, exp_dir, results):
     print()
     print(summary_table(results))
     if not args.no_figures:
-        draw_figures(exp_dir, Path(args.figures))  # quick runs land in <figures>/quick
+        draw_figures(exp_dir, figures_dir(args))  # quick runs land in <figures>/quick
     return 1 if any(r.state == "failed" for r in results) else 0
+
+
+def figures_dir(args):
+    """figures/ for results/; results elsewhere get theirs beside them, never over the committed figures/."""
+    if args.figures:
+        return Path(args.figures)
+    return Path("figures") if Path(args.out) == Path("results") else Path(args.out) / "figures"
 
 
 def child_command(args, run, device):

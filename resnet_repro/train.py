@@ -61,7 +61,11 @@ def lr_at(it, spec, warmup_end=None):
     ended (None while it lasts; ignored without warm-up)."""
     if spec.warmup_lr > 0 and (warmup_end is None or it < warmup_end):
         return spec.warmup_lr
-    return spec.lr * spec.lr_decay ** sum(it >= m for m in spec.milestones)
+    if spec.schedule == "linear":
+        lr = spec.lr * min(1.0, (spec.iterations - it) / (spec.iterations - spec.ramp))
+    else:
+        lr = spec.lr * spec.lr_decay ** sum(it >= m for m in spec.milestones)
+    return lr * (it + 1) / spec.ramp if it < spec.ramp else lr
 
 
 def world():
@@ -359,7 +363,8 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
         raise RunFailed(f"the training split has {len(train_split)} images, fewer than one batch of {batch}")
 
     it, epoch, rows, warmup_end, best = 0, 0, 0, None, math.inf
-    perm, pos, sums, train_seconds = None, 0, None, 0.0  # the epoch in progress: order, position, (loss sum, errors), time
+    perm, pos = None, 0  # the epoch in progress: its order and position
+    sums, row_steps, train_seconds = None, 0, 0.0  # since the last CSV row: (loss sum, errors), steps, training time
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -369,14 +374,16 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         generator.set_state(state["rng"]["data"])
         if state["perm"] is not None:
-            perm, pos, train_seconds = state["perm"].to(device), state["pos"], state["train_seconds"]
+            perm, pos = state["perm"].to(device), state["pos"]
+        if state["sums"] is not None:
+            row_steps, train_seconds = state.get("row_steps", state["pos"]), state["train_seconds"]  # older checkpoints: a row per epoch
             sums = state["sums"].to(device) if main else torch.zeros_like(state["sums"], device=device)  # summed over processes
         if main:
             ckpt.truncate_rows(run_dir / "metrics.csv", rows)
         tqdm.write(f"{config['run']}: resuming at iteration {it} (epoch {epoch + 1})")
 
     def save_checkpoint():
-        epoch_sums = None if sums is None else all_sum(sums.clone()).cpu()  # a collective: before the rank check
+        row_sums = None if sums is None else all_sum(sums.clone()).cpu()  # a collective: before the rank check
         if not main:
             return
         ckpt.save({
@@ -384,7 +391,7 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
             "csv_rows": rows, "warmup_end": warmup_end, "best_test_err": best,
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                     "data": generator.get_state()},
-            "perm": None if perm is None else perm.cpu(), "pos": pos, "sums": epoch_sums,
+            "perm": None if perm is None else perm.cpu(), "pos": pos, "sums": row_sums, "row_steps": row_steps,
             "train_seconds": train_seconds, "config": config,
         }, run_dir / "checkpoint.pt")  # fmt: skip
 
@@ -402,14 +409,15 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
     with stop_requests() as stop, bar:
         while it < spec.iterations:
             if perm is None:
-                perm = torch.randperm(len(train_split), device=device, generator=generator)
-                pos, train_seconds = 0, 0.0
+                perm, pos = torch.randperm(len(train_split), device=device, generator=generator), 0
+            if sums is None:
                 sums = torch.zeros(2, device=device, dtype=torch.float64)  # this process's share; all_sum when read
-            window, window_pos = sums.clone(), pos  # warm-up: the error since the last check
+                row_steps, train_seconds = 0, 0.0
+            window, window_steps = sums.clone(), row_steps  # warm-up: the error since the last check
             batches = train_batches(train_split, perm, pos, batch, mean, generator, spec, epoch, device)
             start = time.perf_counter()
-            stopped = False
-            while pos < per_epoch and it < spec.iterations and not stopped:
+            stopped = row_due = False
+            while pos < per_epoch and it < spec.iterations and not stopped and not row_due:
                 lr = lr_at(it, spec, warmup_end)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -417,49 +425,53 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
                 loss, errors = train_step(forward, optimizer, x, labels, spec, device)
                 sums += torch.stack([loss, errors])
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), it, first_bad)
-                it, pos = it + 1, pos + 1
+                it, pos, row_steps = it + 1, pos + 1, row_steps + 1
                 bar.update(1)  # host-side only; the numbers in the postfix wait for LOG_EVERY
                 if spec.warmup_lr > 0 and warmup_end is None and it % WARMUP_CHECK == 0:
-                    err = 100.0 * all_sum(sums[1] - window[1]).item() / ((pos - window_pos) * batch)  # sync
-                    window, window_pos = sums.clone(), pos
+                    err = 100.0 * all_sum(sums[1] - window[1]).item() / ((row_steps - window_steps) * batch)  # sync
+                    window, window_steps = sums.clone(), row_steps
                     if err < spec.warmup_until_err:
                         warmup_end = it
                         tqdm.write(f"{config['run']}: warm-up ended at iteration {it} (training error {err:.1f}%)")
                 if it % LOG_EVERY == 0:
                     _check_finite(first_bad, spec, warmup_end)  # sync
                     loss_sum, errors = all_sum(sums.clone()).tolist()
-                    n = pos * batch
+                    n = row_steps * batch
                     bar.set_postfix_str(f"lr={lr:.3g} loss={loss_sum / n:.3f} err={100 * errors / n:.1f}% "
                                         f"img/s={n / (train_seconds + time.perf_counter() - start):.0f}")
                 stopped = stopping()
+                row_due = spec.log_every > 0 and it % spec.log_every == 0
             _check_finite(first_bad, spec, warmup_end)
-            loss_sum, errors = all_sum(sums.clone()).tolist()  # sync: the epoch's training time is complete here
+            loss_sum, errors = all_sum(sums.clone()).tolist()  # sync: the interval's training time is complete here
             train_seconds += time.perf_counter() - start
-            if stopped:
+            if pos == per_epoch:
+                epoch, perm, pos = epoch + 1, None, 0
+            # a row per epoch (log_every = 0) or every log_every iterations, and one at the end
+            if row_due or it == spec.iterations or (spec.log_every == 0 and perm is None):
+                n = row_steps * batch
+                eval_start = time.perf_counter()
+                if distributed:
+                    rank0_buffers(model)
+                test_loss, test_err, _ = evaluate(model if distributed else forward, dataset.test, mean, spec, device)
+                best = min(best, test_err)
+                rows += 1
+                row = {
+                    "experiment": config["experiment"], "run": config["run"], "model": spec.model, "depth": config["depth"],
+                    "residual": config["residual"], "epoch": round(it * batch / len(train_split), 3) if spec.log_every else rows,
+                    "iteration": it, "lr": f"{lr_at(it - 1, spec, warmup_end):.6g}", "train_loss": f"{loss_sum / n:.6g}",
+                    "train_err": f"{100 * errors / n:.4f}", "test_loss": f"{test_loss:.6g}", "test_err": f"{test_err:.4f}",
+                    "epoch_seconds": f"{train_seconds + time.perf_counter() - eval_start:.3f}", "images_per_second": f"{n / train_seconds:.1f}",
+                }  # fmt: skip
+                if main:
+                    ckpt.append_row(run_dir / "metrics.csv", row)
+                sums = None
                 save_checkpoint()
+                bar.set_postfix_str(f"row {rows}: train err {100 * errors / n:.1f}%, test err {test_err:.2f}%")
+            if stopped:
+                if sums is not None:
+                    save_checkpoint()
                 raise Interrupted(f"{stop['signal'] or 'a signal to another process'} at iteration {it}; checkpoint written. "
                                   f"Continue with the same command plus --resume.")
-
-            n = pos * batch
-            eval_start = time.perf_counter()
-            if distributed:
-                rank0_buffers(model)
-            test_loss, test_err, _ = evaluate(model if distributed else forward, dataset.test, mean, spec, device)
-            epoch_seconds = train_seconds + time.perf_counter() - eval_start
-            best = min(best, test_err)
-            epoch += 1
-            row = {
-                "experiment": config["experiment"], "run": config["run"], "model": spec.model, "depth": config["depth"],
-                "residual": config["residual"], "epoch": epoch, "iteration": it, "lr": f"{lr_at(it - 1, spec, warmup_end):.6g}",
-                "train_loss": f"{loss_sum / n:.6g}", "train_err": f"{100 * errors / n:.4f}", "test_loss": f"{test_loss:.6g}",
-                "test_err": f"{test_err:.4f}", "epoch_seconds": f"{epoch_seconds:.3f}", "images_per_second": f"{n / train_seconds:.1f}",
-            }  # fmt: skip
-            if main:
-                ckpt.append_row(run_dir / "metrics.csv", row)
-            rows += 1
-            perm, pos, sums = None, 0, None
-            save_checkpoint()
-            bar.set_postfix_str(f"epoch {epoch}: train err {100 * errors / n:.1f}%, test err {test_err:.2f}%")
 
     if spec.ten_crop:  # Table 2's test, once at the end
         if distributed:

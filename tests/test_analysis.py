@@ -61,7 +61,7 @@ def test_load_runs_is_tidy_typed_and_joined_with_config(tmp_path):
     assert len(df) == 4 + 3
     assert list(df.columns[: len(COLUMNS)]) == COLUMNS
     assert {c: str(df[c].dtype) for c in ("depth", "epoch", "iteration", "residual", "quick", "seed", "params", "test_err")} == {
-        "depth": "int64", "epoch": "int64", "iteration": "int64", "residual": "bool", "quick": "bool",
+        "depth": "int64", "epoch": "float64", "iteration": "int64", "residual": "bool", "quick": "bool",
         "seed": "Int64", "params": "Int64", "test_err": "float64",
     }
     plain = df[df.run == "plain20"]
@@ -186,18 +186,25 @@ def test_fig1_plots_the_csv_against_iterations(tmp_path):
     curves = {run: write_run(tmp_path, run) for run in ("plain20", "plain56", "resnet20")}
     fig = analysis.fig1(load_runs(tmp_path))
     left, right = fig.axes
-    assert left.get_xlabel() == right.get_xlabel() == "iter. (1e4)"
+    assert left.get_xlabel() == right.get_xlabel() == "iterations"  # runs shorter than 10k: plain iterations
     assert (left.get_ylabel(), right.get_ylabel()) == ("training error (%)", "test error (%)")
     for ax, column in ((left, "train_err"), (right, "test_err")):
         lines = lines_by_gid(ax)
         assert set(lines) == {f"plain20:{column[:-4]}", f"plain56:{column[:-4]}"}
         for run in ("plain20", "plain56"):
             line = lines[f"{run}:{column[:-4]}"]
-            assert list(line.get_xdata()) == [r["iteration"] / 1e4 for r in curves[run]]
+            assert list(line.get_xdata()) == [r["iteration"] for r in curves[run]]
             assert list(line.get_ydata()) == [r[column] for r in curves[run]]
         assert ax.get_ylim() == (0, 20)
     assert [t.get_text() for t in left.get_legend().get_texts()] == ["20-layer", "56-layer"]
     assert fig._suptitle is None  # full runs: no title, as the paper
+
+
+def test_curves_of_runs_of_10k_iterations_or_more_use_the_papers_axis(tmp_path):
+    curves = {run: write_run(tmp_path, run, epochs=30) for run in ("plain20", "plain56")}  # 391 x 30 = 11,730 iterations
+    left, _ = analysis.fig1(load_runs(tmp_path)).axes
+    assert left.get_xlabel() == "iter. (1e4)"
+    assert list(lines_by_gid(left)["plain56:train"].get_xdata()) == [r["iteration"] / 1e4 for r in curves["plain56"]]
 
 
 def test_fig6_draws_the_runs_that_exist_dashed_train_bold_test(tmp_path):

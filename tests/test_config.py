@@ -55,6 +55,10 @@ warmup_lr = 0.01
         ('runs = []\n', r"non-empty list"),
         ('runs = ["plain20"]\n[train]\nshortcut = "D"\n', r"shortcut must be one of A, B, C"),
         ('runs = ["plain20"]\n[train]\nlr = 0.1.2\n', r"malformed TOML: .*line 3"),
+        ('runs = ["plain20"]\n[train]\nschedule = "cosine"\n', r"schedule must be step or linear, not 'cosine'"),
+        ('runs = ["plain20"]\n[train]\niterations = 100\nramp = 100\n', r"ramp \(100\) must be shorter than iterations \(100\)"),
+        ('runs = ["plain20"]\n[train]\nlog_every = -1\n', r"train_size, ramp and log_every must not be negative"),
+        ('runs = ["plain20"]\n[quick]\nruns = ["resnet20"]\n', r"\[quick\] runs must be a non-empty list of names from runs"),
     ],
 )
 def test_bad_specs_name_the_problem(tmp_path, text, match):

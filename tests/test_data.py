@@ -127,6 +127,18 @@ def test_val_split_is_fixed_and_disjoint(image_folder):
     torch.testing.assert_close(a.mean, a.train.images.float().mean(0) / 255)
 
 
+def test_train_size_keeps_the_same_subset_for_every_seed(image_folder):
+    root, _ = image_folder
+    full, a, b = data.load(str(root)), data.load(str(root), train_size=5), data.load(str(root), train_size=5)
+    assert len(a.train) == 5 and torch.equal(a.train.images, b.train.images) and "5-image training subset" in a.name
+    assert torch.equal(a.test.images, full.test.images)  # the test split is whole
+    rows = {tuple(x.flatten().tolist()) for x in full.train.images}
+    assert {tuple(x.flatten().tolist()) for x in a.train.images} < rows
+    torch.testing.assert_close(a.mean, a.train.images.float().mean(0) / 255)
+    with pytest.raises(DataError, match="train_size must be between 1 and 12, not 13"):
+        data.load(str(root), train_size=13)
+
+
 def test_normalize_subtracts_the_per_pixel_mean():
     images = torch.tensor([[[[0, 255]]]], dtype=torch.uint8).expand(1, 3, 1, 2)
     mean = torch.full((3, 1, 2), 0.5)

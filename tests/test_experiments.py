@@ -46,3 +46,31 @@ def test_imagenet18_34_nets_take_its_crops():
     with torch.no_grad():
         assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
     assert models.num_params(model) == models.num_params(models.build_model("resnet34", 1000, "A", "imagenet"))
+
+
+def test_degradation_quick_is_the_measured_demo_recipe():
+    quick = config.load_experiment("degradation", quick=True)
+    assert list(quick.runs) == ["plain20", "plain56", "resnet20", "resnet56"]
+    for spec in quick.runs.values():
+        assert (spec.data, spec.train_size, spec.batch_size, spec.iterations) == ("mini", 1000, 32, 600)
+        assert (spec.schedule, spec.ramp, spec.log_every, spec.lr, spec.momentum, spec.weight_decay) == ("linear", 120, 60, 0.1, 0.9, 1e-4)
+
+
+def test_depth_is_fig6_and_table6_with_the_resnet110_warmup():
+    exp = config.load_experiment("depth")
+    depths = [20, 32, 44, 56, 110]
+    assert list(exp.runs) == [f"plain{d}" for d in depths] + [f"resnet{d}" for d in depths]
+    for run, spec in exp.runs.items():
+        assert (spec.data, spec.batch_size, spec.lr, spec.iterations, spec.milestones) == ("cifar10", 128, 0.1, 64000, (32000, 48000))
+        assert spec.warmup_lr == (0.01 if run == "resnet110" else 0.0)
+    quick = config.load_experiment("depth", quick=True)  # the depths that fit the CPU demo
+    assert list(quick.runs) == ["plain20", "plain32", "plain44", "resnet20", "resnet32", "resnet44"]
+    assert {(s.data, s.train_size, s.iterations, s.log_every) for s in quick.runs.values()} == {("mini", 1000, 450, 45)}
+    assert list(config.load_experiment("depth", quick=True, runs=["resnet110"]).runs) == ["resnet110"]  # --runs still picks any
+
+
+def test_resnet1202_is_its_own_experiment():
+    spec = config.load_experiment("resnet1202").runs["resnet1202"]
+    assert (spec.iterations, spec.milestones, spec.warmup_lr, spec.batch_size) == (64000, (32000, 48000), 0.01, 128)
+    assert models.num_params(models.build_model("resnet1202")) == pytest.approx(19.4e6, rel=0.01)
+    assert config.load_experiment("resnet1202", quick=True).runs["resnet1202"].data == "mini"

@@ -122,3 +122,10 @@ def test_jobs_train_runs_in_parallel_processes_with_the_same_results(tmp_path, t
         strip = lambda lines: [",".join(line.split(",")[:12]) for line in lines]  # noqa: E731  (timing columns differ)
         assert strip(par) == strip(seq)
         assert (tmp_path / "par" / "pair" / r / "output.log").exists()
+
+
+def test_results_elsewhere_get_their_figures_beside_them_never_in_the_committed_figures():
+    figures = lambda *argv: run.figures_dir(run.parse_args(["degradation", *argv]))  # noqa: E731
+    assert figures() == figures("--out", "results") == run.Path("figures")
+    assert figures("--out", "/tmp/x") == run.Path("/tmp/x/figures")
+    assert figures("--out", "/tmp/x", "--figures", "figs") == run.Path("figs")

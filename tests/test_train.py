@@ -1,6 +1,8 @@
 import json
 import os
+import shutil
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,3 +167,47 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path):
         with pytest.raises(ckpt.RunDirError, match="in use by another process"):
             with ckpt.RunLock(tmp_path):
                 pass
+
+
+def test_linear_schedule_with_a_ramp():
+    s = TrainSpec(lr=0.1, iterations=600, schedule="linear", ramp=120)
+    assert [train.lr_at(i, s) for i in (0, 59, 119, 120, 360, 599)] == pytest.approx([0.1 / 120, 0.05, 0.1, 0.1, 0.05, 0.1 / 480])
+    step = TrainSpec(lr=0.1, iterations=100, milestones=(50,), ramp=10)
+    assert [train.lr_at(i, step) for i in (4, 9, 49, 50)] == pytest.approx([0.05, 0.1, 0.1, 0.01])
+
+
+def test_log_every_writes_a_row_every_n_iterations_and_one_at_the_end(tiny, tmp_path):
+    run(spec(log_every=4), tiny, tmp_path / "r")  # 48 images, batch 16: 3 iterations an epoch
+    r = rows(tmp_path / "r")
+    assert [int(x["iteration"]) for x in r] == [4, 8, 10]
+    assert [float(x["epoch"]) for x in r] == pytest.approx([4 / 3, 8 / 3, 10 / 3], abs=1e-3)  # epochs elapsed
+    assert [float(x["lr"]) for x in r] == pytest.approx([0.1, 0.01, 0.001])
+
+
+@pytest.fixture(scope="module")
+def whole_logged(tiny, tmp_path_factory):
+    d = tmp_path_factory.mktemp("whole") / "whole"
+    run(spec(log_every=4), tiny, d, deterministic=True)
+    return d
+
+
+@pytest.mark.parametrize("stop_at", [3, 4, 6])  # an epoch's end between rows, a row's step, mid-interval and mid-epoch
+def test_log_every_resume_is_exact(tiny, whole_logged, tmp_path, monkeypatch, stop_at):
+    broken = tmp_path / "broken"
+    interrupt_at(monkeypatch, stop_at)
+    with pytest.raises(train.Interrupted, match=f"at iteration {stop_at};"):
+        run(spec(log_every=4), tiny, broken, deterministic=True)
+    monkeypatch.undo()
+    run(spec(log_every=4), tiny, broken, resume=True, deterministic=True)
+    assert csv_rows(broken / "metrics.csv", drop=VARYING) == csv_rows(whole_logged / "metrics.csv", drop=VARYING)
+
+
+def test_a_run_interrupted_by_the_code_of_the_first_cpu_campaign_resumes(tmp_path, whole):
+    """tests/data/run-b432720: a run stopped by SIGINT at iteration 5 (mid-epoch) by commit b432720, whose
+    checkpoints predate log_every; campaign runs started then must still resume."""
+    root = tmp_path / "data"
+    write_image_folder(root, n_train=48, n_test=12)  # the same images the fixture trained on
+    old = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "data" / "run-b432720", old)
+    run(spec(), data.load(str(root)), old, resume=True, deterministic=True)
+    assert csv_rows(old / "metrics.csv", drop=VARYING) == csv_rows(whole / "metrics.csv", drop=VARYING)
