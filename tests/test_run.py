@@ -30,7 +30,8 @@ eval_batch_size = 8
 
 
 def cli(*argv):
-    return run.main([*map(str, argv), "--no-progress"])
+    argv = [*map(str, argv), "--no-progress"]
+    return run.main(argv if "--jobs" in argv else [*argv, "--jobs", "1"])  # in this process (the default may be 2)
 
 
 def test_list_shows_every_experiment_with_its_line(capsys):
@@ -110,9 +111,15 @@ def test_bad_spec_files_exit_2_with_one_line(tmp_path, capsys, text, match):
     assert match in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_jobs_train_runs_in_parallel_processes_with_the_same_results(tmp_path, tiny_dir, capsys):
+def test_jobs_train_runs_in_parallel_processes_with_the_same_results(tmp_path, tiny_dir, capsys, monkeypatch):
     exp = experiment(tmp_path, tiny_dir)
-    assert cli(exp, "--out", tmp_path / "seq", "--no-figures", "--deterministic") == 0
+    monkeypatch.setattr(run.os, "cpu_count", lambda: 2)  # 2 jobs on 2 cores: 1 thread each
+    threads = run.torch.get_num_threads()
+    run.torch.set_num_threads(1)  # as each of the 2 processes on 2 cores: CPU float sums depend on the thread count
+    try:
+        assert cli(exp, "--out", tmp_path / "seq", "--no-figures", "--deterministic") == 0
+    finally:
+        run.torch.set_num_threads(threads)
     assert cli(exp, "--out", tmp_path / "par", "--no-figures", "--deterministic", "--jobs", "2") == 0
     out = capsys.readouterr().out
     assert out.count(" done") >= 2
@@ -129,3 +136,12 @@ def test_results_elsewhere_get_their_figures_beside_them_never_in_the_committed_
     assert figures() == figures("--out", "results") == run.Path("figures")
     assert figures("--out", "/tmp/x") == run.Path("/tmp/x/figures")
     assert figures("--out", "/tmp/x", "--figures", "figs") == run.Path("figs")
+
+
+def test_two_runs_at_once_by_default_on_a_cpu_of_two_cores_else_one(monkeypatch):
+    cpu, gpu = [run.torch.device("cpu")], [run.torch.device("cuda")]
+    monkeypatch.setattr(run.os, "cpu_count", lambda: 2)
+    assert run.default_jobs(cpu, 4, 1) == 2
+    assert run.default_jobs(cpu, 1, 1) == run.default_jobs(gpu, 4, 1) == run.default_jobs(cpu, 4, 2) == 1  # one run, GPU, torchrun
+    monkeypatch.setattr(run.os, "cpu_count", lambda: 1)
+    assert run.default_jobs(cpu, 4, 1) == 1
