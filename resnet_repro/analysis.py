@@ -68,6 +68,7 @@ FIG6_PANELS = (
     ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110"),
     ("resnet110", "resnet1202"),
 )
+DEPTH_EXPERIMENTS = ("depth", "resnet1202", "degradation")  # where Fig. 6, Table 6 and the depth figure take a run from
 FIG7_RUNS = ("plain20", "plain56", "resnet20", "resnet56", "resnet110")
 COLORS = {18: "tab:blue", 20: "#e8a30c", 32: "c", 34: "tab:red", 44: "g", 56: "r", 110: "k", 1202: "m"}
 TRAIN_DASHED = dict(linestyle="--", linewidth=1.0)  # Fig. 6: dashed training error
@@ -226,14 +227,25 @@ def compare(a, b):
 # --- figures -----------------------------------------------------------------------------------
 
 
-def _select(df, names):
-    """{name: its rows by epoch} for the runs of `names` in df; CannotDraw if a name has several runs."""
+def _rank(experiment, prefer):
+    base = experiment.removesuffix("-quick")
+    return prefer.index(base) if base in prefer else len(prefer)
+
+
+def _select(df, names, prefer=()):
+    """{name: its rows by epoch} for the runs of `names` in df. A name run by several experiments is taken
+    from the first of `prefer` (e.g. plain20 of `degradation` for Fig. 1, of `depth` for Fig. 6);
+    CannotDraw if that leaves several runs (say two seeds of one experiment)."""
     out = {}
     for name in names:
         rows = df[df.run == name]
-        paths = list(rows.path.unique())
-        if len(paths) > 1:
+        paths = sorted(rows.path.unique(), key=lambda p: _rank(rows[rows.path == p].experiment.iloc[0], prefer))
+        ranks = [_rank(rows[rows.path == p].experiment.iloc[0], prefer) for p in paths]
+        if len(paths) > 1 and ranks[0] == ranks[1]:
             raise CannotDraw(f"ambiguous: {name} in {', '.join(paths)}; draw one result set at a time")
+        if paths:
+            rows = rows[rows.path == paths[0]]
+            paths = paths[:1]
         if paths:
             out[name] = rows.sort_values("epoch")
     return out
@@ -276,7 +288,7 @@ def _legend(ax, train_style=None, train="train", test="test"):
     if train_style:  # a key to the line styles after the nets
         handles += [Line2D([], [], color="gray", **train_style), Line2D([], [], color="gray", **TEST_BOLD)]
         labels += [train, test]
-    ax.legend(handles, labels, fontsize="small", frameon=False, loc="upper right")
+    ax.legend(handles, labels, fontsize="small", frameon=False, loc="best")
 
 
 def _ylim(ax, runs, paper):
@@ -293,7 +305,7 @@ def _finish(fig, title):
 
 def fig1(df):
     """Fig. 1: training (left) and test (right) error of plain-20 and plain-56 vs iterations."""
-    runs = _select(df, FIG1_RUNS)
+    runs = _select(df, FIG1_RUNS, prefer=("degradation", "depth"))
     _require(runs, FIG1_RUNS)
     fig = Figure(figsize=(8, 3.2))
     axes = fig.subplots(1, 2)
@@ -311,7 +323,7 @@ def fig6(df):
     """Fig. 6: plain (left), residual (middle) and ResNet-110/1202 (right); dashed training error,
     bold test error. Panels hold the runs that exist; CannotDraw if none does."""
     names = list(dict.fromkeys(n for panel in FIG6_PANELS for n in panel))
-    runs = _select(df, names)
+    runs = _select(df, names, prefer=DEPTH_EXPERIMENTS)
     _require(runs, names, least="one")
     fig = Figure(figsize=(13, 3.4))
     axes = fig.subplots(1, 3)
@@ -335,7 +347,7 @@ def fig6(df):
 def fig4(df):
     """Fig. 4: 18 vs 34 layers, plain (left) and residual (right); thin training, bold test error."""
     names = [n for panel in FIG4_PANELS for n in panel]
-    runs = _select(df, names)
+    runs = _select(df, names, prefer=("imagenet18_34", "degradation18_34"))
     _require(runs, names, least="one")
     sample = pd.concat(runs.values())
     cifar = (sample.stem == "cifar").any()
@@ -363,9 +375,11 @@ def fig_depth(df):
     final = final[~final.model.map(models.is_imagenet_family).astype(bool)].sort_values("depth")
     if final.empty:
         raise CannotDraw("missing: any CIFAR-family run (plain20 ... resnet1202)")
-    twice = final.run[final.run.duplicated()].unique()
+    final = final.assign(rank=final.experiment.map(lambda e: _rank(e, DEPTH_EXPERIMENTS))).sort_values(["run", "rank"])
+    twice = final.run[final.duplicated(["run", "rank"])].unique()
     if len(twice):
         raise CannotDraw(f"ambiguous: several runs named {', '.join(twice)}; draw one result set at a time")
+    final = final.drop_duplicates("run").sort_values("depth")  # a run of several experiments: the preferred one
     depths = sorted(final.depth.unique())
     fig = Figure(figsize=(8, 3.2))
     axes = fig.subplots(1, 2, sharex=True, sharey=True)
@@ -425,7 +439,7 @@ def response_stds(df, device=None, runs=FIG7_RUNS):
     `runs` with a final.pt (loaded with the run's config: model, num_classes, shortcut, stem, data).
     CannotDraw if none has one, or if the test data cannot be loaded."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    found = _select(df, runs)
+    found = _select(df, runs, prefer=("degradation", "depth"))
     _require(found, runs, least="one")
     have = {n: Path(rows.path.iloc[0]) / "final.pt" for n, rows in found.items()}
     have = {n: p for n, p in have.items() if p.exists()}
@@ -537,7 +551,7 @@ def summary_table(df):
 def table6(df):
     """Table 6: our ResNets' final test error next to the paper's, one row per paper depth."""
     names = [f"resnet{d}" for d in PAPER_TABLE6]
-    runs = _select(df, names)
+    runs = _select(df, names, prefer=DEPTH_EXPERIMENTS)
     _require(runs, names, least="one")
     rows = []
     for depth, (paper_params, paper_err) in PAPER_TABLE6.items():
@@ -561,7 +575,7 @@ def table2(df):
     epoch's single-view test error. A difference column only when ours is a 10-crop test of an
     ImageNet-stem net; the CIFAR variant is not comparable."""
     names = [n for panel in FIG4_PANELS for n in panel]
-    runs = _select(df, names)
+    runs = _select(df, names, prefer=("imagenet18_34", "degradation18_34"))
     _require(runs, names, least="one")
     sample = pd.concat(runs.values())
     ten_crop = sample.top1_err_10crop.notna().all()

@@ -376,6 +376,20 @@ def test_draw_reports_ambiguous_run_names(tmp_path):
     assert result["fig1"].startswith("ambiguous: plain20 in ")
 
 
+def test_runs_of_several_experiments_are_taken_from_the_one_each_figure_belongs_to(tmp_path):
+    degradation = {run: write_run(tmp_path, run) for run in ("plain20", "plain56", "resnet20")}
+    depth = {run: write_run(tmp_path, run, experiment="depth", offset=1.0) for run in ("plain20", "plain32", "resnet20")}
+    df = load_runs(tmp_path)
+    left, _ = analysis.fig1(df).axes  # Fig. 1 is degradation's
+    assert list(lines_by_gid(left)["plain20:train"].get_ydata()) == [r["train_err"] for r in degradation["plain20"]]
+    plain, residual, _ = analysis.fig6(df).axes  # Fig. 6 is the depth study's
+    assert list(lines_by_gid(plain)["plain20:train"].get_ydata()) == [r["train_err"] for r in depth["plain20"]]
+    assert "plain56:train" in lines_by_gid(plain)  # what depth lacks comes from degradation
+    assert analysis.table6(df).set_index("depth").loc[20, "test_err"] == depth["resnet20"][-1]["test_err"]
+    plain_depth = {line.get_gid(): line for line in analysis.fig_depth(df).axes[0].lines}["plain:train"]
+    assert list(plain_depth.get_ydata()) == [depth["plain20"][-1]["train_err"], depth["plain32"][-1]["train_err"], degradation["plain56"][-1]["train_err"]]
+
+
 def test_table2_says_cifar_variant_is_not_comparable(tmp_path):
     curves = {run: write_run(tmp_path, run, stem="cifar") for run in ("plain18", "plain34", "resnet34")}
     table = analysis.table2(load_runs(tmp_path)).set_index("layers")
