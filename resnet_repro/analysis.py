@@ -39,6 +39,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from resnet_repro.checkpoint import locked
 from resnet_repro import data, models
 
 # metrics.csv columns (an API shared with train.py) and how to parse them
@@ -114,6 +115,13 @@ def _load_run(run_dir):
         return None  # a config.json that is not a run's (say an experiment's spec)
     rows = read_metrics(csv_path) if csv_path.exists() else []
     state = _read_json(status_path).get("state", "unknown") if status_path.exists() else "unknown"
+    if state == "running" and not locked(run_dir / "lock"):
+        state = "stopped"  # its process is gone (see checkpoint.read_status)
+    for key, kind in CONFIG_COLUMNS.items():
+        value = config.get(key)
+        expected = {"Int64": int, "bool": bool}.get(kind)
+        if value is not None and expected and (type(value) is not expected):
+            raise ValueError(f"{config_path}: {key} must be {'an integer' if expected is int else 'true or false'}, not {value!r}")
     if not rows:
         warnings.warn(f"{run_dir}: no epoch in metrics.csv yet (state: {state}); left out", stacklevel=3)
         return None
@@ -128,9 +136,16 @@ def _load_run(run_dir):
     return df
 
 
+def _read_text(path):
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); damaged or not written by this suite") from None
+
+
 def _read_json(path):
     try:
-        obj = json.loads(path.read_text())
+        obj = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(obj, dict):
@@ -142,7 +157,7 @@ def read_metrics(path):
     """metrics.csv -> list of typed rows ({column: value}, CSV_COLUMNS only). Raises ValueError naming the
     file and line for missing columns, a short or unparsable line, a cut-off last line, or epochs out
     of order. Extra columns are ignored. An empty or header-only file gives []."""
-    text = Path(path).read_text()
+    text = _read_text(path)
     lines = list(csv.reader(io.StringIO(text)))
     if not lines:
         return []
@@ -730,6 +745,8 @@ def main(argv=None):
     parser.add_argument("--no-fig7", action="store_true", help="skip Fig. 7 (it loads final.pt and the test set)")
     parser.add_argument("--device", help="device for Fig. 7's forward passes (default: cuda if available, else cpu)")
     args = parser.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        parser.exit(2, f"error: --out {args.out} is a file; it must be a directory (or not exist yet)\n")
     try:
         df = load_runs(*args.results)
     except (FileNotFoundError, ValueError) as e:

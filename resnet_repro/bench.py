@@ -1,6 +1,6 @@
 """python -m resnet_repro.bench: training images/s of the usual PyTorch loop vs this project's engine.
 
-(a) "usual": how the seed posts train CIFAR: a torchvision-style dataset of PIL images with
+(a) "usual": how CIFAR is commonly trained in PyTorch: a torchvision-style dataset of PIL images with
     RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor and Normalize, a DataLoader with workers,
     fp32, eager, and `.item()` on every step for the running loss and accuracy.
 (b) "engine": resnet_repro.train.train_step on uint8 data resident on the device, batched augmentation

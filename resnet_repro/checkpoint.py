@@ -3,7 +3,8 @@
 results/<experiment>/<run>/
     config.json      the resolved spec plus where and on what it ran
     metrics.csv      one row per epoch (CSV_COLUMNS), flushed and fsynced as it is written
-    status.json      {"state": running | done | failed | interrupted, "message": ...}
+    status.json      {"state": running | done | failed | interrupted, "message": ...}; a "running" run whose
+                     process is gone (no lock held) reads as "stopped"
     checkpoint.pt    the latest training state, written atomically (not committed to git)
     final.pt         {"model": state_dict, "config": config} once the run is done
 """
@@ -37,6 +38,7 @@ def write_atomic(path, write):
     disk leaves the previous file intact."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    existed = path.exists()
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -46,7 +48,8 @@ def write_atomic(path, write):
     except OSError as e:
         tmp.unlink(missing_ok=True)
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(f"disk full while writing {path}; the previous {path.name} is intact. Free space and --resume.") from None
+            kept = f"the previous {path.name} is intact" if existed else f"no {path.name} was written"
+            raise DiskFull(f"disk full while writing {path}; {kept}. Free space and --resume.") from None
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -64,8 +67,25 @@ def write_json(obj, path):
 
 
 def read_json(path):
-    with open(path) as f:
-        return json.load(f)
+    """A run-directory JSON file as a dict; RunDirError naming the file if it is damaged."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise RunDirError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                          f"--overwrite starts the run again (or restore the file)") from None
+    if not isinstance(obj, dict):
+        raise RunDirError(f"{path} is damaged (not a JSON object); --overwrite starts the run again (or restore the file)")
+    return obj
+
+
+def load_checkpoint(path):
+    """checkpoint.pt as written by the engine; RunDirError naming the file if it is damaged (e.g. cut off)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a cut-off or foreign file fails inside the unpickler in many ways
+        raise RunDirError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                          f"--overwrite starts the run again") from None
 
 
 def write_status(run_dir, state, message=""):
@@ -74,7 +94,23 @@ def write_status(run_dir, state, message=""):
 
 def read_status(run_dir):
     path = Path(run_dir) / "status.json"
-    return read_json(path) if path.exists() else {"state": "unknown", "message": ""}
+    status = read_json(path) if path.exists() else {"state": "unknown", "message": ""}
+    if status.get("state") == "running" and not locked(Path(run_dir) / "lock"):
+        return {"state": "stopped", "message": "its process ended without a word (killed, or the machine stopped); --resume continues it"}
+    return status
+
+
+def locked(path):
+    """Whether a process holds the run's lock (see RunLock)."""
+    try:
+        with open(path, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
 
 
 def append_row(path, row):

@@ -77,6 +77,7 @@ class TrainSpec:
             (self.lr > 0 and 0 < self.lr_decay <= 1, "lr must be positive and lr_decay in (0, 1]"),
             (list(self.milestones) == sorted(self.milestones), f"milestones must increase: {list(self.milestones)}"),
             (self.val_size >= 0 and self.warmup_lr >= 0, "val_size and warmup_lr must not be negative"),
+            (0 <= self.seed < 2**63, f"seed must be between 0 and 2**63 - 1, not {self.seed}"),
             (self.train_size >= 0 and self.ramp >= 0 and self.log_every >= 0, "train_size, ramp and log_every must not be negative"),
             (self.schedule in ("step", "linear"), f"schedule must be step or linear, not {self.schedule!r}"),
             (self.ramp < self.iterations, f"ramp ({self.ramp}) must be shorter than iterations ({self.iterations})"),
@@ -161,8 +162,10 @@ def apply(spec, changes, where):
 
 def experiment_path(name):
     path = Path(name)
-    if path.suffix == ".toml" and path.exists():
+    if path.suffix == ".toml" and path.is_file():
         return path
+    if path.suffix == ".toml" and path.exists():
+        raise SpecError(f"{path} is not a file; an experiment is a .toml file (see experiments/)")
     path = EXPERIMENTS_DIR / f"{name}.toml"
     if not path.exists():
         raise SpecError(f"unknown experiment {name!r}; available: {', '.join(available())} (or a path to a .toml file)")
@@ -179,6 +182,10 @@ def read_toml(path):
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: malformed TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not UTF-8 text (byte {e.start}); TOML files are UTF-8") from None
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read it ({e.strerror})") from None
 
 
 def load_experiment(name, quick=False, overrides=None, runs=None):
@@ -190,6 +197,12 @@ def load_experiment(name, quick=False, overrides=None, runs=None):
     for key in doc:
         if key not in EXPERIMENT_KEYS:
             raise SpecError(f"{path}: unknown key {key!r}; valid top-level keys are {', '.join(EXPERIMENT_KEYS)}")
+    for key in ("train", "quick", "run"):
+        if not isinstance(doc.get(key, {}), dict):
+            raise SpecError(f"{path}: {key} must be a table ([{key}] followed by key = value lines), not {doc[key]!r}")
+    for run, table in doc.get("run", {}).items():
+        if not isinstance(table, dict):
+            raise SpecError(f"{path}: run.{run} must be a table ([run.{run}] followed by key = value lines), not {table!r}")
     names = doc.get("runs")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise SpecError(f"{path}: 'runs' must be a non-empty list of run names, e.g. runs = [\"plain20\", \"resnet20\"]")

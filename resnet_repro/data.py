@@ -10,9 +10,11 @@ Every split is decoded once to a uint8 tensor (N, 3, 32, 32: other sizes with im
 then needs no DataLoader workers and no per-batch host-to-device copies.
 """
 
+import errno
 import hashlib
 import io
 import os
+import re
 import tarfile
 import urllib.error
 from dataclasses import dataclass
@@ -180,13 +182,20 @@ def _load_folder_or_archive(path, data_dir, size):
             readers = {name: (lambda m=m, t=tar: t.extractfile(m).read()) for name, m in members.items()}
             classes, train, test = _decode_tree(readers, str(path), size)
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        raise DataError(f"corrupt or unreadable archive {path}: {e}. Get a fresh copy (expected a .tar.gz of an ImageFolder tree with train/ and test/).") from None
+        why = "not a tar archive (plain, gzip, bz2 and xz tried)" if isinstance(e, tarfile.ReadError) else str(e).strip().splitlines()[0]
+        raise DataError(f"corrupt or unreadable archive {path}: {why}. Get a fresh copy (expected a .tar.gz of an ImageFolder tree with train/ and test/).") from None
     name = KNOWN_ARCHIVES.get(md5, path.name)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # one per process: torchrun's may all write it
-    torch.save(dict(name=name, classes=classes, train_images=train.images, train_labels=train.labels,
-                    test_images=test.images, test_labels=test.labels), tmp)
-    os.replace(tmp, cache)
+    try:
+        torch.save(dict(name=name, classes=classes, train_images=train.images, train_labels=train.labels,
+                        test_images=test.images, test_labels=test.labels), tmp)
+        os.replace(tmp, cache)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno not in (errno.ENOSPC, errno.EDQUOT) or isinstance(e, RuntimeError) and "write" not in str(e):
+            raise
+        raise DataError(f"disk full while caching the decoded {path.name} in {cache.parent}: free space there or pass --data-dir elsewhere") from None
     return name, classes, train, test
 
 
@@ -215,8 +224,9 @@ def _decode_tree(readers, where, size=None):
                 try:
                     img = Image.open(io.BytesIO(read())).convert("RGB")
                     img = np.asarray(img.resize((size, size), Image.BILINEAR) if size else img)
-                except Exception as e:
-                    raise DataError(f"{where}: cannot decode image {rel}: {e}") from None
+                except Exception as e:  # PIL names the in-memory buffer, not the file: leave that out
+                    why = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e))
+                    raise DataError(f"{where}: cannot decode image {rel}: {why}") from None
                 if images and img.shape != images[0].shape:
                     raise DataError(f"{where}: images must all have one size; {rel} is {img.shape[1]}x{img.shape[0]}, not {images[0].shape[1]}x{images[0].shape[0]}.")
                 images.append(img)

@@ -1,4 +1,4 @@
-"""python -m resnet_repro.finetune: fine-tune pretrained weights on an ImageFolder dataset (seed 002).
+"""python -m resnet_repro.finetune: fine-tune pretrained weights on an ImageFolder dataset.
 
 The recipe is experiments/finetune.toml; the training, CSV logging, checkpoints and --resume are the
 engine's, so results land in results/finetune/<model>/ like any run.

@@ -74,7 +74,35 @@ def parse_args(argv):
         p.error("--resume and --overwrite exclude each other")
     if args.jobs is not None and args.jobs < 1:
         p.error("--jobs must be at least 1")
+    if args.runs is not None and not [r for r in args.runs.split(",") if r.strip()]:
+        p.error("--runs names no run; give a comma-separated list such as plain20,resnet20 (or leave it out for all)")
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        p.error(f"--seed must be between 0 and 2**63 - 1, not {args.seed}")
+    for flag in ("out", "data_dir", "figures"):
+        path = getattr(args, flag)
+        if path is not None and Path(path).exists() and not Path(path).is_dir():
+            p.error(f"--{flag.replace('_', '-')} {path} is a file; it must be a directory (or not exist yet)")
+    if args.device is not None:
+        error = device_error(args.device)
+        if error:
+            p.error(error)
     return args
+
+
+def device_error(text):
+    """Why --device TEXT cannot be used (None if it can): an unknown name, an empty list item, an absent GPU."""
+    for name in (d.strip() for d in text.split(",")):
+        try:
+            device = torch.device(name) if name else None
+        except (RuntimeError, ValueError):
+            device = None
+        if device is None or device.type not in ("cpu", "cuda", "mps"):
+            return f"--device {text}: {name or 'an empty item'} is not a device; use cpu, cuda, cuda:1, ... or a comma-separated list of them"
+        if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+            return f"--device {name}: no such CUDA GPU here ({torch.cuda.device_count()} visible); use --device cpu"
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            return f"--device {name}: Apple's MPS is not available here; use --device cpu"
+    return None
 
 
 def list_experiments():
@@ -112,7 +140,7 @@ def main(argv=None, make_experiment=None):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except datamod.DataError as e:
+    except (datamod.DataError, ckpt.DiskFull) as e:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
@@ -186,6 +214,11 @@ def _run(args, exp, rank, world_size, dist_device):
         if result.state == "failed" and rank == 0:
             print(f"{run}: FAILED: {result.message}", file=sys.stderr)
         results.append(result)
+        if result.stop_signal and world_size == 1 and run != list(exp.runs)[-1]:  # torchrun: ranks must agree, not done
+            if rank == 0:
+                print(f"{result.stop_signal}: {run} finished, the next runs were not started; continue with the same command "
+                      f"plus --resume", file=sys.stderr)
+            return 130
     if rank:
         return 1 if any(r.state == "failed" for r in results) else 0
     return finish(args, exp, exp_dir, results)

@@ -54,6 +54,7 @@ class RunResult:
     best_test_err: float = math.nan
     minutes: float = 0.0
     message: str = ""
+    stop_signal: str = ""  # a SIGINT/SIGTERM that came while the run was finishing: start no further run
 
 
 def lr_at(it, spec, warmup_end=None):
@@ -153,12 +154,12 @@ def prepare_run_dir(run_dir, config, resume, overwrite):
         return None
     old = ckpt.read_json(run_dir / "config.json")
     defaults = {k: _json(f.default) for k, f in SPEC_FIELDS.items()}  # a key added since the run started, at its default, is no change
-    diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in config.items() if k not in ENVIRONMENT_KEYS
+    diffs = [f"{k}: {_json(old.get(k))!r} -> {_json(v)!r}" for k, v in config.items() if k not in ENVIRONMENT_KEYS
              and _json(old.get(k, defaults.get(k))) != _json(v)]
     if diffs:
         raise RunDirError(f"{run_dir} holds a run with a different config ({'; '.join(diffs)}); pass --overwrite to start it again, or --out elsewhere.")
     path = run_dir / "checkpoint.pt"
-    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+    return ckpt.load_checkpoint(path) if path.exists() else None
 
 
 def _json(v):
@@ -167,13 +168,16 @@ def _json(v):
 
 @contextlib.contextmanager
 def stop_requests():
-    """SIGINT/SIGTERM set a flag that the loop reads after each step; a second SIGINT stops at once."""
-    flag = {"signal": None}
+    """SIGINT/SIGTERM set a flag that the loop reads after each step; a second SIGINT stops at once, unless it
+    comes within a second of the first (one Ctrl-C can arrive twice: from the terminal and forwarded by `uv run`)."""
+    flag = {"signal": None, "at": 0.0}
 
     def handler(signum, frame):
-        if flag["signal"] is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        flag["signal"] = signal.Signals(signum).name
+        if flag["signal"] is not None:
+            if signum == signal.SIGINT and time.monotonic() - flag["at"] > 1.0:
+                raise KeyboardInterrupt
+            return
+        flag["signal"], flag["at"] = signal.Signals(signum).name, time.monotonic()
         tqdm.write(f"{flag['signal']}: finishing this step and writing a checkpoint (Ctrl-C again to stop at once)")
 
     installed = {}
@@ -289,7 +293,7 @@ def train(spec, dataset, run_dir, *, experiment, run, device="cpu", quick=False,
         if plan == "skip":
             return run_result(run_dir, "skipped", "done already; --overwrite (or another --out) trains it again")
         if plan == "resume" and not main:
-            state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+            state = ckpt.load_checkpoint(run_dir / "checkpoint.pt")
 
         def mark(status, message):
             if main:
@@ -311,7 +315,10 @@ def train(spec, dataset, run_dir, *, experiment, run, device="cpu", quick=False,
             mark("failed", message)
             return run_result(run_dir, "failed", message)
         except KeyboardInterrupt:
-            mark("interrupted", "stopped at once by a second Ctrl-C; --resume continues from the last epoch's checkpoint")
+            mark("interrupted", "stopped at once by a second Ctrl-C; --resume continues from the last checkpoint")
+            raise
+        except Exception as e:  # not a known failure: the run directory still says what happened
+            mark("failed", f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
             raise
 
 
@@ -365,6 +372,8 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
     it, epoch, rows, warmup_end, best = 0, 0, 0, None, math.inf
     perm, pos = None, 0  # the epoch in progress: its order and position
     sums, row_steps, train_seconds = None, 0, 0.0  # since the last CSV row: (loss sum, errors), steps, training time
+    if state is None and main:  # rows of a start that died before its first checkpoint are redone, not kept twice
+        ckpt.truncate_rows(run_dir / "metrics.csv", 0)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -486,7 +495,9 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
         ckpt.write_status(run_dir, "done")
     if distributed:
         dist.barrier()  # the others read the result rank 0 wrote
-    return run_result(run_dir, "done")
+    result = run_result(run_dir, "done")
+    result.stop_signal = stop["signal"] or ""
+    return result
 
 
 def rank0_buffers(model):

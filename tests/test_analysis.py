@@ -139,10 +139,10 @@ def test_malformed_json_names_file_and_line(tmp_path):
 
 def test_run_without_epochs_is_left_out_with_a_warning(tmp_path):
     write_run(tmp_path, "plain20")
-    write_run(tmp_path, "plain56", state="running")
+    write_run(tmp_path, "plain56", state="running")  # no process holds it: read as stopped
     csv_path = tmp_path / "degradation" / "plain56" / "metrics.csv"
     csv_path.write_text(csv_path.read_text().splitlines(keepends=True)[0])  # the header only
-    with pytest.warns(UserWarning, match=r"plain56: no epoch in metrics.csv yet \(state: running\)"):
+    with pytest.warns(UserWarning, match=r"plain56: no epoch in metrics.csv yet \(state: stopped\)"):
         df = load_runs(tmp_path)
     assert set(df.run) == {"plain20"}
     with pytest.raises(analysis.CannotDraw, match="^missing: plain56$"):
