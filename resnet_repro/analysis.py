@@ -58,7 +58,7 @@ EVALUATION_COLUMNS = {"top1_err_10crop": "top1_err", "top5_err_10crop": "top5_er
 DTYPES = {c: {str: "object", int: "int64", bool: "bool", float: "float64"}[t] for c, t in CSV_COLUMNS.items()}
 DTYPES |= CONFIG_COLUMNS | {c: "float64" for c in EVALUATION_COLUMNS} | {"state": "object", "path": "object"}
 
-# The paper's numbers (PAPER.md): Table 6 (CIFAR-10 test error, ResNets) and Table 2 (ImageNet top-1, 10-crop).
+# The paper's numbers: Table 6 (CIFAR-10 test error, ResNets) and Table 2 (ImageNet top-1, 10-crop).
 PAPER_TABLE6 = {20: (0.27e6, 8.75), 32: (0.46e6, 7.51), 44: (0.66e6, 7.17), 56: (0.85e6, 6.97), 110: (1.7e6, 6.43), 1202: (19.4e6, 7.93)}
 PAPER_TABLE2 = {18: (27.94, 27.88), 34: (28.54, 25.03)}  # layers: (plain, ResNet)
 

@@ -2,7 +2,7 @@
 
 Sources (`load(source, ...)`):
 - "cifar10", "cifar100": torchvision's download into `data_dir`, its checksums verified.
-- "mini": the bundled mini CIFAR-10 (500 train + 100 test images per class, see assets/README.md).
+- "mini": the bundled mini CIFAR-10 (500 train + 100 test images per class, built by assets/make_mini.py).
 - a directory with `train/` and `test/` ImageFolder trees (class per subfolder), or a `.tar.gz` of one.
   Archives are decoded once into `data_dir/cache/` and reused.
 

@@ -60,3 +60,10 @@ def test_usual_imagenet_loader_is_random_resized_crops(tmp_path):
     loader, _ = bench.usual_loader(ds, batch=4, workers=0, device=torch.device("cpu"))
     x, y = next(iter(loader))
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    torch.manual_seed(0)
+    first = torch.cat([b for b, _ in loader])
+    torch.manual_seed(1)
+    second = torch.cat([b for b, _ in loader])
+    assert not torch.equal(first, second)  # random crops: another draw, other pixels
+    names = [type(t).__name__ for t in loader.dataset.transform.transforms]
+    assert names[:2] == ["RandomResizedCrop", "RandomHorizontalFlip"]

@@ -66,7 +66,8 @@ def test_a_run_writes_its_csv_config_status_and_final_weights(tiny, tmp_path):
 
 
 def test_training_reduces_the_loss(tiny, tmp_path):
-    r = rows(tmp_path / "p" if run(spec(iterations=30, milestones=(), lr=0.05), tiny, tmp_path / "p") else None)
+    assert run(spec(iterations=30, milestones=(), lr=0.05), tiny, tmp_path / "p").state == "done"
+    r = rows(tmp_path / "p")
     assert float(r[-1]["train_loss"]) < float(r[0]["train_loss"])
 
 
