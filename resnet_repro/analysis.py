@@ -710,13 +710,15 @@ EXAMPLES = """examples:
   uv run python -m resnet_repro.analysis results/degradation --out figures/
   uv run python -m resnet_repro.analysis results/degradation-quick --no-fig7     # quick runs: figures/quick/
   uv run python -m resnet_repro.analysis predictions results/degradation/resnet56   # its predictions on 32 test images
+  uv run python -m resnet_repro.analysis compare results/cpu-demo/degradation-quick results/cpu-8k/degradation
 
 Figures (PNG and PDF): fig1 (plain-20 vs plain-56), fig6 (plain, ResNet, ResNet-110/1202),
 fig4 (18 vs 34 layers), fig7 (std of layer responses, needs final.pt and the test data), depth
 (final error against depth). Tables (Markdown and CSV): table6, table2, summary.
 A figure whose runs are missing is listed with their names. Quick runs (config "quick") are
 always drawn apart, into <out>/quick.
-`predictions RUN_DIR` draws one finished run's predictions instead (see `predictions --help`).
+`predictions RUN_DIR` draws one finished run's predictions instead (see `predictions --help`);
+`compare A B ...` draws the error curves of several result folders together (see `compare --help`).
 """
 
 PREDICTIONS_EXAMPLES = """examples:
@@ -733,6 +735,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["predictions"]:
         return predictions_main(argv[1:])
+    if argv[:1] == ["compare"]:
+        return compare_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m resnet_repro.analysis",
         description="Draw the paper's figures and tables from training results (results/<experiment>/<run>/metrics.csv).",
@@ -756,6 +760,55 @@ def main(argv=None):
     draw(df, args.out, fig7=not args.no_fig7, device=args.device)
     for prefix, subset, _ in _result_sets(df, args.out):
         print(f"\n{prefix}summary:\n{to_markdown(summary_table(subset))}", end="")
+    return 0
+
+
+def fig_compare(sets):
+    """Training (left) and test (right) error against epochs of several result sets ({label: frame from
+    load_runs}): colour by net, line style by set (seaborn). CannotDraw if a set has two runs of one name."""
+    import seaborn as sns
+
+    frames = []
+    for label, df in sets.items():
+        twice = df.groupby("run").path.nunique().loc[lambda n: n > 1]
+        if len(twice):
+            raise CannotDraw(f"ambiguous: {label} has several runs named {', '.join(twice.index)}; give one experiment per set")
+        frames.append(df.assign(results=label, net=df.run.map(_label)))
+    tidy = pd.concat(frames, ignore_index=True)
+    fig = Figure(figsize=(11, 3.8))
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, column, title in zip(axes, ("train_err", "test_err"), ("training error", "test error")):
+        sns.lineplot(data=tidy, x="epoch", y=column, hue="net", style="results", estimator=None, ax=ax,
+                     hue_order=sorted(tidy.net.unique(), key=lambda n: (n.startswith("ResNet"), int(n.split("-")[1]))))
+        ax.set(xlabel="epochs", ylabel="error (%)", title=title)
+        ax.set_ylim(0, None)
+        ax.legend(fontsize="x-small", frameon=False)
+    return _finish(fig, "")
+
+
+def compare_main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m resnet_repro.analysis compare",
+        description="Error curves of several result folders in one figure (colour: net, line style: folder), "
+        "and for two folders the table of compare(a, b): final errors side by side with their difference.",
+    )
+    parser.add_argument("results", nargs="+", type=Path, metavar="RESULTS", help="result folders (experiment or results roots)")
+    parser.add_argument("--out", type=Path, default=Path("figures/compare.png"), help="PNG to write (default: figures/compare.png)")
+    args = parser.parse_args(argv)
+    if args.out.is_dir():
+        parser.exit(2, f"error: --out {args.out} is a directory; name a .png file\n")
+    try:
+        sets = {str(p): load_runs(p) for p in args.results}
+        fig = fig_compare(sets)
+    except (FileNotFoundError, ValueError, CannotDraw) as e:
+        parser.exit(2, f"error: {e}\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=150)
+    print(f"compare: {args.out}")
+    if len(sets) == 2:
+        a, b = sets.values()
+        table = compare(a, b)[["run", "final_train_err_a", "final_train_err_b", "final_test_err_a", "final_test_err_b", "iterations_a", "iterations_b"]]
+        print(f"a = {args.results[0]}, b = {args.results[1]}\n{table.to_string(index=False, float_format=lambda v: f'{v:.2f}')}")
     return 0
 
 

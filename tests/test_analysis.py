@@ -462,3 +462,20 @@ def test_the_csv_columns_are_the_engines():
     from resnet_repro.checkpoint import CSV_COLUMNS
 
     assert tuple(analysis.CSV_COLUMNS) == CSV_COLUMNS
+
+
+def test_compare_draws_the_curves_of_several_result_folders_with_seaborn(tmp_path, capsys):
+    a = {run: write_run(tmp_path / "a", run) for run in ("plain20", "resnet20")}
+    b = {run: write_run(tmp_path / "b", run, offset=5.0) for run in ("plain20", "resnet20")}
+    out = tmp_path / "cmp.png"
+    assert analysis.main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    assert out.exists()
+    printed = capsys.readouterr().out
+    assert "final_train_err_a" in printed and "plain20" in printed
+    fig = analysis.fig_compare({"a": load_runs(tmp_path / "a"), "b": load_runs(tmp_path / "b")})
+    left, _ = fig.axes
+    curves = sorted(tuple(line.get_ydata()) for line in left.lines if len(line.get_ydata()) > 1)
+    expected = sorted(tuple(r["train_err"] for r in rows) for rows in [*a.values(), *b.values()])
+    assert curves == expected  # one line per run and folder, the CSV's values
+    labels = [t.get_text() for t in left.get_legend().get_texts()]
+    assert {"plain-20", "ResNet-20", "a", "b"} <= set(labels)
