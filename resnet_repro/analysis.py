@@ -30,6 +30,7 @@ import io
 import json
 import math
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -312,8 +313,8 @@ def _ylim(ax, runs, paper):
 
 
 def _finish(fig, title):
-    if title:
-        fig.suptitle(title, fontsize="medium")
+    if title:  # wrapped to the figure's width (about 12 characters an inch at this size)
+        fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 12)), fontsize="medium")
     fig.tight_layout()
     return fig
 
