@@ -17,6 +17,8 @@ from resnet_repro import data, run, train
 from resnet_repro.config import TrainSpec
 from resnet_repro.models import build_model
 
+pytestmark = pytest.mark.slow  # torchrun subprocesses
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -24,6 +24,7 @@ def rows(path):
     return csv_rows(path, drop=TIMING)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_an_unbroken_run(tmp_path):
     write_image_folder(tmp_path / "tiny", n_train=64, n_test=8)
     (tmp_path / "exp.toml").write_text(f"""

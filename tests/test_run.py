@@ -111,6 +111,7 @@ def test_bad_spec_files_exit_2_with_one_line(tmp_path, capsys, text, match):
     assert match in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_jobs_train_runs_in_parallel_processes_with_the_same_results(tmp_path, tiny_dir, capsys, monkeypatch):
     exp = experiment(tmp_path, tiny_dir)
     monkeypatch.setattr(run.os, "cpu_count", lambda: 2)  # 2 jobs on 2 cores: 1 thread each
