@@ -314,7 +314,8 @@ def _ylim(ax, runs, paper):
 
 def _finish(fig, title):
     if title:  # wrapped to the figure's width (about 12 characters an inch at this size)
-        fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 12)), fontsize="medium")
+        width = int(fig.get_figwidth() * 12)
+        fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.split("\n")), fontsize="medium")
     fig.tight_layout()
     return fig
 
