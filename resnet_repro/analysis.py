@@ -108,16 +108,14 @@ def load_runs(*paths):
 
 
 def _load_run(run_dir):
-    config_path, csv_path, status_path = (run_dir / n for n in ("config.json", "metrics.csv", "status.json"))
+    config_path, csv_path = run_dir / "config.json", run_dir / "metrics.csv"
     if not config_path.exists():
         raise ValueError(f"{csv_path}: no config.json next to it (the engine writes both)")
     config = _read_json(config_path)
     if "run" not in config:
         return None  # a config.json that is not a run's (say an experiment's spec)
     rows = read_metrics(csv_path) if csv_path.exists() else []
-    state = _read_json(status_path).get("state", "unknown") if status_path.exists() else "unknown"
-    if state == "running" and not locked(run_dir / "lock"):
-        state = "stopped"  # its process is gone (see checkpoint.read_status)
+    state = _run_state(run_dir)
     for key, kind in CONFIG_COLUMNS.items():
         value = config.get(key)
         expected = {"Int64": int, "bool": bool}.get(kind)
@@ -135,6 +133,13 @@ def _load_run(run_dir):
     df["state"] = state
     df["path"] = str(run_dir)
     return df
+
+
+def _run_state(run_dir, absent="unknown"):
+    """status.json's state; "running" without a process holding the run reads "stopped" (see checkpoint.read_status)."""
+    path = run_dir / "status.json"
+    state = _read_json(path).get("state", "unknown") if path.exists() else absent
+    return "stopped" if state == "running" and not locked(run_dir / "lock") else state
 
 
 def _read_text(path):
@@ -833,8 +838,10 @@ def predictions_main(argv=None):
     if not args.run_dir.is_dir():
         parser.exit(2, f"error: {args.run_dir}: no such run directory\n")
     if not path.exists():
-        status = args.run_dir / "status.json"
-        state = _read_json(status).get("state", "unknown") if status.exists() else "not started"
+        try:
+            state = _run_state(args.run_dir, absent="not started")
+        except ValueError as e:
+            parser.exit(2, f"error: {e}\n")
         parser.exit(2, f"error: {args.run_dir} has no final.pt: the run is not finished (state: {state})\n")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)

@@ -98,12 +98,12 @@ def test_cli_draws_a_finished_runs_predictions(tmp_path, monkeypatch, capsys):
 
 def test_cli_says_when_the_run_is_not_finished(tmp_path, capsys):
     run_dir, _ = write_finished_run(tmp_path, tmp_path / "images", final=False)
-    (run_dir / "status.json").write_text(json.dumps({"state": "running"}))
+    (run_dir / "status.json").write_text(json.dumps({"state": "interrupted"}))
     with pytest.raises(SystemExit) as e:
         analysis.main(["predictions", str(run_dir)])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no final.pt" in err and "not finished (state: running)" in err
+    assert err.count("\n") == 1 and "no final.pt" in err and "not finished (state: interrupted)" in err
 
 
 def test_cli_says_when_the_data_cannot_be_loaded(tmp_path, capsys):
