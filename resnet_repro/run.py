@@ -40,13 +40,14 @@ def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="python -m resnet_repro.run",
         description="Train the paired plain and residual networks of an experiment (experiments/*.toml), "
-        "log one CSV row per epoch per run, print a summary and redraw the paper's figures.",
+        "log one CSV row per epoch (or per log_every iterations) per run, print a summary and redraw the paper's figures.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("experiment", nargs="?", help="a name from --list (e.g. degradation) or a path to a .toml file")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
-    p.add_argument("--quick", action="store_true", help="bundled mini CIFAR-10 and a short schedule of the same shape; results go to <experiment>-quick")
+    p.add_argument("--quick", action="store_true", help="the experiment's [quick] recipe: the bundled mini CIFAR-10 and a schedule of minutes on a CPU; "
+                   "results go to <experiment>-quick")
     p.add_argument("--runs", help="comma-separated subset of the experiment's runs, e.g. plain20,resnet20")
     p.add_argument("--device", help="cuda, cuda:1, cpu, ... or a comma-separated list to spread runs over (default: cuda if available, else cpu)")
     p.add_argument("--jobs", type=int, help="train up to this many runs at once, each in its own process with CPU cores / jobs "
@@ -59,7 +60,7 @@ def parse_args(argv):
     p.add_argument("--data-dir", default="data", help="where downloads and decoded caches live (default: ./data)")
     p.add_argument("--out", default="results", help="results root; runs go to OUT/<experiment>/<run>/ (default: results)")
     p.add_argument("--figures", help="where figures are drawn (default: figures, or OUT/figures with --out; quick runs: <figures>/quick)")
-    p.add_argument("--iterations", type=int, help="stop after this many iterations; the lr milestones scale with it")
+    p.add_argument("--iterations", type=int, help="stop after this many iterations; the lr milestones and ramp scale with it")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any spec key for every run, e.g. --set lr=0.05 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue unfinished runs from their last checkpoint (finished runs are always skipped)")
     p.add_argument("--overwrite", action="store_true", help="delete existing runs of this experiment, finished or not, and train them again")
