@@ -40,8 +40,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from resnet_repro.checkpoint import locked
 from resnet_repro import data, models
+from resnet_repro.checkpoint import live_state
 
 # metrics.csv columns (an API shared with train.py) and how to parse them
 CSV_COLUMNS = {
@@ -136,10 +136,9 @@ def _load_run(run_dir):
 
 
 def _run_state(run_dir, absent="unknown"):
-    """status.json's state; "running" without a process holding the run reads "stopped" (see checkpoint.read_status)."""
+    """status.json's state as it stands (checkpoint.live_state: a dead "running" run is "stopped")."""
     path = run_dir / "status.json"
-    state = _read_json(path).get("state", "unknown") if path.exists() else absent
-    return "stopped" if state == "running" and not locked(run_dir / "lock") else state
+    return live_state(run_dir, _read_json(path).get("state", "unknown") if path.exists() else absent)
 
 
 def _read_text(path):
@@ -260,15 +259,11 @@ def _select(df, names, prefer=()):
     out = {}
     for name in names:
         rows = df[df.run == name]
-        paths = sorted(rows.path.unique(), key=lambda p: _rank(rows[rows.path == p].experiment.iloc[0], prefer))
-        ranks = [_rank(rows[rows.path == p].experiment.iloc[0], prefer) for p in paths]
-        if len(paths) > 1 and ranks[0] == ranks[1]:
-            raise CannotDraw(f"ambiguous: {name} in {', '.join(paths)}; draw one result set at a time")
-        if paths:
-            rows = rows[rows.path == paths[0]]
-            paths = paths[:1]
-        if paths:
-            out[name] = rows.sort_values("epoch")
+        ranked = sorted((_rank(experiment, prefer), path) for path, experiment in rows.groupby("path").experiment.first().items())
+        if len(ranked) > 1 and ranked[0][0] == ranked[1][0]:
+            raise CannotDraw(f"ambiguous: {name} in {', '.join(path for _, path in ranked)}; draw one result set at a time")
+        if ranked:
+            out[name] = rows[rows.path == ranked[0][1]].sort_values("epoch")
     return out
 
 

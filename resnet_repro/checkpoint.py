@@ -95,9 +95,14 @@ def write_status(run_dir, state, message=""):
 def read_status(run_dir):
     path = Path(run_dir) / "status.json"
     status = read_json(path) if path.exists() else {"state": "unknown", "message": ""}
-    if status.get("state") == "running" and not locked(Path(run_dir) / "lock"):
+    if live_state(run_dir, status.get("state")) == "stopped":
         return {"state": "stopped", "message": "its process ended without a word (killed, or the machine stopped); --resume continues it"}
     return status
+
+
+def live_state(run_dir, state):
+    """A state read from status.json as it stands: "running" whose process is gone (no lock held) is "stopped"."""
+    return "stopped" if state == "running" and not locked(Path(run_dir) / "lock") else state
 
 
 def locked(path):

@@ -193,7 +193,8 @@ def _load_folder_or_archive(path, data_dir, size):
         os.replace(tmp, cache)
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno not in (errno.ENOSPC, errno.EDQUOT) or isinstance(e, RuntimeError) and "write" not in str(e):
+        full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (isinstance(e, RuntimeError) and "write" in str(e))
+        if not full:
             raise
         raise DataError(f"disk full while caching the decoded {path.name} in {cache.parent}: free space there or pass --data-dir elsewhere") from None
     return name, classes, train, test

@@ -282,13 +282,6 @@ def child_env(args, devices):
     return env
 
 
-def depth_of(spec):
-    try:
-        return parse_name(spec.model)[1]
-    except ValueError:
-        return 1
-
-
 def run_parallel(args, exp, exp_dir, devices):
     """Train the runs in up to args.jobs processes, runs spread over `devices`; one progress bar over all
     of them, read from their CSVs. Each process logs to <run dir>/output.log. Returns the RunResults,
@@ -296,7 +289,7 @@ def run_parallel(args, exp, exp_dir, devices):
     from tqdm import tqdm
 
     # longest runs first, so the last one to start is a short one (cost ~ iterations x depth)
-    pending = sorted(exp.runs, key=lambda run: -exp.runs[run].iterations * depth_of(exp.runs[run]))
+    pending = sorted(exp.runs, key=lambda run: -exp.runs[run].iterations * parse_name(exp.runs[run].model)[1])
     device_of = {run: devices[i % len(devices)] for i, run in enumerate(pending)}
     running, codes = {}, {}
     total = sum(spec.iterations for spec in exp.runs.values())
