@@ -99,10 +99,10 @@ def batches(loader):
 
 def engine_batches(ds, spec, device, generator):
     """The engine's batches, epoch after epoch, as train.train makes them."""
-    per_epoch, epoch = len(ds.train) // spec.batch_size, 0
+    epoch = 0
     while True:
         perm = torch.randperm(len(ds.train), device=device, generator=generator)
-        yield from trainer.train_batches(ds.train, perm, 0, spec.batch_size, ds.mean, generator, spec, epoch, device)
+        yield from ds.train.train_batches(perm, 0, spec.batch_size, ds.mean, generator, spec.seed, epoch, device)
         epoch += 1
 
 

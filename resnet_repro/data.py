@@ -10,10 +10,8 @@ Every split is decoded once to a uint8 tensor (N, 3, 32, 32: other sizes with im
 then needs no DataLoader workers and no per-batch host-to-device copies.
 """
 
-import errno
 import hashlib
 import io
-import os
 import re
 import tarfile
 import urllib.error
@@ -24,42 +22,41 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-MINI = Path(__file__).with_name("assets") / "cifar10-mini.tar.gz"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
-# md5 of known archives -> the name results must carry
-KNOWN_ARCHIVES = {
-    "bd13d151ab7039c1ed6fe37948a1e90a": "CIFAR-10 (JPEG q75 copy)",
-    "fcc84df82c0aa682cc6c958aa0102ddc": "CIFAR-10 mini (JPEG q75 copy, 500+100 per class)",
-}
+from resnet_repro import stream
+from resnet_repro.files import DiskFull, save
+from resnet_repro.sources import DataError, Dataset, archive_name, image_tree, local_path, md5_file, normalize
+
+__all__ = ["DataError", "Dataset", "Split", "load", "load_for", "normalize", "augment"]
+
 CACHE_VERSION = 1
-
-
-class DataError(Exception):
-    """Missing, unreachable or malformed data; the message says what was tried and what to do."""
 
 
 @dataclass
 class Split:
+    """A split in device memory, a batch source (see resnet_repro.sources)."""
+
     images: torch.Tensor  # uint8 (N, 3, H, W)
     labels: torch.Tensor  # int64 (N,)
 
     def __len__(self):
         return len(self.labels)
 
+    def train_batches(self, perm, pos, batch, mean, generator, seed, epoch, device, rank=0, world_size=1):
+        # augmented on the device; every process draws for the whole batch, so the draws match one process
+        for p in range(pos, len(self) // batch):
+            idx = perm[p * batch : (p + 1) * batch]
+            x, labels = augment(normalize(self.images[idx], mean), generator), self.labels[idx]
+            yield x[rank::world_size], labels[rank::world_size]
 
-@dataclass
-class Dataset:
-    name: str  # what results must call it, e.g. "CIFAR-10 (JPEG q75 copy)"
-    classes: list
-    train: Split
-    test: Split  # the test split, or the held-out validation split with val_size > 0
-    mean: torch.Tensor  # float32 (3, H, W): per-pixel mean of the training split, in [0, 1]
-    checksum: str  # md5 of the decoded images and labels of both splits
-    source: str
+    def eval_batches(self, mean, batch_size, device, rank=0, world_size=1, views=1):
+        if views != 1:
+            raise DataError("multi-crop testing needs the stream loader (JPEG folders)")
+        images, labels = self.images[rank::world_size], self.labels[rank::world_size]
+        for i in range(0, len(labels), batch_size):
+            yield normalize(images[i : i + batch_size], mean), labels[i : i + batch_size]
 
-    @property
-    def num_classes(self):
-        return len(self.classes)
+    def sample(self, index):
+        return self.images[index].cpu(), self.labels[index].cpu()
 
 
 def load(source="cifar10", data_dir="data", device="cpu", val_size=0, image_size=32, resize=False, train_size=0):
@@ -73,8 +70,7 @@ def load(source="cifar10", data_dir="data", device="cpu", val_size=0, image_size
             raise DataError(f"{source} is 32x32; resizing it to {image_size} is not supported (pass an ImageFolder --data instead)")
         name, classes, train, test = _load_torchvision(source, data_dir)
     else:
-        path = MINI if source == "mini" else Path(source).expanduser()
-        name, classes, train, test = _load_folder_or_archive(path, data_dir, image_size if resize else None)
+        name, classes, train, test = _load_folder_or_archive(source, data_dir, image_size if resize else None)
     _check(name, classes, train, test, image_size)
     checksum = _checksum(train, test)
     if val_size:
@@ -98,15 +94,8 @@ def load_for(spec, data_dir="data", device="cpu", workers=0):
     """The dataset a TrainSpec asks for: `load` for loader = "memory", resnet_repro.stream's for "stream"
     (decoded by `workers` DataLoader processes)."""
     if spec.loader == "stream":
-        from resnet_repro import stream
-
         return stream.load(spec.data, data_dir, device, spec.image_size, spec.test_resize, spec.scale, spec.lighting, workers)
     return load(spec.data, data_dir, device, spec.val_size, spec.image_size, spec.resize, spec.train_size)
-
-
-def normalize(images, mean):
-    """uint8 images -> float32 in [0, 1] minus the per-pixel mean, as the paper."""
-    return images.float().div_(255).sub_(mean)
 
 
 def augment(x, generator, pad=None):
@@ -156,18 +145,15 @@ def _load_torchvision(source, data_dir):
 # --- ImageFolder trees and archives of them -------------------------------------------------------
 
 
-def _load_folder_or_archive(path, data_dir, size):
-    if not path.exists():
-        raise DataError(
-            f"data not found: {path} does not exist. Pass --data cifar10 (download), --data PATH "
-            f"(an ImageFolder directory with train/ and test/, or a .tar.gz of one), or --quick."
-        )
+def _load_folder_or_archive(source, data_dir, size):
+    path = local_path(source, "Pass --data cifar10 (download), --data PATH (an ImageFolder directory with train/ and test/, "
+                              "or a .tar.gz of one), or --quick.")
     if path.is_dir():
         files = {p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*")) if p.is_file()}
         classes, train, test = _decode_tree({k: v.read_bytes for k, v in files.items()}, str(path), size)
         return path.name, classes, train, test
 
-    md5 = _md5_file(path)
+    md5 = md5_file(path)
     resized = f"-{size}px" if size else ""
     cache = data_dir / "cache" / f"{path.name.split('.')[0]}-{md5[:12]}{resized}-v{CACHE_VERSION}.pt"
     if cache.exists():
@@ -184,18 +170,12 @@ def _load_folder_or_archive(path, data_dir, size):
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
         why = "not a tar archive (plain, gzip, bz2 and xz tried)" if isinstance(e, tarfile.ReadError) else str(e).strip().splitlines()[0]
         raise DataError(f"corrupt or unreadable archive {path}: {why}. Get a fresh copy (expected a .tar.gz of an ImageFolder tree with train/ and test/).") from None
-    name = KNOWN_ARCHIVES.get(md5, path.name)
+    name = archive_name(md5, path)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # one per process: torchrun's may all write it
     try:
-        torch.save(dict(name=name, classes=classes, train_images=train.images, train_labels=train.labels,
-                        test_images=test.images, test_labels=test.labels), tmp)
-        os.replace(tmp, cache)
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-        tmp.unlink(missing_ok=True)
-        full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (isinstance(e, RuntimeError) and "write" in str(e))
-        if not full:
-            raise
+        save(dict(name=name, classes=classes, train_images=train.images, train_labels=train.labels,
+                  test_images=test.images, test_labels=test.labels), cache)
+    except DiskFull:
         raise DataError(f"disk full while caching the decoded {path.name} in {cache.parent}: free space there or pass --data-dir elsewhere") from None
     return name, classes, train, test
 
@@ -206,11 +186,7 @@ def _decode_tree(readers, where, size=None):
     every image is resized to size x size."""
     from PIL import Image
 
-    splits = {"train": {}, "test": {}}  # split -> class -> [(path, reader)]
-    for rel, read in readers.items():
-        parts = rel.split("/")
-        if len(parts) >= 3 and parts[-3] in splits and parts[-1].lower().endswith(IMAGE_SUFFIXES):
-            splits[parts[-3]].setdefault(parts[-2], []).append((rel, read))
+    splits = image_tree(readers, ("train", "test"))  # split -> class -> [path]
     for split, by_class in splits.items():
         if not by_class:
             raise DataError(f"{where} has no {split}/<class>/<image> files: expected an ImageFolder tree with train/ and test/ (e.g. train/cat/0001.jpg).")
@@ -221,9 +197,9 @@ def _decode_tree(readers, where, size=None):
     def decode(by_class):
         images, labels = [], []
         for label, cls in enumerate(classes):
-            for rel, read in sorted(by_class[cls]):
+            for rel in sorted(by_class[cls]):
                 try:
-                    img = Image.open(io.BytesIO(read())).convert("RGB")
+                    img = Image.open(io.BytesIO(readers[rel]())).convert("RGB")
                     img = np.asarray(img.resize((size, size), Image.BILINEAR) if size else img)
                 except Exception as e:  # PIL names the in-memory buffer, not the file: leave that out
                     why = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e))
@@ -252,12 +228,3 @@ def _checksum(train, test):
     for t in (train.images, train.labels, test.images, test.labels):
         h.update(t.contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def _md5_file(path):
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-

@@ -30,3 +30,46 @@ def init():
 def finish():
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def world():
+    """(rank, world size): (0, 1) unless torchrun started a process group."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def all_sum(t):
+    """Sum a tensor over the processes (in place); the tensor itself without a process group."""
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def first_set(index):
+    """The smallest non-negative value of an int64 scalar over the processes (-1 if none has one)."""
+    if not dist.is_initialized():
+        return int(index)
+    none = torch.iinfo(torch.int64).max
+    t = torch.where(index < 0, none, index)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return -1 if int(t) == none else int(t)
+
+
+def from_rank0(obj):
+    """Rank 0's `obj` on every process (a picklable object)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def rank0_buffers(model):
+    """Each process's steps moved its own BN running statistics: give every process rank 0's, the ones
+    saved, before evaluating."""
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()

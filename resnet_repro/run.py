@@ -1,7 +1,6 @@
 """python -m resnet_repro.run EXPERIMENT: train every run of an experiment, then summarise and draw."""
 
 import argparse
-import math
 import os
 import subprocess
 import sys
@@ -10,10 +9,9 @@ from pathlib import Path
 
 import torch
 
-from resnet_repro import checkpoint as ckpt
 from resnet_repro import config as cfg
 from resnet_repro import data as datamod
-from resnet_repro import distributed
+from resnet_repro import distributed, rundir
 from resnet_repro import train as trainer
 from resnet_repro.models import parse_name
 
@@ -121,27 +119,18 @@ def overrides_from(args):
     return overrides
 
 
-def summary_table(results):
-    lines = [f"{'run':<14}{'params':>12}{'train err':>11}{'test err':>10}{'best test':>11}{'minutes':>9}  state"]
-    for r in results:
-        f = lambda v: "-" if math.isnan(v) else f"{v:.2f}"  # noqa: E731
-        lines.append(f"{r.run:<14}{r.params:>12,}{f(r.final_train_err):>11}{f(r.final_test_err):>10}{f(r.best_test_err):>11}"
-                     f"{r.minutes:>9.1f}  {r.state}{': ' + r.message if r.message and r.state != 'done' else ''}")
-    return "\n".join(lines)
-
-
 def main(argv=None, make_experiment=None):
     """The command line. make_experiment(args) -> Experiment replaces reading experiments/<name>.toml
     (resnet_repro.finetune builds its experiment from its own options)."""
     args = parse_args(argv)
     try:
         return _main(args, make_experiment or experiment_from)
-    except (cfg.SpecError, ckpt.RunDirError) as e:
+    except (cfg.SpecError, rundir.RunDirError) as e:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (datamod.DataError, ckpt.DiskFull) as e:
+    except (datamod.DataError, rundir.DiskFull) as e:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
@@ -179,10 +168,9 @@ def _run(args, exp, rank, world_size, dist_device):
     device = devices[0]
     exp_dir = Path(args.out) / exp.name
     if not (args.resume or args.overwrite):
-        unfinished = [run for run in exp.runs if (exp_dir / run / "config.json").exists()
-                      and ckpt.read_status(exp_dir / run)["state"] != "done"]  # finished runs are skipped
+        unfinished = rundir.unfinished(exp_dir, exp.runs)  # finished runs are skipped
         if unfinished:
-            raise ckpt.RunDirError(f"{exp_dir} already holds unfinished runs {', '.join(unfinished)}; pass --resume to continue them, "
+            raise rundir.RunDirError(f"{exp_dir} already holds unfinished runs {', '.join(unfinished)}; pass --resume to continue them, "
                                    f"--overwrite to start them again, or --out elsewhere.")
 
     first = next(iter(exp.runs.values()))
@@ -192,7 +180,7 @@ def _run(args, exp, rank, world_size, dist_device):
         say(f"note: no GPU; {first.iterations:,} iterations per run take many hours on a CPU (--quick runs the demo in minutes)")
     parallel = (args.jobs > 1 or len(devices) > 1) and len(exp.runs) > 1
     datasets, results = {}, []
-    for run, spec in exp.runs.items():
+    for spec in exp.runs.values():
         key = data_key(spec)
         if key not in datasets:  # in parallel mode this checks the data once and fills the cache the runs read
             t = time.perf_counter()
@@ -244,8 +232,13 @@ def workers(args):
 
 
 def finish(args, exp, exp_dir, results):
+    from resnet_repro.results import summary_table, to_markdown
+
     print()
-    print(summary_table(results))
+    print(to_markdown(summary_table(results)), end="")
+    for r in results:
+        if r.message and r.state != "done":
+            print(f"{r.run}: {r.state}: {r.message}")
     if not args.no_figures:
         draw_figures(exp_dir, figures_dir(args))  # quick runs land in <figures>/quick
     return 1 if any(r.state == "failed" for r in results) else 0
@@ -307,8 +300,8 @@ def run_parallel(args, exp, exp_dir, devices):
                     codes[run] = proc.returncode
                     log.close()
                     del running[run]
-                    bar.write(f"{run}: {ckpt.read_status(exp_dir / run)['state']} (exit {proc.returncode}, log: {exp_dir / run / 'output.log'})")
-            bar.update(sum(last_iteration(exp_dir / run) for run in exp.runs) - bar.n)
+                    bar.write(f"{run}: {rundir.read_status(exp_dir / run)['state']} (exit {proc.returncode}, log: {exp_dir / run / 'output.log'})")
+            bar.update(sum(rundir.last_iteration(exp_dir / run) for run in exp.runs) - bar.n)
             time.sleep(1)
     except KeyboardInterrupt:  # Ctrl-C reached the runs too: they finish their step and write a checkpoint
         for proc, _ in running.values():
@@ -320,18 +313,8 @@ def run_parallel(args, exp, exp_dir, devices):
     usage = [run for run, code in codes.items() if code == 2]
     if usage:
         tail = (exp_dir / usage[0] / "output.log").read_text().strip().splitlines()[-1:]
-        raise ckpt.RunDirError(f"run {usage[0]} refused to start: {tail[0] if tail else 'see its output.log'}")
-    return [trainer.run_result(exp_dir / run) for run in exp.runs if (exp_dir / run / "config.json").exists()]
-
-
-def last_iteration(run_dir):
-    """The iteration of the last complete CSV row (0 without one); for the progress bar only."""
-    path = run_dir / "metrics.csv"
-    lines = path.read_text().splitlines() if path.exists() else []
-    try:
-        return int(lines[-1].split(",")[ckpt.CSV_COLUMNS.index("iteration")]) if len(lines) > 1 else 0
-    except (ValueError, IndexError):  # a row being written
-        return 0
+        raise rundir.RunDirError(f"run {usage[0]} refused to start: {tail[0] if tail else 'see its output.log'}")
+    return [rundir.result(exp_dir / run) for run in exp.runs if (exp_dir / run / "config.json").exists()]
 
 
 def draw_figures(exp_dir, out):

@@ -26,7 +26,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.io import ImageReadMode, decode_image
 
-from resnet_repro.data import IMAGE_SUFFIXES, KNOWN_ARCHIVES, MINI, DataError, Dataset, _md5_file
+from resnet_repro.files import save
+from resnet_repro.sources import DataError, Dataset, archive_name, image_tree, local_path, md5_file, normalize
 
 # AlexNet's PCA of ImageNet's RGB pixels (values in [0, 1]), as used by the usual ResNet reimplementations
 EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
@@ -37,7 +38,8 @@ CACHE_VERSION = 1
 
 @dataclass
 class JpegSplit:
-    """One split of an image folder: files and labels, decoded when a batch asks for them."""
+    """One split of an image folder: files and labels, decoded when a batch asks for them; a batch source
+    (see resnet_repro.sources)."""
 
     files: list  # absolute paths, sorted by class then name
     labels: torch.Tensor  # int64 (N,)
@@ -49,6 +51,21 @@ class JpegSplit:
 
     def __len__(self):
         return len(self.labels)
+
+    def train_batches(self, perm, pos, batch, mean, generator, seed, epoch, device, rank=0, world_size=1):
+        # decoded and cropped by the workers, each image's draws seeded by (seed, epoch, index); lighting on the device
+        order = perm.cpu()
+        shards = [order[p * batch : (p + 1) * batch][rank::world_size].tolist() for p in range(pos, len(self) // batch)]
+        for x, y, shift in _loader(_TrainItems(self, seed, epoch), shards, self.workers, device):
+            x, y, shift = (t.to(device, non_blocking=True) for t in (x, y, shift))
+            yield lighting(normalize(x, mean), shift), y
+
+    def eval_batches(self, mean, batch_size, device, rank=0, world_size=1, views=1):
+        for x, y in crops(self, list(range(rank, len(self), world_size)), max(1, batch_size // views), device, views):
+            yield normalize(x, mean), y
+
+    def sample(self, index):
+        return next(crops(self, torch.as_tensor(index).tolist(), len(index), "cpu"))
 
 
 def read_image(path):
@@ -124,14 +141,7 @@ def _loader(items, batches, workers, device):
     )
 
 
-def train_batches(split, index_batches, seed, epoch, device):
-    """Yields (uint8 crops, labels, lighting shifts) on `device` for each list of indices, decoded ahead
-    by the workers."""
-    for x, y, shift in _loader(_TrainItems(split, seed, epoch), index_batches, split.workers, device):
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), shift.to(device, non_blocking=True)
-
-
-def eval_batches(split, indices, batch_size, device, views=1):
+def crops(split, indices, batch_size, device, views=1):
     """Yields (uint8 crops (B, 3, c, c) or (B, 10, 3, c, c), labels) on `device` over `indices` in order."""
     chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     for x, y in _loader(_EvalItems(split, views), chunks, split.workers, device):
@@ -164,15 +174,13 @@ def load(source, data_dir="data", device="cpu", crop=224, test_resize=256, scale
 
 
 def _root(source, data_dir):
-    path = MINI if source == "mini" else Path(source).expanduser()
     if source in ("cifar10", "cifar100"):
         raise DataError(f"the stream loader reads image folders; {source} is a torchvision download (use loader = \"memory\")")
-    if not path.exists():
-        raise DataError(f"data not found: {path} does not exist. Pass --data PATH: an ImageFolder directory with train/ and val/ "
-                        f"(ImageNet's layout) or test/, or a .tar.gz of one.")
+    path = local_path(source, "Pass --data PATH: an ImageFolder directory with train/ and val/ (ImageNet's layout) or test/, "
+                              "or a .tar.gz of one.")
     if path.is_dir():
         return path, path.name
-    md5 = _md5_file(path)
+    md5 = md5_file(path)
     out = data_dir / "cache" / f"{path.name.split('.')[0]}-{md5[:12]}"
     if not (out / ".complete").exists():
         # torchrun's processes may all get here: each extracts into its own folder and renames it into
@@ -192,16 +200,13 @@ def _root(source, data_dir):
             os.replace(tmp, out)
         except OSError:  # another process put a complete copy there first
             shutil.rmtree(tmp, ignore_errors=True)
-    return out, KNOWN_ARCHIVES.get(md5, path.name)
+    return out, archive_name(md5, path)
 
 
 def _scan(path):
     """The train/ and val/ (or test/) ImageFolder trees under `path`, at any depth."""
-    splits = {"train": {}, "val": {}, "test": {}}
-    for f in sorted(path.rglob("*")):
-        parts = f.relative_to(path).parts
-        if len(parts) >= 3 and parts[-3] in splits and f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
-            splits[parts[-3]].setdefault(parts[-2], []).append(str(f))
+    files = [f.relative_to(path).as_posix() for f in sorted(path.rglob("*")) if f.is_file()]
+    splits = image_tree(files, ("train", "val", "test"))
     evaluation = "val" if splits["val"] else "test"
     if not splits["train"] or not splits[evaluation]:
         raise DataError(f"{path} has no train/<class>/<image> and val/<class>/<image> (or test/) files: expected an ImageFolder "
@@ -214,7 +219,7 @@ def _scan(path):
         raise DataError(f"{path}: found {len(classes)} class(es) {classes}; a classification dataset needs at least 2.")
 
     def flat(by_class):
-        files = [f for c in classes for f in by_class.get(c, [])]
+        files = [str(path / f) for c in classes for f in by_class.get(c, [])]
         labels = [i for i, c in enumerate(classes) for _ in by_class.get(c, [])]
         return files, torch.tensor(labels, dtype=torch.int64)
 
@@ -229,11 +234,9 @@ def _mean(train, cache):
             pass
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:MEAN_IMAGES].sort().values.tolist()
     total = torch.zeros(3, train.crop, train.crop, dtype=torch.float64)
-    for x, _ in eval_batches(train, order, 250, "cpu"):
+    for x, _ in crops(train, order, 250, "cpu"):
         total += x.double().sum(0)
     mean = (total / len(order) / 255).float()
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # one per process: torchrun's may all write it
-    torch.save(mean, tmp)
-    os.replace(tmp, cache)
+    save(mean, cache)
     return mean

@@ -8,14 +8,12 @@ the whole evaluation split. Metrics are summed on the device and read once per l
 """
 
 import contextlib
-import csv
 import math
 import signal
-import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -23,17 +21,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from resnet_repro import checkpoint as ckpt
-from resnet_repro import stream
-from resnet_repro.checkpoint import RunDirError
+from resnet_repro import rundir
 from resnet_repro.config import SPEC_FIELDS
-from resnet_repro.data import DataError, augment, normalize
+from resnet_repro.distributed import all_sum, barrier, first_set, from_rank0, rank0_buffers, world
 from resnet_repro.models import build_model, load_pretrained, num_params, parse_name, pretrained_state_dict
+from resnet_repro.rundir import RunDirError
+from resnet_repro.sources import DataError
 
 LOG_EVERY = 50  # iterations between progress-bar updates (each one is a host-device sync)
 WARMUP_CHECK = 50  # iterations between checks of the warm-up's training error
-# config.json keys that may differ on --resume (where and when it runs, not what it computes)
-ENVIRONMENT_KEYS = ("device", "torch", "commit", "python", "data_dir", "started", "world_size", "threads")
+# a config key added since a run started, at its default, is no change on --resume
+DEFAULTS = {k: list(f.default) if isinstance(f.default, tuple) else f.default for k, f in SPEC_FIELDS.items()}
 
 
 class RunFailed(Exception):
@@ -42,19 +40,6 @@ class RunFailed(Exception):
 
 class Interrupted(Exception):
     """SIGINT/SIGTERM: the step finished and a checkpoint was written."""
-
-
-@dataclass
-class RunResult:
-    run: str
-    state: str  # done | failed | interrupted | skipped
-    params: int
-    final_train_err: float = math.nan
-    final_test_err: float = math.nan
-    best_test_err: float = math.nan
-    minutes: float = 0.0
-    message: str = ""
-    stop_signal: str = ""  # a SIGINT/SIGTERM that came while the run was finishing: start no further run
 
 
 def lr_at(it, spec, warmup_end=None):
@@ -67,27 +52,6 @@ def lr_at(it, spec, warmup_end=None):
     else:
         lr = spec.lr * spec.lr_decay ** sum(it >= m for m in spec.milestones)
     return lr * (it + 1) / spec.ramp if it < spec.ramp else lr
-
-
-def world():
-    """(rank, world size): (0, 1) unless torchrun started a process group (see resnet_repro.distributed)."""
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def all_sum(t):
-    """Sum a tensor over the processes of a torchrun job (in place); the tensor itself otherwise."""
-    if dist.is_initialized():
-        dist.all_reduce(t)
-    return t
-
-
-def from_rank0(obj):
-    """Rank 0's `obj` on every process (a picklable object)."""
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def git_commit():
@@ -136,36 +100,6 @@ def run_config(spec, dataset, *, experiment, run, quick, device, data_dir):
     }
 
 
-def prepare_run_dir(run_dir, config, resume, overwrite):
-    """Create the run directory, or check an existing one against `config`. Returns the checkpoint to
-    resume from (or None). Never overwrites results unless asked."""
-    run_dir = Path(run_dir)
-    exists = (run_dir / "config.json").exists()
-    if exists and overwrite:
-        for p in run_dir.iterdir():
-            if p.name != "lock":
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-        exists = False
-    if exists and not resume:
-        raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to start it again.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not exists:
-        ckpt.write_json(config, run_dir / "config.json")
-        return None
-    old = ckpt.read_json(run_dir / "config.json")
-    defaults = {k: _json(f.default) for k, f in SPEC_FIELDS.items()}  # a key added since the run started, at its default, is no change
-    diffs = [f"{k}: {_json(old.get(k))!r} -> {_json(v)!r}" for k, v in config.items() if k not in ENVIRONMENT_KEYS
-             and _json(old.get(k, defaults.get(k))) != _json(v)]
-    if diffs:
-        raise RunDirError(f"{run_dir} holds a run with a different config ({'; '.join(diffs)}); pass --overwrite to start it again, or --out elsewhere.")
-    path = run_dir / "checkpoint.pt"
-    return ckpt.load_checkpoint(path) if path.exists() else None
-
-
-def _json(v):
-    return list(v) if isinstance(v, tuple) else v
-
-
 @contextlib.contextmanager
 def stop_requests():
     """SIGINT/SIGTERM set a flag that the loop reads after each step; a second SIGINT stops at once, unless it
@@ -199,45 +133,12 @@ def autocast(device, spec):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-def train_batches(split, perm, pos, batch, mean, generator, spec, epoch, device):
-    """The epoch's batches from position `pos` on, as (normalized, augmented float images, labels),
-    this process's shard of each global batch under torchrun. A memory split is augmented on the device
-    (every process draws for the whole batch, so the draws match one process); a stream split
-    (resnet_repro.stream) is decoded and cropped by DataLoader workers, its lighting added here."""
-    rank, world_size = world()
-    per_epoch = len(split) // batch
-    if isinstance(split, stream.JpegSplit):
-        order = perm.cpu()
-        shards = [order[p * batch : (p + 1) * batch][rank::world_size].tolist() for p in range(pos, per_epoch)]
-        for images, labels, shift in _data_errors(stream.train_batches(split, shards, spec.seed, epoch, device)):
-            yield stream.lighting(normalize(images, mean), shift), labels
-        return
-    for p in range(pos, per_epoch):
-        idx = perm[p * batch : (p + 1) * batch]
-        x, labels = augment(normalize(split.images[idx], mean), generator), split.labels[idx]
-        yield x[rank::world_size], labels[rank::world_size]
-
-
-def eval_batches(split, mean, spec, device, views=1):
-    """This process's shard of a split in order, as (normalized float images, labels); with views=10
-    (stream splits) the images are (B, 10, 3, H, W), AlexNet's 10 crops."""
-    rank, world_size = world()
-    if isinstance(split, stream.JpegSplit):
-        indices = list(range(rank, len(split), world_size))
-        for images, labels in _data_errors(stream.eval_batches(split, indices, max(1, spec.eval_batch_size // views), device, views)):
-            yield normalize(images, mean), labels
-        return
-    images, labels = split.images[rank::world_size], split.labels[rank::world_size]
-    for i in range(0, len(labels), spec.eval_batch_size):
-        yield normalize(images[i : i + spec.eval_batch_size], mean), labels[i : i + spec.eval_batch_size]
-
-
 def _data_errors(batches):
     """A bad image met by a DataLoader worker ends the run with its one-line message, not a worker traceback."""
     try:
         yield from batches
     except DataError as e:
-        raise RunFailed(str(e).strip().splitlines()[-1].removeprefix("resnet_repro.data.DataError: ")) from None
+        raise RunFailed(str(e).strip().splitlines()[-1].split("DataError: ")[-1]) from None  # a worker's is "...DataError: msg"
 
 
 @torch.no_grad()
@@ -246,7 +147,8 @@ def evaluate(model, split, mean, spec, device, views=1):
     views=10: the softmax averaged over AlexNet's 10 crops (stream splits)."""
     model.eval()
     sums = torch.zeros(3, device=device, dtype=torch.float64)
-    for x, y in eval_batches(split, mean, spec, device, views):
+    rank, world_size = world()
+    for x, y in _data_errors(split.eval_batches(mean, spec.eval_batch_size, device, rank, world_size, views)):
         x = x.flatten(0, 1) if views > 1 else x
         if spec.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -274,16 +176,16 @@ def train(spec, dataset, run_dir, *, experiment, run, device="cpu", quick=False,
     main = world()[0] == 0  # under torchrun only rank 0 touches the run directory
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    with ckpt.RunLock(run_dir) if main else contextlib.nullcontext():
+    with rundir.RunLock(run_dir) if main else contextlib.nullcontext():
         plan, state = None, None
         if main:
             try:
-                if not overwrite and ckpt.read_status(run_dir)["state"] == "done":
-                    prepare_run_dir(run_dir, config, resume=True, overwrite=False)  # still refuses a changed config
+                if not overwrite and rundir.read_status(run_dir)["state"] == "done":
+                    rundir.prepare(run_dir, config, True, False, DEFAULTS)  # still refuses a changed config
                     plan = "skip"
                 else:
-                    state = prepare_run_dir(run_dir, config, resume, overwrite)
-                    ckpt.write_status(run_dir, "running")
+                    state = rundir.prepare(run_dir, config, resume, overwrite, DEFAULTS)
+                    rundir.write_status(run_dir, "running")
                     plan = "train" if state is None else "resume"
             except RunDirError as e:
                 plan = e
@@ -291,15 +193,15 @@ def train(spec, dataset, run_dir, *, experiment, run, device="cpu", quick=False,
         if isinstance(plan, RunDirError):
             raise plan
         if plan == "skip":
-            return run_result(run_dir, "skipped", "done already; --overwrite (or another --out) trains it again")
+            return rundir.result(run_dir, "skipped", "done already; --overwrite (or another --out) trains it again")
         if plan == "resume" and not main:
-            state = ckpt.load_checkpoint(run_dir / "checkpoint.pt")
+            state = rundir.load_checkpoint(run_dir / "checkpoint.pt")
 
         def mark(status, message):
             if main:
                 try:
-                    ckpt.write_status(run_dir, status, message)
-                except (ckpt.DiskFull, OSError):  # a full disk may refuse even this; the message still reaches the summary
+                    rundir.write_status(run_dir, status, message)
+                except (rundir.DiskFull, OSError):  # a full disk may refuse even this; the message still reaches the summary
                     pass
 
         try:
@@ -307,13 +209,13 @@ def train(spec, dataset, run_dir, *, experiment, run, device="cpu", quick=False,
         except Interrupted as e:
             mark("interrupted", str(e))
             raise
-        except (RunFailed, ckpt.DiskFull, torch.OutOfMemoryError) as e:
+        except (RunFailed, rundir.DiskFull, torch.OutOfMemoryError) as e:
             message = str(e)
             if isinstance(e, torch.OutOfMemoryError):
                 message = (f"out of GPU memory at batch size {spec.batch_size}; try a smaller batch "
                            f"(--set batch_size={spec.batch_size // 2}) or fewer concurrent runs")
             mark("failed", message)
-            return run_result(run_dir, "failed", message)
+            return rundir.result(run_dir, "failed", message)
         except KeyboardInterrupt:
             mark("interrupted", "stopped at once by a second Ctrl-C; --resume continues from the last checkpoint")
             raise
@@ -373,7 +275,7 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
     perm, pos = None, 0  # the epoch in progress: its order and position
     sums, row_steps, train_seconds = None, 0, 0.0  # since the last CSV row: (loss sum, errors), steps, training time
     if state is None and main:  # rows of a start that died before its first checkpoint are redone, not kept twice
-        ckpt.truncate_rows(run_dir / "metrics.csv", 0)
+        rundir.truncate_rows(run_dir / "metrics.csv", 0)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -388,14 +290,14 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
             row_steps, train_seconds = state.get("row_steps", state["pos"]), state["train_seconds"]  # older checkpoints: a row per epoch
             sums = state["sums"].to(device) if main else torch.zeros_like(state["sums"], device=device)  # summed over processes
         if main:
-            ckpt.truncate_rows(run_dir / "metrics.csv", rows)
+            rundir.truncate_rows(run_dir / "metrics.csv", rows)
         tqdm.write(f"{config['run']}: resuming at iteration {it} (epoch {epoch + 1})")
 
     def save_checkpoint():
         row_sums = None if sums is None else all_sum(sums.clone()).cpu()  # a collective: before the rank check
         if not main:
             return
-        ckpt.save({
+        rundir.save({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": it, "epoch": epoch,
             "csv_rows": rows, "warmup_end": warmup_end, "best_test_err": best,
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
@@ -423,7 +325,7 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
                 sums = torch.zeros(2, device=device, dtype=torch.float64)  # this process's share; all_sum when read
                 row_steps, train_seconds = 0, 0.0
             window, window_steps = sums.clone(), row_steps  # warm-up: the error since the last check
-            batches = train_batches(train_split, perm, pos, batch, mean, generator, spec, epoch, device)
+            batches = _data_errors(train_split.train_batches(perm, pos, batch, mean, generator, spec.seed, epoch, device, *world()))
             start = time.perf_counter()
             stopped = row_due = False
             while pos < per_epoch and it < spec.iterations and not stopped and not row_due:
@@ -472,7 +374,7 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
                     "epoch_seconds": f"{train_seconds + time.perf_counter() - eval_start:.3f}", "images_per_second": f"{n / train_seconds:.1f}",
                 }  # fmt: skip
                 if main:
-                    ckpt.append_row(run_dir / "metrics.csv", row)
+                    rundir.append_row(run_dir / "metrics.csv", row)
                 sums = None
                 save_checkpoint()
                 bar.set_postfix_str(f"row {rows}: train err {100 * errors / n:.1f}%, test err {test_err:.2f}%")
@@ -488,51 +390,18 @@ def _train(spec, dataset, run_dir, config, state, device, progress, deterministi
         tqdm.write(f"{config['run']}: 10-crop test on {len(dataset.test):,} images")
         test_loss, top1, top5 = evaluate(model if distributed else forward, dataset.test, mean, spec, device, views=10)
         if main:
-            ckpt.write_json({"views": 10, "iteration": it, "images": len(dataset.test), "test_loss": round(test_loss, 6),
+            rundir.write_json({"views": 10, "iteration": it, "images": len(dataset.test), "test_loss": round(test_loss, 6),
                              "top1_err": round(top1, 4), "top5_err": round(top5, 4)}, run_dir / "evaluation.json")
     if main:
-        ckpt.save({"model": model.state_dict(), "config": config}, run_dir / "final.pt")
-        ckpt.write_status(run_dir, "done")
-    if distributed:
-        dist.barrier()  # the others read the result rank 0 wrote
-    result = run_result(run_dir, "done")
+        rundir.save({"model": model.state_dict(), "config": config}, run_dir / "final.pt")
+        rundir.write_status(run_dir, "done")
+    barrier()  # under torchrun the others read the result rank 0 wrote
+    result = rundir.result(run_dir, "done")
     result.stop_signal = stop["signal"] or ""
     return result
 
 
-def rank0_buffers(model):
-    """Under torchrun each process's steps moved its own BN running statistics: give every process rank 0's,
-    the ones saved, before evaluating."""
-    for buffer in model.buffers():
-        dist.broadcast(buffer, src=0)
-
-
 def _check_finite(first_bad, spec, warmup_end):
-    bad = first_bad.clone()
-    if dist.is_initialized():  # the earliest over the processes
-        bad = torch.where(bad < 0, torch.iinfo(torch.int64).max, bad)
-        dist.all_reduce(bad, op=dist.ReduceOp.MIN)
-        bad = torch.where(bad == torch.iinfo(torch.int64).max, -1, bad)
-    bad = int(bad)
+    bad = first_set(first_bad)  # the earliest over the processes
     if bad >= 0:
         raise RunFailed(f"non-finite loss at iteration {bad} (lr {lr_at(bad, spec, warmup_end):g}); stopped, the last good checkpoint is kept")
-
-
-def run_result(run_dir, state=None, message=None):
-    """A run's RunResult from its directory: config.json, status.json (unless `state` is given) and
-    metrics.csv."""
-    run_dir = Path(run_dir)
-    config = ckpt.read_json(run_dir / "config.json")
-    status = ckpt.read_status(run_dir)
-    result = RunResult(config["run"], state or status["state"], config["params"],
-                       message=status.get("message", "") if message is None else message)
-    rows = []
-    if (run_dir / "metrics.csv").exists():
-        with open(run_dir / "metrics.csv") as f:
-            rows = list(csv.DictReader(f))
-    if rows:
-        result.final_train_err = float(rows[-1]["train_err"])
-        result.final_test_err = float(rows[-1]["test_err"])
-        result.best_test_err = min(float(r["test_err"]) for r in rows)
-        result.minutes = sum(float(r["epoch_seconds"]) for r in rows) / 60
-    return result

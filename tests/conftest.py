@@ -1,8 +1,8 @@
-import hashlib
-import io
 import csv
 import functools
+import hashlib
 import http.server
+import io
 import pickle
 import tarfile
 import threading

@@ -1,6 +1,7 @@
 import csv
 import json
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -8,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resnet_repro import analysis, models
+from resnet_repro import analysis, figures, inspection, models, results, rundir
 from resnet_repro.analysis import compare, draw, final_metrics, load_runs
 
-COLUMNS = list(analysis.CSV_COLUMNS)
+COLUMNS = list(rundir.COLUMNS)
 FULL, MINI = "CIFAR-10 (JPEG q75 copy)", "CIFAR-10 mini (JPEG q75 copy, 500+100 per class)"
 
 
@@ -145,8 +146,8 @@ def test_run_without_epochs_is_left_out_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=r"plain56: no epoch in metrics.csv yet \(state: stopped\)"):
         df = load_runs(tmp_path)
     assert set(df.run) == {"plain20"}
-    with pytest.raises(analysis.CannotDraw, match="^missing: plain56$"):
-        analysis.fig1(df)
+    with pytest.raises(results.CannotDraw, match="^missing: plain56$"):
+        figures.fig1(df)
 
 
 # --- per-run numbers ---------------------------------------------------------------------------
@@ -184,7 +185,7 @@ def test_compare_matches_by_run_name_and_gives_differences(tmp_path):
 
 def test_fig1_plots_the_csv_against_iterations(tmp_path):
     curves = {run: write_run(tmp_path, run) for run in ("plain20", "plain56", "resnet20")}
-    fig = analysis.fig1(load_runs(tmp_path))
+    fig = figures.fig1(load_runs(tmp_path))
     left, right = fig.axes
     assert left.get_xlabel() == right.get_xlabel() == "iterations"  # runs shorter than 10k: plain iterations
     assert (left.get_ylabel(), right.get_ylabel()) == ("training error (%)", "test error (%)")
@@ -202,14 +203,14 @@ def test_fig1_plots_the_csv_against_iterations(tmp_path):
 
 def test_curves_of_runs_of_10k_iterations_or_more_use_the_papers_axis(tmp_path):
     curves = {run: write_run(tmp_path, run, epochs=30) for run in ("plain20", "plain56")}  # 391 x 30 = 11,730 iterations
-    left, _ = analysis.fig1(load_runs(tmp_path)).axes
+    left, _ = figures.fig1(load_runs(tmp_path)).axes
     assert left.get_xlabel() == "iter. (1e4)"
     assert list(lines_by_gid(left)["plain56:train"].get_xdata()) == [r["iteration"] / 1e4 for r in curves["plain56"]]
 
 
 def test_fig6_draws_the_runs_that_exist_dashed_train_bold_test(tmp_path):
     curves = {run: write_run(tmp_path, run) for run in ("plain20", "plain56", "resnet20", "resnet110")}
-    left, middle, right = analysis.fig6(load_runs(tmp_path)).axes
+    left, middle, right = figures.fig6(load_runs(tmp_path)).axes
     assert set(lines_by_gid(left)) == {"plain20:train", "plain20:test", "plain56:train", "plain56:test"}
     assert set(lines_by_gid(middle)) == {"resnet20:train", "resnet20:test", "resnet110:train", "resnet110:test"}
     assert set(lines_by_gid(right)) == {"resnet110:train", "resnet110:test"}
@@ -224,7 +225,7 @@ def test_fig6_draws_the_runs_that_exist_dashed_train_bold_test(tmp_path):
 
 def test_fig4_is_labelled_cifar_variant_and_draws_thin_train_bold_test(tmp_path):
     curves = {run: write_run(tmp_path, run, stem="cifar") for run in ("plain18", "plain34", "resnet18", "resnet34")}
-    fig = analysis.fig4(load_runs(tmp_path))
+    fig = figures.fig4(load_runs(tmp_path))
     assert "CIFAR variant" in fig._suptitle.get_text()
     left, right = fig.axes
     assert set(lines_by_gid(left)) == {"plain18:train", "plain18:test", "plain34:train", "plain34:test"}
@@ -236,14 +237,14 @@ def test_fig4_is_labelled_cifar_variant_and_draws_thin_train_bold_test(tmp_path)
 def test_quick_runs_are_labelled_and_not_clipped_to_the_papers_range(tmp_path):
     for run in ("plain20", "plain56"):
         write_run(tmp_path, run, experiment="degradation-quick", quick=True, offset=30)
-    fig = analysis.fig1(load_runs(tmp_path))
+    fig = figures.fig1(load_runs(tmp_path))
     assert fig._suptitle.get_text() == f"quick run: {MINI}, short schedule"
     assert fig.axes[0].get_ylim()[1] > 40
 
 
 def test_fig_depth_plots_final_errors_against_depth(tmp_path):
     curves = {run: write_run(tmp_path, run) for run in ("plain20", "plain56", "resnet20", "resnet56", "resnet110")}
-    left, right = analysis.fig_depth(load_runs(tmp_path)).axes
+    left, right = figures.fig_depth(load_runs(tmp_path)).axes
     plain = lines_by_gid(left)
     assert [t.get_text() for t in left.get_xticklabels()] == ["20", "56", "110"]
     assert list(plain["plain:train"].get_xdata()) == [0, 1]  # at the ticks of 20 and 56
@@ -256,7 +257,7 @@ def test_fig_depth_plots_final_errors_against_depth(tmp_path):
 
 def test_fig7_draws_network_order_and_sorted(tmp_path):
     stds = {"plain20": [0.5, 2.0, 1.0], "resnet20": [1.0, 0.2, 0.7]}
-    top, bottom = analysis.fig7(stds).axes
+    top, bottom = inspection.fig7(stds).axes
     assert list(lines_by_gid(top)["plain20:order"].get_ydata()) == [0.5, 2.0, 1.0]
     assert list(lines_by_gid(bottom)["plain20:sorted"].get_ydata()) == [2.0, 1.0, 0.5]
     assert list(lines_by_gid(bottom)["resnet20:sorted"].get_xdata()) == [1, 2, 3]
@@ -307,9 +308,9 @@ def test_layer_response_std_equals_hand_computation(name):
     # per channel: population std over N*H*W; then the mean over channels
     expected = [r.transpose(0, 1).flatten(1).std(dim=1, unbiased=False).mean().item() for r in by_hand]
     assert len(expected) == len(models.response_points(model)) == 7
-    got = analysis.layer_response_std(model, images, batch_size=4)  # 2 batches: running sums across them
+    got = inspection.layer_response_std(model, images, batch_size=4)  # 2 batches: running sums across them
     assert got == pytest.approx(expected, rel=1e-5)
-    assert got == pytest.approx(analysis.layer_response_std(model, images, batch_size=6), rel=1e-9)
+    assert got == pytest.approx(inspection.layer_response_std(model, images, batch_size=6), rel=1e-9)
     assert len(set(np.round(got, 6))) == 7  # the layers do differ, so the order is checked too
 
 
@@ -350,7 +351,7 @@ def test_draw_reports_everything_missing_without_raising(tmp_path):
     (tmp_path / "empty").mkdir()
     result = draw(tmp_path / "empty", tmp_path / "figs")
     assert result["fig1"] == "missing: plain20, plain56"
-    assert result["fig7"] == "missing: " + ", ".join(analysis.FIG7_RUNS)
+    assert result["fig7"] == "missing: " + ", ".join(inspection.FIG7_RUNS)
     assert result["summary"] == "missing: any run"
     assert not list((tmp_path / "figs").glob("*.png"))
 
@@ -380,24 +381,24 @@ def test_runs_of_several_experiments_are_taken_from_the_one_each_figure_belongs_
     degradation = {run: write_run(tmp_path, run) for run in ("plain20", "plain56", "resnet20")}
     depth = {run: write_run(tmp_path, run, experiment="depth", offset=1.0) for run in ("plain20", "plain32", "resnet20")}
     df = load_runs(tmp_path)
-    left, _ = analysis.fig1(df).axes  # Fig. 1 is degradation's
+    left, _ = figures.fig1(df).axes  # Fig. 1 is degradation's
     assert list(lines_by_gid(left)["plain20:train"].get_ydata()) == [r["train_err"] for r in degradation["plain20"]]
-    plain, residual, _ = analysis.fig6(df).axes  # Fig. 6 is the depth study's
+    plain, residual, _ = figures.fig6(df).axes  # Fig. 6 is the depth study's
     assert list(lines_by_gid(plain)["plain20:train"].get_ydata()) == [r["train_err"] for r in depth["plain20"]]
     assert "plain56:train" in lines_by_gid(plain)  # what depth lacks comes from degradation
-    assert analysis.table6(df).set_index("depth").loc[20, "test_err"] == depth["resnet20"][-1]["test_err"]
-    plain_depth = {line.get_gid(): line for line in analysis.fig_depth(df).axes[0].lines}["plain:train"]
+    assert results.table6(df).set_index("depth").loc[20, "test_err"] == depth["resnet20"][-1]["test_err"]
+    plain_depth = {line.get_gid(): line for line in figures.fig_depth(df).axes[0].lines}["plain:train"]
     assert list(plain_depth.get_ydata()) == [depth["plain20"][-1]["train_err"], depth["plain32"][-1]["train_err"], degradation["plain56"][-1]["train_err"]]
 
 
 def test_table2_says_cifar_variant_is_not_comparable(tmp_path):
     curves = {run: write_run(tmp_path, run, stem="cifar") for run in ("plain18", "plain34", "resnet34")}
-    table = analysis.table2(load_runs(tmp_path)).set_index("layers")
+    table = results.table2(load_runs(tmp_path)).set_index("layers")
     assert table.loc[34, "resnet"] == curves["resnet34"][-1]["test_err"]
     assert table.loc[18, "plain"] == curves["plain18"][-1]["test_err"] and np.isnan(table.loc[18, "resnet"])
     assert (table.loc[34, "paper_plain"], table.loc[34, "paper_resnet"]) == (28.54, 25.03)
     assert not any("diff" in c for c in table.columns)
-    markdown = analysis.to_markdown(table.reset_index())
+    markdown = results.to_markdown(table.reset_index())
     assert "CIFAR variant" in markdown and "Not comparable" in markdown
 
 
@@ -408,12 +409,12 @@ def test_table2_takes_the_ten_crop_test_of_imagenet_runs(tmp_path):
     df = load_runs(tmp_path)
     assert df.groupby("run").top1_err_10crop.first().to_dict() == {"plain18": 30.0, "plain34": 29.0, "resnet18": 28.0, "resnet34": 27.0}
     assert (df.top5_err_10crop.groupby(df.run).first() == df.top1_err_10crop.groupby(df.run).first() - 20).all()
-    table = analysis.table2(df).set_index("layers")
+    table = results.table2(df).set_index("layers")
     assert (table.loc[18, "plain"], table.loc[34, "resnet"]) == (30.0, 27.0)
     assert table.loc[34, "diff_resnet"] == pytest.approx(27.0 - 25.03)
     assert "10-crop, after the last iteration" in table.attrs["note"]
     (tmp_path / "imagenet18_34" / "resnet34" / "evaluation.json").unlink()  # one run without: all single view
-    table = analysis.table2(load_runs(tmp_path)).set_index("layers")
+    table = results.table2(load_runs(tmp_path)).set_index("layers")
     assert np.isnan(load_runs(tmp_path).query("run == 'resnet34'").top1_err_10crop).all()
     assert "diff_resnet" not in table.columns and "single view" in table.attrs["note"]
 
@@ -429,7 +430,8 @@ def test_draw_fig7_from_final_weights(tmp_path, monkeypatch, capsys):
         torch.save({"model": weights[run].state_dict(), "config": config}, run_dir / "final.pt")
     write_run(tmp_path, "resnet56")  # no final.pt: drawn without it
     sources = []
-    monkeypatch.setattr(analysis, "_test_images", lambda source, data_dir, device: sources.append(source) or images)
+    test_split = SimpleNamespace(eval_batches=lambda mean, batch_size, device: iter([(images, None)]))
+    monkeypatch.setattr(inspection, "test_data", lambda config, device: sources.append(config["data"]) or SimpleNamespace(test=test_split, mean=None))
     result = draw(tmp_path, tmp_path / "figs", device="cpu")
     assert result["fig7"] == [tmp_path / "figs" / n for n in ("fig7.csv", "fig7.png", "fig7.pdf")]
     fig7_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("fig7: "))
@@ -437,7 +439,7 @@ def test_draw_fig7_from_final_weights(tmp_path, monkeypatch, capsys):
     assert sources == ["cifar10"]  # the test set is loaded once, from the runs' config
     table = pd.read_csv(tmp_path / "figs" / "fig7.csv")
     for run, model in weights.items():
-        expected = analysis.layer_response_std(model, images)
+        expected = inspection.layer_response_std(model, images)
         assert table[table.run == run]["std"].tolist() == pytest.approx(expected, rel=1e-6)
         assert table[table.run == run].module.tolist() == models.response_points(model)
 
@@ -458,12 +460,6 @@ def test_cli_help_teaches_and_run_prints_drawn_missing_and_summary(tmp_path, cap
     assert e.value.code == 2
 
 
-def test_the_csv_columns_are_the_engines():
-    from resnet_repro.checkpoint import CSV_COLUMNS
-
-    assert tuple(analysis.CSV_COLUMNS) == CSV_COLUMNS
-
-
 def test_compare_draws_the_curves_of_several_result_folders_with_seaborn(tmp_path, capsys):
     a = {run: write_run(tmp_path / "a", run) for run in ("plain20", "resnet20")}
     b = {run: write_run(tmp_path / "b", run, offset=5.0) for run in ("plain20", "resnet20")}
@@ -472,7 +468,7 @@ def test_compare_draws_the_curves_of_several_result_folders_with_seaborn(tmp_pat
     assert out.exists()
     printed = capsys.readouterr().out
     assert "final_train_err_a" in printed and "plain20" in printed
-    fig = analysis.fig_compare({"a": load_runs(tmp_path / "a"), "b": load_runs(tmp_path / "b")})
+    fig = figures.fig_compare({"a": load_runs(tmp_path / "a"), "b": load_runs(tmp_path / "b")})
     left, _ = fig.axes
     curves = sorted(tuple(line.get_ydata()) for line in left.lines if len(line.get_ydata()) > 1)
     expected = sorted(tuple(r["train_err"] for r in rows) for rows in [*a.values(), *b.values()])

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TIMING, csv_rows as rows, write_image_folder
+from conftest import TIMING, write_image_folder
+from conftest import csv_rows as rows
 from resnet_repro import data, run, train
 from resnet_repro.config import TrainSpec
 from resnet_repro.models import build_model

@@ -6,7 +6,7 @@ from matplotlib.colors import to_rgba
 from PIL import Image
 
 from conftest import CLASSES, write_image_folder
-from resnet_repro import analysis, data, models
+from resnet_repro import analysis, data, inspection, models
 
 
 def fixed_model(seed=0):
@@ -28,16 +28,16 @@ def test_grid_titles_are_predicted_and_true_and_mistakes_are_red():
     images = tiny_uint8(6)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     predictions = torch.tensor([0, 2, 2, 1, 1, 2])
-    fig = analysis.fig_predictions(images, labels, predictions, CLASSES, title="exp/run")
+    fig = inspection.fig_predictions(images, labels, predictions, CLASSES, title="exp/run")
     assert len(fig.axes) == 6
     for ax, image, t, p in zip(fig.axes, images, labels.tolist(), predictions.tolist()):
         assert ax.get_title() == f"{CLASSES[p]} ({CLASSES[t]})"
         color = to_rgba(ax.title.get_color())
         frame = to_rgba(ax.spines["left"].get_edgecolor())
         if p == t:
-            assert color == frame == to_rgba(analysis.RIGHT)
+            assert color == frame == to_rgba(inspection.RIGHT)
         else:
-            assert color == frame == to_rgba(analysis.WRONG) != to_rgba(analysis.RIGHT)
+            assert color == frame == to_rgba(inspection.WRONG) != to_rgba(inspection.RIGHT)
             assert ax.spines["left"].get_linewidth() > 2
         assert (ax.images[0].get_array() == image.permute(1, 2, 0).numpy()).all()  # the raw pixels, not normalized
     suptitle = fig._suptitle.get_text()
@@ -45,7 +45,7 @@ def test_grid_titles_are_predicted_and_true_and_mistakes_are_red():
 
 
 def test_grid_is_rows_of_eight():
-    fig = analysis.fig_predictions(tiny_uint8(11), [0] * 11, [0] * 11, CLASSES)
+    fig = inspection.fig_predictions(tiny_uint8(11), [0] * 11, [0] * 11, CLASSES)
     rows_cols = {ax.get_subplotspec().get_geometry()[:2] for ax in fig.axes}
     assert rows_cols == {(2, 8)} and len(fig.axes) == 11
     assert "11/11 right (100.0%)" in fig._suptitle.get_text()
@@ -57,14 +57,14 @@ def test_predict_is_the_eval_argmax_in_any_batch_size():
     expected = model.eval()(data.normalize(images, mean)).argmax(1)
     model.train()
     for batch in (3, 1000):
-        assert torch.equal(analysis.predict(model, images, mean, "cpu", batch), expected)
+        assert torch.equal(inspection.predict(model, images, mean, "cpu", batch), expected)
     assert not model.training
 
 
 def test_sample_indices_are_fixed_by_the_seed_and_capped():
-    assert torch.equal(analysis.sample_indices(100, 8, seed=1), analysis.sample_indices(100, 8, seed=1))
-    assert not torch.equal(analysis.sample_indices(100, 8, seed=1), analysis.sample_indices(100, 8, seed=2))
-    assert analysis.sample_indices(5, 32).tolist() == [0, 1, 2, 3, 4]
+    assert torch.equal(inspection.sample_indices(100, 8, seed=1), inspection.sample_indices(100, 8, seed=1))
+    assert not torch.equal(inspection.sample_indices(100, 8, seed=1), inspection.sample_indices(100, 8, seed=2))
+    assert inspection.sample_indices(5, 32).tolist() == [0, 1, 2, 3, 4]
 
 
 def write_finished_run(root, data_path, final=True):
@@ -87,8 +87,8 @@ def test_cli_draws_a_finished_runs_predictions(tmp_path, monkeypatch, capsys):
     out = tmp_path / "figures" / "predictions-tiny-resnet8.png"
     assert Image.open(out).format == "PNG"
     ds = data.load(str(tmp_path / "images"))
-    index = analysis.sample_indices(len(ds.test), 4)
-    right = (analysis.predict(model, ds.test.images[index], ds.mean) == ds.test.labels[index]).sum().item()
+    index = inspection.sample_indices(len(ds.test), 4)
+    right = (inspection.predict(model, ds.test.images[index], ds.mean) == ds.test.labels[index]).sum().item()
     assert capsys.readouterr().out.strip() == f"{out.relative_to(tmp_path)}: {right}/4 right"
 
     assert analysis.main(["predictions", str(run_dir), "--out", str(tmp_path / "all.png")]) == 0

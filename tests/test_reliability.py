@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from conftest import TIMING, csv_rows, write_image_folder
-from resnet_repro import checkpoint as ckpt
-from resnet_repro import data, train
+from resnet_repro import data, rundir, train
 from resnet_repro.config import TrainSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +74,8 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tiny, tmp_p
     real_fsync = os.fsync
 
     def fsync(fd):
-        if Path(os.readlink(f"/proc/self/fd/{fd}")).name == "checkpoint.pt.tmp":
+        name = Path(os.readlink(f"/proc/self/fd/{fd}")).name
+        if name.startswith("checkpoint.pt.") and name.endswith(".tmp"):
             saves["n"] += 1
             if saves["n"] == 2:  # the second epoch's checkpoint finds the disk full
                 raise OSError(errno.ENOSPC, "No space left on device")
@@ -85,7 +85,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tiny, tmp_p
     result = train.train(spec(), tiny, d, experiment="e", run="run", progress=False)
     assert result.state == "failed" and "disk full while writing" in result.message and "intact" in result.message
     state = torch.load(d / "checkpoint.pt", weights_only=False)
-    assert state["epoch"] == 1 and not (d / "checkpoint.pt.tmp").exists()
+    assert state["epoch"] == 1 and not list(d.glob("*.tmp"))
     assert json.loads((d / "status.json").read_text())["state"] == "failed"
     monkeypatch.undo()
     assert train.train(spec(), tiny, d, experiment="e", run="run", progress=False, resume=True).state == "done"
@@ -96,7 +96,7 @@ def test_out_of_memory_fails_the_run_suggesting_a_smaller_batch(tiny, tmp_path, 
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(train, "augment", oom)
+    monkeypatch.setattr(data, "augment", oom)
     result = train.train(spec(), tiny, tmp_path / "r", experiment="e", run="r", progress=False)
     assert result.state == "failed" and "out of GPU memory at batch size 16" in result.message
     assert "batch_size=8" in result.message
@@ -104,12 +104,12 @@ def test_out_of_memory_fails_the_run_suggesting_a_smaller_batch(tiny, tmp_path, 
 
 def test_atomic_write_never_leaves_a_half_file(tmp_path):
     path = tmp_path / "x.json"
-    ckpt.write_json({"a": 1}, path)
+    rundir.write_json({"a": 1}, path)
 
     def explode(f):
         f.write(b"{half")
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError):
-        ckpt.write_atomic(path, explode)
+        rundir.write_atomic(path, explode)
     assert json.loads(path.read_text()) == {"a": 1} and not list(tmp_path.glob("*.tmp"))

@@ -50,13 +50,13 @@ def test_runs_a_pair_prints_a_summary_then_never_redoes_or_overwrites(tmp_path, 
     exp = experiment(tmp_path, tiny_dir)
     assert cli(exp, "--out", tmp_path / "res", "--no-figures", "--device", "cpu") == 0
     out = capsys.readouterr().out
-    table = out[out.index("run "):].splitlines()
-    assert table[0].split() == ["run", "params", "train", "err", "test", "err", "best", "test", "minutes", "state"]
-    assert table[1].split()[0] == "plain8" and table[1].split()[-1] == "done" and table[2].split()[0] == "resnet8"
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")]
+    assert table[0] == ["experiment", "run", "params", "final_train_err", "final_test_err", "best_test_err", "minutes", "iterations", "state"]
+    assert table[1][:2] == ["pair", "plain8"] and table[1][-2:] == ["4", "done"] and table[2][1] == "resnet8"
     for r in ("plain8", "resnet8"):
         assert (tmp_path / "res" / "pair" / r / "metrics.csv").exists()
     assert cli(exp, "--out", tmp_path / "res", "--no-figures") == 0  # finished runs are skipped, not redone
-    assert capsys.readouterr().out.count("skipped") == 2
+    assert capsys.readouterr().out.count("| skipped |") == 2
     (tmp_path / "res" / "pair" / "resnet8" / "status.json").write_text('{"state": "interrupted"}')
     assert cli(exp, "--out", tmp_path / "res", "--no-figures") == 2
     assert "already holds unfinished runs resnet8; pass --resume" in capsys.readouterr().err
@@ -78,8 +78,9 @@ def test_a_failing_run_does_not_stop_the_others(tmp_path, tiny_dir, capsys):
     assert cli(exp, "--out", tmp_path / "res", "--no-figures") == 1
     captured = capsys.readouterr()
     assert "plain8: FAILED: non-finite loss at iteration" in captured.err
-    lines = {line.split()[0]: line for line in captured.out.splitlines() if line.startswith(("plain8", "resnet8"))}
-    assert "failed" in lines["plain8"] and lines["resnet8"].split()[-1] == "done"
+    rows = {line.split("|")[2].strip(): line for line in captured.out.splitlines() if line.startswith("| pair")}
+    assert rows["plain8"].endswith("| failed |") and rows["resnet8"].endswith("| done |")
+    assert "plain8: failed: non-finite loss" in captured.out
 
 
 def test_missing_data_is_one_clear_message(tmp_path, capsys):

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from conftest import TIMING, csv_rows, write_image_folder
-from resnet_repro import checkpoint as ckpt
-from resnet_repro import data, train
+from resnet_repro import data, rundir, train
 from resnet_repro.config import TrainSpec
 from resnet_repro.models import build_model
 
@@ -48,7 +47,7 @@ def test_a_run_writes_its_csv_config_status_and_final_weights(tiny, tmp_path):
     d = tmp_path / "resnet8"
     r = rows(d)
     with open(d / "metrics.csv") as f:
-        assert f.readline().strip().split(",") == list(ckpt.CSV_COLUMNS)
+        assert f.readline().strip().split(",") == list(rundir.COLUMNS)
     assert [int(x["epoch"]) for x in r] == [1, 2, 3, 4] and [int(x["iteration"]) for x in r] == [3, 6, 9, 10]
     assert [float(x["lr"]) for x in r] == pytest.approx([0.1, 0.01, 0.001, 0.001])
     assert {x["experiment"] for x in r} == {"exp"} and r[0]["residual"] == "True" and r[0]["depth"] == "8"
@@ -77,11 +76,11 @@ def test_existing_run_is_never_silently_overwritten(tiny, tmp_path):
     before = (d / "metrics.csv").read_text()
     assert run(spec(), tiny, d).state == "skipped" and run(spec(), tiny, d, resume=True).state == "skipped"
     assert (d / "metrics.csv").read_text() == before  # finished: nothing redone, nothing rewritten
-    ckpt.write_status(d, "interrupted")
-    with pytest.raises(ckpt.RunDirError, match="--resume .* --overwrite"):
+    rundir.write_status(d, "interrupted")
+    with pytest.raises(rundir.RunDirError, match="--resume .* --overwrite"):
         run(spec(), tiny, d)
-    ckpt.write_status(d, "done")
-    with pytest.raises(ckpt.RunDirError, match=r"different config \(lr: 0.1 -> 0.2\)"):
+    rundir.write_status(d, "done")
+    with pytest.raises(rundir.RunDirError, match=r"different config \(lr: 0.1 -> 0.2\)"):
         run(spec(lr=0.2), tiny, d, resume=True)
     assert run(spec(lr=0.2), tiny, d, overwrite=True).state == "done"
     assert json.loads((d / "config.json").read_text())["lr"] == 0.2
@@ -90,7 +89,7 @@ def test_existing_run_is_never_silently_overwritten(tiny, tmp_path):
 def interrupt_at(monkeypatch, step, sig=signal.SIGINT):
     """Send `sig` to ourselves from inside the `step`-th augmentation call (mid-iteration)."""
     calls = {"n": 0}
-    real = train.augment
+    real = data.augment
 
     def augment(x, g):
         calls["n"] += 1
@@ -98,7 +97,7 @@ def interrupt_at(monkeypatch, step, sig=signal.SIGINT):
             os.kill(os.getpid(), sig)
         return real(x, g)
 
-    monkeypatch.setattr(train, "augment", augment)
+    monkeypatch.setattr(data, "augment", augment)
 
 
 @pytest.fixture(scope="module")
@@ -132,12 +131,12 @@ def test_rows_newer_than_the_checkpoint_are_dropped_on_resume(tiny, tmp_path):
     # Simulate a kill between writing epoch 2's row and its checkpoint: roll the checkpoint back.
     state = torch.load(d / "checkpoint.pt", weights_only=False)
     assert state["csv_rows"] == 2
-    ckpt.write_status(d, "interrupted")
+    rundir.write_status(d, "interrupted")
     (d / "final.pt").unlink()
     whole = rows(d)
     # An extra, stale row beyond the checkpoint must go, not be duplicated.
     with open(d / "metrics.csv", "a") as f:
-        f.write(",".join(["stale"] * len(ckpt.CSV_COLUMNS)) + "\n")
+        f.write(",".join(["stale"] * len(rundir.COLUMNS)) + "\n")
     run(spec(iterations=6, milestones=()), tiny, d, resume=True)
     assert [r["epoch"] for r in rows(d)] == [r["epoch"] for r in whole]
 
@@ -164,9 +163,9 @@ def test_warmup_holds_the_low_lr_until_the_error_falls(tiny, tmp_path, monkeypat
 
 
 def test_a_second_process_on_the_same_run_is_refused(tmp_path):
-    with ckpt.RunLock(tmp_path):
-        with pytest.raises(ckpt.RunDirError, match="in use by another process"):
-            with ckpt.RunLock(tmp_path):
+    with rundir.RunLock(tmp_path):
+        with pytest.raises(rundir.RunDirError, match="in use by another process"):
+            with rundir.RunLock(tmp_path):
                 pass
 
 

@@ -1,0 +1,183 @@
+"""The paper's figures, drawn from a frame of resnet_repro.results.load_runs: one matplotlib Figure each.
+
+- `fig1` (plain-20 vs plain-56), `fig6` (plain, ResNet, ResNet-110/1202), `fig4` (18 vs 34 layers),
+  `fig_depth` (final error against depth), `fig_compare` (several result folders, via seaborn).
+Figures of a finished model (Fig. 7, predictions) are in resnet_repro.inspection.
+"""
+
+import textwrap
+
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from resnet_repro import models
+from resnet_repro.results import DEPTH_EXPERIMENTS, CannotDraw, final_metrics, rank, require, select, title_of
+
+FIG1_RUNS = ("plain20", "plain56")
+FIG4_PANELS = (("plain18", "plain34"), ("resnet18", "resnet34"))
+FIG6_PANELS = (
+    ("plain20", "plain32", "plain44", "plain56"),
+    ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110"),
+    ("resnet110", "resnet1202"),
+)
+COLORS = {18: "tab:blue", 20: "#e8a30c", 32: "c", 34: "tab:red", 44: "g", 56: "r", 110: "k", 1202: "m"}
+TRAIN_DASHED = dict(linestyle="--", linewidth=1.0)  # Fig. 6: dashed training error
+TRAIN_THIN = dict(linestyle="-", linewidth=0.8)  # Fig. 4: thin training error
+TEST_BOLD = dict(linestyle="-", linewidth=2.2)
+
+
+def net_label(name, state=None):
+    kind, depth = models.parse_name(name)
+    label = f"{'ResNet' if kind == 'resnet' else 'plain'}-{depth}"
+    return f"{label} ({state})" if state in ("running", "failed", "interrupted") else label
+
+
+def iteration_axis(runs):
+    """The x-axis of curves: the paper's "iter. (1e4)", or plain iterations for runs shorter than 10k."""
+    longest = max(rows.iteration.max() for rows in runs.values())
+    return (1e4, "iter. (1e4)") if longest >= 1e4 else (1, "iterations")
+
+
+def _curve(ax, rows, column, style, label=None, scale=1e4):
+    kind, depth = models.parse_name(rows.run.iloc[0])
+    (line,) = ax.plot(rows.iteration / scale, rows[column], color=COLORS.get(depth), label=label, **style)
+    line.set_gid(f"{rows.run.iloc[0]}:{column.split('_')[0]}")  # "plain20:train", read back by the tests
+
+
+def _legend(ax, train_style=None, train="train", test="test"):
+    handles, labels = ax.get_legend_handles_labels()
+    if train_style:  # a key to the line styles after the nets
+        handles += [Line2D([], [], color="gray", **train_style), Line2D([], [], color="gray", **TEST_BOLD)]
+        labels += [train, test]
+    ax.legend(handles, labels, fontsize="small", frameon=False, loc="best")
+
+
+def _ylim(ax, runs, paper):
+    # The paper's range, except for quick runs whose errors sit far above it.
+    ax.set_ylim(*((0, None) if any(rows.quick.any() for rows in runs.values()) else paper))
+
+
+def finish(fig, title):
+    if title:  # wrapped to the figure's width (about 12 characters an inch at this size)
+        width = int(fig.get_figwidth() * 12)
+        fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.split("\n")), fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+def fig1(df):
+    """Fig. 1: training (left) and test (right) error of plain-20 and plain-56 vs iterations."""
+    runs = select(df, FIG1_RUNS, prefer=("degradation", "depth"))
+    require(runs, FIG1_RUNS)
+    fig = Figure(figsize=(8, 3.2))
+    axes = fig.subplots(1, 2)
+    scale, xlabel = iteration_axis(runs)
+    for ax, column, ylabel in zip(axes, ("train_err", "test_err"), ("training error (%)", "test error (%)")):
+        for name, rows in runs.items():
+            _curve(ax, rows, column, dict(linewidth=1.5), f"{models.parse_name(name)[1]}-layer", scale)
+        ax.set(xlabel=xlabel, ylabel=ylabel)
+        _ylim(ax, runs, (0, 20))
+        _legend(ax)
+    return finish(fig, title_of(pd.concat(runs.values())))
+
+
+def fig6(df):
+    """Fig. 6: plain (left), residual (middle) and ResNet-110/1202 (right); dashed training error,
+    bold test error. Panels hold the runs that exist; CannotDraw if none does."""
+    names = list(dict.fromkeys(n for panel in FIG6_PANELS for n in panel))
+    runs = select(df, names, prefer=DEPTH_EXPERIMENTS)
+    require(runs, names, least="one")
+    fig = Figure(figsize=(13, 3.4))
+    axes = fig.subplots(1, 3)
+    scale, xlabel = iteration_axis(runs)
+    for ax, panel, ylim in zip(axes, FIG6_PANELS, ((0, 20), (0, 20), (5, 20))):
+        for name in panel:
+            if name in runs:
+                rows = runs[name]
+                _curve(ax, rows, "train_err", TRAIN_DASHED, scale=scale)
+                _curve(ax, rows, "test_err", TEST_BOLD, net_label(name, rows.state.iloc[0]), scale)
+        absent = [net_label(n) for n in panel if n not in runs]
+        if absent:
+            ax.text(0.03, 0.03, "not run: " + ", ".join(absent), transform=ax.transAxes, fontsize="x-small", color="gray")
+        if len(absent) < len(panel):
+            _legend(ax, TRAIN_DASHED)
+        ax.set(xlabel=xlabel, ylabel="error (%)")
+        _ylim(ax, runs, ylim)
+    return finish(fig, title_of(pd.concat(runs.values())))
+
+
+def fig4(df):
+    """Fig. 4: 18 vs 34 layers, plain (left) and residual (right); thin training, bold test error."""
+    names = [n for panel in FIG4_PANELS for n in panel]
+    runs = select(df, names, prefer=("imagenet18_34", "degradation18_34"))
+    require(runs, names, least="one")
+    sample = pd.concat(runs.values())
+    cifar = (sample.stem == "cifar").any()
+    test = "test" if cifar else "val"
+    fig = Figure(figsize=(9, 3.4))
+    axes = fig.subplots(1, 2)
+    scale, xlabel = iteration_axis(runs)
+    for ax, panel in zip(axes, FIG4_PANELS):
+        for name in panel:
+            if name in runs:
+                rows = runs[name]
+                _curve(ax, rows, "train_err", TRAIN_THIN, scale=scale)
+                _curve(ax, rows, "test_err", TEST_BOLD, net_label(name, rows.state.iloc[0]), scale)
+        ax.set(xlabel=xlabel, ylabel="error (%)")
+        ax.set_ylim(0, None)
+        _legend(ax, TRAIN_THIN, test=test)
+    variant = ["CIFAR variant (3x3 stem, CIFAR-10), not the paper's ImageNet runs"] if cifar else []
+    return finish(fig, title_of(sample, *variant))
+
+
+def fig_depth(df):
+    """Final training (dashed) and test (bold) error against depth: plain (left), residual (right),
+    for the CIFAR-family runs."""
+    final = final_metrics(df)
+    final = final[~final.model.map(models.is_imagenet_family).astype(bool)].sort_values("depth")
+    if final.empty:
+        raise CannotDraw("missing: any CIFAR-family run (plain20 ... resnet1202)")
+    final = final.assign(rank=final.experiment.map(lambda e: rank(e, DEPTH_EXPERIMENTS))).sort_values(["run", "rank"])
+    twice = final.run[final.duplicated(["run", "rank"])].unique()
+    if len(twice):
+        raise CannotDraw(f"ambiguous: several runs named {', '.join(twice)}; draw one result set at a time")
+    final = final.drop_duplicates("run").sort_values("depth")  # a run of several experiments: the preferred one
+    depths = sorted(final.depth.unique())
+    fig = Figure(figsize=(8, 3.2))
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
+    for ax, residual, name in zip(axes, (False, True), ("plain", "ResNet")):
+        rows = final[final.residual == residual]
+        x = [depths.index(d) for d in rows.depth]  # evenly spaced depths, the same in both panels
+        for column, style, label in (("final_train_err", TRAIN_DASHED, "train"), ("final_test_err", TEST_BOLD, "test")):
+            (line,) = ax.plot(x, rows[column], marker="o", color="k", label=label, **style)
+            line.set_gid(f"{'resnet' if residual else 'plain'}:{label}")
+        ax.set(xlabel="depth (layers)", ylabel="final error (%)", title=name)
+        ax.set_xticks(range(len(depths)), labels=depths)
+        ax.set_xlim(-0.5, len(depths) - 0.5)
+        ax.legend(fontsize="small", frameon=False)
+    axes[0].set_ylim(0, 1.08 * final[["final_train_err", "final_test_err"]].max().max())  # shared: room for both panels
+    return finish(fig, title_of(df[df.path.isin(final.path)]))
+
+
+def fig_compare(sets):
+    """Training (left) and test (right) error against epochs of several result sets ({label: frame from
+    load_runs}): colour by net, line style by set (seaborn). CannotDraw if a set has two runs of one name."""
+    import seaborn as sns
+
+    frames = []
+    for label, df in sets.items():
+        twice = df.groupby("run").path.nunique().loc[lambda n: n > 1]
+        if len(twice):
+            raise CannotDraw(f"ambiguous: {label} has several runs named {', '.join(twice.index)}; give one experiment per set")
+        frames.append(df.assign(results=label, net=df.run.map(net_label)))
+    tidy = pd.concat(frames, ignore_index=True)
+    fig = Figure(figsize=(11, 3.8))
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, column, title in zip(axes, ("train_err", "test_err"), ("training error", "test error")):
+        sns.lineplot(data=tidy, x="epoch", y=column, hue="net", style="results", estimator=None, ax=ax,
+                     hue_order=sorted(tidy.net.unique(), key=lambda n: (n.startswith("ResNet"), int(n.split("-")[1]))))
+        ax.set(xlabel="epochs", ylabel="error (%)", title=title)
+        ax.set_ylim(0, None)
+        ax.legend(fontsize="x-small", frameon=False)
+    return finish(fig, "")

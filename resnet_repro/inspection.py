@@ -1,0 +1,185 @@
+"""What a finished model does, loaded from a run's final.pt: Fig. 7 and predictions on test images.
+
+Fig. 7's "std of layer responses": a layer's response is the output of the BN after one of its 3x3
+convs (before the ReLU, and before the addition in a residual block), on the whole test set, with the
+final weights in eval mode. For each channel, its standard deviation over all N*H*W values (the
+population std, ddof=0); the layer's value is the mean of these over its channels.
+"""
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from resnet_repro import data, models, rundir
+from resnet_repro.config import SPEC_FIELDS, TrainSpec
+from resnet_repro.figures import COLORS, finish, net_label
+from resnet_repro.results import CannotDraw, require, select
+
+FIG7_RUNS = ("plain20", "plain56", "resnet20", "resnet56", "resnet110")
+
+
+def layer_response_std(model, images, batch_size=500):
+    """Fig. 7's std of each layer response (see the module doc), in `models.response_points` order.
+
+    images: float (N, 3, H, W), already normalized. Puts the model in eval mode. One pass with running
+    per-channel sums, in float64, so no activation is kept.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    names = models.response_points(model)
+    sums = {n: [0.0, 0.0, 0] for n in names}  # per layer: sum, sum of squares (per channel), count
+
+    def hook(name):
+        def record(module, inputs, output):
+            # Read now: the ReLU that follows is in place and overwrites `output`.
+            x = output.detach().double().transpose(0, 1).flatten(1)  # (C, N*H*W)
+            s = sums[name]
+            s[0], s[1], s[2] = s[0] + x.sum(1), s[1] + (x * x).sum(1), s[2] + x.shape[1]
+
+        return record
+
+    modules = dict(model.named_modules())
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        with torch.no_grad():
+            for i in range(0, len(images), batch_size):
+                model(images[i : i + batch_size].to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    stds = []
+    for n in names:
+        total, squares, count = sums[n]
+        var = (squares / count - (total / count) ** 2).clamp_min(0)
+        stds.append(var.sqrt().mean().item())
+    return stds
+
+
+def response_stds(df, device=None, runs=FIG7_RUNS):
+    """{run: Series of layer_response_std indexed by module name} over the test set, for those of
+    `runs` with a final.pt (loaded with the run's config: model, num_classes, shortcut, stem, data).
+    CannotDraw if none has one, or if the test data cannot be loaded."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    found = select(df, runs, prefer=("degradation", "depth"))
+    require(found, runs, least="one")
+    have = {n: Path(rows.path.iloc[0]) / "final.pt" for n, rows in found.items()}
+    have = {n: p for n, p in have.items() if p.exists()}
+    if not have:
+        raise CannotDraw(f"missing final.pt: {', '.join(found)}")
+    stds, images = {}, {}
+    for name, path in have.items():
+        model, config = load_finished(path.parent)
+        source = tuple(str(config.get(k)) for k in ("data", "data_dir", "loader", "val_size", "train_size", "image_size", "resize"))
+        if source not in images:
+            try:
+                ds = test_data(config, device)
+            except data.DataError as e:
+                raise CannotDraw(f"no test data: {e}") from None
+            images[source] = torch.cat([x for x, _ in ds.test.eval_batches(ds.mean, 1000, device)])
+        stds[name] = pd.Series(layer_response_std(model.to(device), images[source]), index=models.response_points(model))
+    return stds
+
+
+def fig7(stds, title=""):
+    """Fig. 7: std of layer responses per layer, in network order (top) and sorted descending (bottom).
+    stds: {run name: list (or Series) of stds}, as from `response_stds`."""
+    if not stds:
+        raise CannotDraw(f"missing: {', '.join(FIG7_RUNS)}")
+    fig = Figure(figsize=(6.5, 6))
+    axes = fig.subplots(2, 1)
+    for ax, order, xlabel in zip(axes, ("order", "sorted"), ("layer index (original)", "layer index (sorted by magnitude)")):
+        for name, values in stds.items():
+            kind, depth = models.parse_name(name)
+            ys = sorted(values, reverse=True) if order == "sorted" else list(values)
+            style = dict(linestyle="--" if kind == "plain" else "-", linewidth=1.2)
+            (line,) = ax.plot(range(1, len(ys) + 1), ys, color=COLORS.get(depth), label=net_label(name), **style)
+            line.set_gid(f"{name}:{order}")
+        ax.set(xlabel=xlabel, ylabel="std")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(0, None)
+        ax.legend(fontsize="small", frameon=False, loc="best")
+    return finish(fig, title)
+
+
+RIGHT, WRONG = "black", "red"
+
+
+def predict(model, images, mean, device="cpu", batch=1000):
+    """The model's class for each uint8 image (N, 3, H, W), in eval mode: int64 (N,) on the CPU.
+    mean: the training split's per-pixel mean, as `data.Dataset.mean`."""
+    model = model.to(device).eval()
+    mean = mean.to(device)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = data.normalize(images[i : i + batch].to(device), mean)
+            out.append(model(x).argmax(1).cpu())
+    return torch.cat(out)
+
+
+def sample_indices(total, n, seed=0):
+    """A fixed random choice of min(n, total) of `total` test images, in index order."""
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    return order[:n].sort().values
+
+
+def fig_predictions(images, labels, predictions, classes, title="", columns=8):
+    """A grid of uint8 images (N, 3, H, W), each titled "predicted (true)"; wrong ones get a red title
+    and a red frame. The suptitle gives `title` and the accuracy on these N images."""
+    images = torch.as_tensor(images).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3) for imshow
+    labels, predictions = torch.as_tensor(labels).tolist(), torch.as_tensor(predictions).tolist()
+    assert len(images) == len(labels) == len(predictions) > 0, (len(images), len(labels), len(predictions))
+    columns = min(columns, len(images))
+    rows = math.ceil(len(images) / columns)
+    fig = Figure(figsize=(1.6 * columns, 1.75 * rows + 0.5))
+    for i, (image, label, pred) in enumerate(zip(images, labels, predictions)):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        ax.imshow(image, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        color = RIGHT if pred == label else WRONG
+        ax.set_title(f"{classes[pred]} ({classes[label]})", color=color, fontsize=8)
+        for spine in ax.spines.values():
+            spine.set(color=color, linewidth=3 if pred != label else 0.5)
+    correct = sum(p == t for p, t in zip(predictions, labels))
+    score = f"predicted (true), mistakes in red: {correct}/{len(labels)} right ({100 * correct / len(labels):.1f}%) on these images"
+    return finish(fig, "\n".join(filter(None, [title, score])))
+
+
+def load_finished(run_dir):
+    """(model, config) of a finished run from its final.pt; ValueError saying why there is none."""
+    path = Path(run_dir) / "final.pt"
+    if not path.exists():
+        state = rundir.read_status(run_dir, absent="not started")["state"]
+        raise CannotDraw(f"{run_dir} has no final.pt: the run is not finished (state: {state})")
+    try:
+        final = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CannotDraw(f"cannot read {path}: {e}") from None
+    config = final["config"]
+    model = models.build_model(config["model"], config["num_classes"], config.get("shortcut"), config.get("stem"))
+    model.load_state_dict(final["model"])
+    return model, config
+
+
+def test_data(config, device="cpu"):
+    """The test data a finished run was evaluated on, as its config says (DataError if it cannot be loaded)."""
+    spec = TrainSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in SPEC_FIELDS})
+    return data.load_for(spec, config.get("data_dir", "data"), device)
+
+
+def predictions(run_dir, n=32, seed=0, device="cpu"):
+    """A finished run's predictions on a fixed sample of n test images: (figure, right, shown, default file name)."""
+    model, config = load_finished(run_dir)
+    ds = test_data(config)
+    index = sample_indices(len(ds.test), n, seed)
+    images, labels = ds.test.sample(index)
+    predicted = predict(model, images, ds.mean, device)
+    experiment, run = config.get("experiment", Path(run_dir).parent.name), config.get("run", Path(run_dir).name)
+    title = f"{experiment}/{run}: {net_label(config['model'])} on {config.get('dataset', ds.name)}, {len(index)} of {len(ds.test)} test images (seed {seed})"
+    fig = fig_predictions(images, labels, predicted, ds.classes, title)
+    return fig, int((predicted == labels).sum()), len(index), f"predictions-{experiment}-{run}.png"
