@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from resnet_repro import data as datamod
-from resnet_repro import stream
 from resnet_repro import train as trainer
 from resnet_repro.config import TrainSpec
 from resnet_repro.models import build_model
@@ -65,10 +64,12 @@ class PILFiles(torch.utils.data.Dataset):
             return self.transform(img.convert("RGB")), self.labels[i]
 
 
-def usual_loader(ds, batch, workers, device, seed=0):
+def usual_loader(ds, spec, workers, device):
+    """The usual PyTorch loader of spec.loader's kind of data, and its Normalize."""
     from torchvision import transforms
 
-    if isinstance(ds.train, stream.JpegSplit):  # the usual ImageNet loop
+    batch, seed = spec.batch_size, spec.seed
+    if spec.loader == "stream":  # the usual ImageNet loop
         normalize = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
         transform = transforms.Compose([
             transforms.RandomResizedCrop(ds.train.crop), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize,
@@ -124,12 +125,13 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def run_usual(model_name, ds, batch, iterations, warmup, device, workers, seed=0):
+def run_usual(spec, ds, iterations, warmup, device, workers):
     """Train with the usual loop; returns (images/s over the timed iterations, model)."""
-    torch.manual_seed(seed)
-    model = build_model(model_name, ds.num_classes).to(device)
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.model, ds.num_classes).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    loader, normalize = usual_loader(ds, batch, workers, device, seed)
+    loader, normalize = usual_loader(ds, spec, workers, device)
+    batch = spec.batch_size
     model.train()
     running_loss, correct, start = 0.0, 0, None
     for i, (x, y) in enumerate(batches(loader)):
@@ -176,10 +178,10 @@ def test_error(model, images, labels, device, batch=1000):
     return 100.0 * errors / len(labels)
 
 
-def check_training(model_name, ds, spec, iterations, device, workers):
+def check_training(ds, spec, iterations, device, workers):
     """Train both paths `iterations` steps from the same seed; return their test errors and a noise
     bound: 3 binomial standard deviations of the difference of two error rates on this test set."""
-    _, (usual_model, normalize) = run_usual(model_name, ds, spec.batch_size, iterations, 0, device, workers, spec.seed)
+    _, (usual_model, normalize) = run_usual(spec, ds, iterations, 0, device, workers)
     usual_err = test_error(usual_model, normalize(ds.test.images.float() / 255), ds.test.labels, device)
     _, engine_model = run_engine(spec, ds, iterations, 0, device)
     _, engine_err, _ = trainer.evaluate(engine_model, ds.test, ds.mean, spec, device)
@@ -192,7 +194,7 @@ def device_slug(name):
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
-def main(argv=None):
+def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="python -m resnet_repro.bench",
         description="Training images/s of the usual PyTorch CIFAR loop (DataLoader + PIL transforms, fp32, eager) "
@@ -223,8 +225,11 @@ def main(argv=None):
     p.add_argument("--check-iterations", type=int, default=None,
                    help="train both paths this long from one seed and compare test errors (default: 1000 on CUDA, 0 = skip on CPU)")
     p.add_argument("--out", default="results/bench", help="folder of the CSV (default: results/bench)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def main(argv=None):
+    args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
     iterations = args.iterations or (300 if cuda else 10)
@@ -245,38 +250,52 @@ def main(argv=None):
     if cuda:
         torch.backends.cudnn.benchmark = True
     name = trainer.device_name(device)
-    stamp = time.strftime("%Y-%m-%d")
     common = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": name, "torch": str(torch.__version__),
               "commit": trainer.git_commit(), "data": ds.name, "batch": batch, "iterations": iterations}
     print(f"{name}, torch {torch.__version__}, batch {batch}, {iterations} timed iterations after {warmup} warm-up, data: {ds.name}")
     print(f"{'model':<10}{'usual img/s':>14}{'engine img/s':>14}{'speedup':>9}")
     rows = []
     if streamed:
-        spec = TrainSpec(data=args.data, batch_size=batch, **shape)
-        usual_data = data_rate(batches(usual_loader(ds, batch, args.workers, device)[0]), batch, iterations, warmup, device)
-        engine_data = data_rate(engine_batches(ds, spec, device, torch.Generator(device=device).manual_seed(0)), batch, iterations, warmup, device)
-        print(f"{'data only':<10}{usual_data:>14.0f}{engine_data:>14.0f}{engine_data / usual_data:>8.1f}x   ({args.workers} workers, no model)")
-        rows.append({**common, "model": "-", "path": "usual-data", "images_per_second": round(usual_data, 1), "speedup": 1.0})
-        rows.append({**common, "model": "-", "path": "engine-data", "images_per_second": round(engine_data, 1),
-                     "speedup": round(engine_data / usual_data, 2)})
+        rows += bench_data(ds, TrainSpec(data=args.data, batch_size=batch, **shape), iterations, warmup, device, args.workers)
         if check:
             print("  (the same-seed training check is for --loader memory; skipped)")
             check = 0
     for model_name in [m.strip() for m in models.split(",") if m.strip()]:
         spec = TrainSpec(model=model_name, batch_size=batch, compile=args.compile, iterations=iterations, milestones=(), **shape)
-        usual, _ = run_usual(model_name, ds, batch, iterations, warmup, device, args.workers)
-        engine, _ = run_engine(spec, ds, iterations, warmup, device)
-        print(f"{model_name:<10}{usual:>14.0f}{engine:>14.0f}{engine / usual:>8.1f}x")
-        rows.append({**common, "model": model_name, "path": "usual", "images_per_second": round(usual, 1), "speedup": 1.0})
-        rows.append({**common, "model": model_name, "path": "engine" + ("+compile" if args.compile else ""),
-                     "images_per_second": round(engine, 1), "speedup": round(engine / usual, 2)})
-        if check:
-            usual_err, engine_err, bound = check_training(model_name, ds, spec, check, device, args.workers)
-            verdict = "within noise" if abs(usual_err - engine_err) <= bound else "NOT within noise"
-            print(f"  check after {check} iterations from one seed: test error usual {usual_err:.2f}%, engine {engine_err:.2f}% "
-                  f"(difference {engine_err - usual_err:+.2f}, noise bound {bound:.2f}): {verdict}")
+        rows += bench_model(spec, ds, iterations, warmup, device, args.workers, check)
+    out = Path(args.out) / f"{device_slug(name)}-{time.strftime('%Y-%m-%d')}.csv"
+    append_rows(out, [{**common, **row} for row in rows])
+    print(f"wrote {out}")
+    return 0
 
-    out = Path(args.out) / f"{device_slug(name)}-{stamp}.csv"
+
+def bench_data(ds, spec, iterations, warmup, device, workers):
+    """Images/s of both data paths alone (stream loader): whether the data can feed the model."""
+    batch = spec.batch_size
+    usual = data_rate(batches(usual_loader(ds, spec, workers, device)[0]), batch, iterations, warmup, device)
+    engine = data_rate(engine_batches(ds, spec, device, torch.Generator(device=device).manual_seed(0)), batch, iterations, warmup, device)
+    print(f"{'data only':<10}{usual:>14.0f}{engine:>14.0f}{engine / usual:>8.1f}x   ({workers} workers, no model)")
+    return [{"model": "-", "path": "usual-data", "images_per_second": round(usual, 1), "speedup": 1.0},
+            {"model": "-", "path": "engine-data", "images_per_second": round(engine, 1), "speedup": round(engine / usual, 2)}]
+
+
+def bench_model(spec, ds, iterations, warmup, device, workers, check):
+    """Images/s of the usual loop and of the engine for one model; with `check`, their test errors after that many
+    iterations from one seed."""
+    usual, _ = run_usual(spec, ds, iterations, warmup, device, workers)
+    engine, _ = run_engine(spec, ds, iterations, warmup, device)
+    print(f"{spec.model:<10}{usual:>14.0f}{engine:>14.0f}{engine / usual:>8.1f}x")
+    if check:
+        usual_err, engine_err, bound = check_training(ds, spec, check, device, workers)
+        verdict = "within noise" if abs(usual_err - engine_err) <= bound else "NOT within noise"
+        print(f"  check after {check} iterations from one seed: test error usual {usual_err:.2f}%, engine {engine_err:.2f}% "
+              f"(difference {engine_err - usual_err:+.2f}, noise bound {bound:.2f}): {verdict}")
+    return [{"model": spec.model, "path": "usual", "images_per_second": round(usual, 1), "speedup": 1.0},
+            {"model": spec.model, "path": "engine" + ("+compile" if spec.compile else ""),
+             "images_per_second": round(engine, 1), "speedup": round(engine / usual, 2)}]
+
+
+def append_rows(out, rows):
     out.parent.mkdir(parents=True, exist_ok=True)
     new = not out.exists()
     with open(out, "a", newline="") as f:
@@ -284,9 +303,6 @@ def main(argv=None):
         if new:
             writer.writeheader()
         writer.writerows(rows)
-    print(f"wrote {out}")
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

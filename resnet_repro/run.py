@@ -34,7 +34,7 @@ one needs --resume, and nothing is overwritten unless --overwrite is given.
 """
 
 
-def parse_args(argv):
+def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m resnet_repro.run",
         description="Train the paired plain and residual networks of an experiment (experiments/*.toml), "
@@ -66,6 +66,11 @@ def parse_args(argv):
     p.add_argument("--no-figures", action="store_true", help="do not draw figures at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def parse_args(argv):
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.list and not args.experiment:
         p.error("name an experiment (see --list), e.g. python -m resnet_repro.run degradation --quick")
@@ -251,18 +256,19 @@ def figures_dir(args):
     return Path("figures") if Path(args.out) == Path("results") else Path(args.out) / "figures"
 
 
+PARENT_ONLY = ("runs", "device", "jobs", "figures", "no_figures", "no_progress")  # the parent spreads runs, draws, shows progress
+
+
 def child_command(args, run, device):
-    """The command that trains one run of this invocation in a process of its own."""
-    cmd = [sys.executable, "-m", "resnet_repro.run", args.experiment, "--runs", run, "--device", str(device),
-           "--out", args.out, "--data-dir", args.data_dir, "--no-figures", "--no-progress"]
-    for flag in ("quick", "resume", "overwrite", "deterministic", "debug"):
-        if getattr(args, flag):
-            cmd.append(f"--{flag}")
-    for key in ("seed", "data", "iterations", "workers"):
-        if getattr(args, key) is not None:
-            cmd += [f"--{key}", str(getattr(args, key))]
-    for item in args.set:
-        cmd += ["--set", item]
+    """The command that trains one run of this invocation in a process of its own: the same options, but
+    this run on this device, with no figures or progress bar."""
+    cmd = [sys.executable, "-m", "resnet_repro.run", args.experiment, "--runs", run, "--device", str(device), "--no-figures", "--no-progress"]
+    for action in build_parser()._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest in PARENT_ONLY or value in (None, False, []) or value == action.default:
+            continue
+        flag = action.option_strings[-1]
+        cmd += [flag] if value is True else [x for v in (value if isinstance(value, list) else [value]) for x in (flag, str(v))]
     return cmd
 
 

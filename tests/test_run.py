@@ -147,3 +147,15 @@ def test_two_runs_at_once_by_default_on_a_cpu_of_two_cores_else_one(monkeypatch)
     assert run.default_jobs(cpu, 1, 1) == run.default_jobs(gpu, 4, 1) == run.default_jobs(cpu, 4, 2) == 1  # one run, GPU, torchrun
     monkeypatch.setattr(run.os, "cpu_count", lambda: 1)
     assert run.default_jobs(cpu, 4, 1) == 1
+
+
+def test_a_child_run_gets_the_same_options_but_its_own_run_and_device():
+    args = run.parse_args(["degradation", "--quick", "--seed", "3", "--set", "lr=0.05", "--set", "ramp=0", "--jobs", "2",
+                           "--out", "elsewhere", "--figures", "figs", "--resume", "--workers", "1"])
+    cmd = run.child_command(args, "plain20", "cpu")
+    assert cmd[3:11] == ["degradation", "--runs", "plain20", "--device", "cpu", "--no-figures", "--no-progress", "--quick"]
+    options = cmd[11:]
+    assert ["--seed", "3"] == options[options.index("--seed"):][:2] and options.count("--set") == 2
+    assert "lr=0.05" in options and "ramp=0" in options and "--resume" in options and ["--out", "elsewhere"] == options[options.index("--out"):][:2]
+    assert "--jobs" not in options and "--figures" not in options and "--data-dir" not in options  # parent-only, or the default
+    assert run.parse_args(cmd[3:]).seed == 3  # and the child parses it
