@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -204,8 +204,11 @@ def train(spec, dataset, run_dir, *, experiment, run, device="cpu", quick=False,
                 except (rundir.DiskFull, OSError):  # a full disk may refuse even this; the message still reaches the summary
                     pass
 
+        if deterministic:
+            torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
         try:
-            return _train(spec, dataset, run_dir, config, state, device, progress and main, deterministic)
+            return Engine(spec, dataset, run_dir, config, device, progress and main).run(state)
         except Interrupted as e:
             mark("interrupted", str(e))
             raise
@@ -253,155 +256,200 @@ def train_step(forward, optimizer, x, labels, spec, device):
     return loss.detach() * len(labels), (logits.argmax(1) != labels).sum()
 
 
-def _train(spec, dataset, run_dir, config, state, device, progress, deterministic):
-    if deterministic:
-        torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
-    model, forward, optimizer = setup_model(spec, dataset.num_classes, device)
-    main, distributed = world()[0] == 0, world()[1] > 1
-    if spec.init_weights and state is None:
-        try:
-            fresh = load_pretrained(model, pretrained_state_dict(spec.model, spec.init_weights))
-        except ValueError as e:
-            raise RunFailed(str(e)) from None
-        tqdm.write(f"{config['run']}: started from {spec.init_weights}" + (f" ({', '.join(fresh)} new)" if fresh else ""))
-    generator = torch.Generator(device=device).manual_seed(spec.seed)
-    train_split, mean, batch = dataset.train, dataset.mean, spec.batch_size
-    per_epoch = len(train_split) // batch
-    if per_epoch == 0:
-        raise RunFailed(f"the training split has {len(train_split)} images, fewer than one batch of {batch}")
+@dataclass
+class Progress:
+    """Where a run stands. checkpoint.pt holds these keys beside the weights, the optimizer and the RNG states."""
 
-    it, epoch, rows, warmup_end, best = 0, 0, 0, None, math.inf
-    perm, pos = None, 0  # the epoch in progress: its order and position
-    sums, row_steps, train_seconds = None, 0, 0.0  # since the last CSV row: (loss sum, errors), steps, training time
-    if state is None and main:  # rows of a start that died before its first checkpoint are redone, not kept twice
-        rundir.truncate_rows(run_dir / "metrics.csv", 0)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        it, epoch, rows, warmup_end, best = state["iteration"], state["epoch"], state["csv_rows"], state["warmup_end"], state["best_test_err"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        generator.set_state(state["rng"]["data"])
-        if state["perm"] is not None:
-            perm, pos = state["perm"].to(device), state["pos"]
-        if state["sums"] is not None:
-            row_steps, train_seconds = state.get("row_steps", state["pos"]), state["train_seconds"]  # older checkpoints: a row per epoch
-            sums = state["sums"].to(device) if main else torch.zeros_like(state["sums"], device=device)  # summed over processes
-        if main:
-            rundir.truncate_rows(run_dir / "metrics.csv", rows)
-        tqdm.write(f"{config['run']}: resuming at iteration {it} (epoch {epoch + 1})")
+    iteration: int = 0
+    epoch: int = 0  # epochs completed
+    csv_rows: int = 0
+    warmup_end: int | None = None  # the iteration at which the warm-up ended (None while it lasts)
+    best_test_err: float = math.inf
+    perm: torch.Tensor | None = None  # the epoch in progress: its order of the training images
+    pos: int = 0  # and its batches done
+    sums: torch.Tensor | None = None  # since the last row: (loss sum, errors) of this process, on the device
+    row_steps: int = 0  # and its steps
+    train_seconds: float = 0.0  # and its training time
 
-    def save_checkpoint():
-        row_sums = None if sums is None else all_sum(sums.clone()).cpu()  # a collective: before the rank check
-        if not main:
+    @classmethod
+    def from_checkpoint(cls, state, device, main):
+        p = cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
+        p.row_steps = state.get("row_steps", state["pos"])  # older checkpoints: a row per epoch
+        p.perm = None if p.perm is None else p.perm.to(device)
+        if p.sums is not None:  # summed over the processes when read: rank 0 carries them
+            p.sums = p.sums.to(device) if main else torch.zeros_like(p.sums, device=device)
+        return p
+
+
+class Engine:
+    """One run's model, optimizer, data order and progress, and the parts of its loop; `run` reads top to bottom."""
+
+    def __init__(self, spec, dataset, run_dir, config, device, progress):
+        self.spec, self.dataset, self.run_dir, self.config, self.device = spec, dataset, run_dir, config, device
+        self.main, self.distributed = world()[0] == 0, world()[1] > 1  # under torchrun only rank 0 writes
+        self.model, self.forward, self.optimizer = setup_model(spec, dataset.num_classes, device)
+        self.generator = torch.Generator(device=device).manual_seed(spec.seed)  # data order and augmentation
+        self.p = Progress()
+        self.first_bad = torch.full((), -1, device=device, dtype=torch.int64)  # first iteration with a non-finite loss
+        self.per_epoch = len(dataset.train) // spec.batch_size
+        if self.per_epoch == 0:
+            raise RunFailed(f"the training split has {len(dataset.train)} images, fewer than one batch of {spec.batch_size}")
+        self.bar = tqdm(total=spec.iterations, desc=config["run"], unit="it", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+
+    def run(self, state):
+        """Train from `state` (a checkpoint, or None) to the end; RunResult, or Interrupted after a checkpoint."""
+        with stop_requests() as self.stop, self.bar:
+            self.restore(state)
+            while self.p.iteration < self.spec.iterations:
+                stopped, row_due = self.steps()
+                if self.p.pos == self.per_epoch:
+                    self.p.epoch, self.p.perm, self.p.pos = self.p.epoch + 1, None, 0
+                # a row per epoch (log_every = 0) or every log_every iterations, and one at the end
+                if row_due or self.p.iteration == self.spec.iterations or (self.spec.log_every == 0 and self.p.perm is None):
+                    self.write_row()
+                    self.save_checkpoint()
+                if stopped:
+                    if self.p.sums is not None:
+                        self.save_checkpoint()
+                    raise Interrupted(f"{self.stop['signal'] or 'a signal to another process'} at iteration {self.p.iteration}; "
+                                      f"checkpoint written. Continue with the same command plus --resume.")
+        return self.finish()
+
+    def restore(self, state):
+        p, run = self.p, self.config["run"]
+        if state is None:
+            if self.main:  # rows of a start that died before its first checkpoint are redone, not kept twice
+                rundir.truncate_rows(self.run_dir / "metrics.csv", 0)
+            if self.spec.init_weights:
+                try:
+                    fresh = load_pretrained(self.model, pretrained_state_dict(self.spec.model, self.spec.init_weights))
+                except ValueError as e:
+                    raise RunFailed(str(e)) from None
+                tqdm.write(f"{run}: started from {self.spec.init_weights}" + (f" ({', '.join(fresh)} new)" if fresh else ""))
             return
-        rundir.save({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": it, "epoch": epoch,
-            "csv_rows": rows, "warmup_end": warmup_end, "best_test_err": best,
-            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                    "data": generator.get_state()},
-            "perm": None if perm is None else perm.cpu(), "pos": pos, "sums": row_sums, "row_steps": row_steps,
-            "train_seconds": train_seconds, "config": config,
-        }, run_dir / "checkpoint.pt")  # fmt: skip
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.generator.set_state(state["rng"]["data"])
+        self.p = p = Progress.from_checkpoint(state, self.device, self.main)
+        if self.main:
+            rundir.truncate_rows(self.run_dir / "metrics.csv", p.csv_rows)
+        self.bar.update(p.iteration)
+        tqdm.write(f"{run}: resuming at iteration {p.iteration} (epoch {p.epoch + 1})")
 
-    model.train()
-    first_bad = torch.full((), -1, device=device, dtype=torch.int64)  # first iteration with a non-finite loss
-    bar = tqdm(total=spec.iterations, initial=it, desc=config["run"], unit="it", disable=not progress, dynamic_ncols=True, file=sys.stderr)
-    def stopping():
-        # Under torchrun the processes agree at LOG_EVERY iterations (a collective), so all stop at one step.
-        if not distributed:
-            return stop["signal"] is not None
-        if it % LOG_EVERY:
+    def steps(self):
+        """SGD steps until the epoch ends, a row is due, the run ends or a stop is asked: (stopped, row due)."""
+        spec, p, batch = self.spec, self.p, self.spec.batch_size
+        if p.perm is None:
+            p.perm, p.pos = torch.randperm(len(self.dataset.train), device=self.device, generator=self.generator), 0
+        if p.sums is None:
+            p.sums, p.row_steps, p.train_seconds = torch.zeros(2, device=self.device, dtype=torch.float64), 0, 0.0
+        window, window_steps = p.sums.clone(), p.row_steps  # warm-up: the error since the last check
+        batches = _data_errors(self.dataset.train.train_batches(p.perm, p.pos, batch, self.dataset.mean, self.generator,
+                                                                spec.seed, p.epoch, self.device, *world()))
+        start = time.perf_counter()
+        stopped = row_due = False
+        while p.pos < self.per_epoch and p.iteration < spec.iterations and not stopped and not row_due:
+            lr = lr_at(p.iteration, spec, p.warmup_end)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            x, labels = next(batches)
+            loss, errors = train_step(self.forward, self.optimizer, x, labels, spec, self.device)
+            p.sums += torch.stack([loss, errors])
+            self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss), p.iteration, self.first_bad)
+            p.iteration, p.pos, p.row_steps = p.iteration + 1, p.pos + 1, p.row_steps + 1
+            self.bar.update(1)  # host-side only; the numbers in the postfix wait for LOG_EVERY
+            if spec.warmup_lr > 0 and p.warmup_end is None and p.iteration % WARMUP_CHECK == 0:
+                err = 100.0 * all_sum(p.sums[1] - window[1]).item() / ((p.row_steps - window_steps) * batch)  # sync
+                window, window_steps = p.sums.clone(), p.row_steps
+                if err < spec.warmup_until_err:
+                    p.warmup_end = p.iteration
+                    tqdm.write(f"{self.config['run']}: warm-up ended at iteration {p.iteration} (training error {err:.1f}%)")
+            if p.iteration % LOG_EVERY == 0:
+                self.check_finite()  # sync
+                loss_sum, errors = all_sum(p.sums.clone()).tolist()
+                n = p.row_steps * batch
+                self.bar.set_postfix_str(f"lr={lr:.3g} loss={loss_sum / n:.3f} err={100 * errors / n:.1f}% "
+                                         f"img/s={n / (p.train_seconds + time.perf_counter() - start):.0f}")
+            stopped = self.stopping()
+            row_due = spec.log_every > 0 and p.iteration % spec.log_every == 0
+        self.check_finite()
+        self.totals = all_sum(p.sums.clone()).tolist()  # (loss sum, errors); a sync: the interval's training time is complete here
+        p.train_seconds += time.perf_counter() - start
+        return stopped, row_due
+
+    def stopping(self):
+        """Whether a SIGINT/SIGTERM asks to stop. Under torchrun the processes agree every LOG_EVERY iterations
+        (a collective), so all stop at one step."""
+        if not self.distributed:
+            return self.stop["signal"] is not None
+        if self.p.iteration % LOG_EVERY:
             return False
-        return bool(all_sum(torch.tensor(int(stop["signal"] is not None), device=device)))
+        return bool(all_sum(torch.tensor(int(self.stop["signal"] is not None), device=self.device)))
 
-    with stop_requests() as stop, bar:
-        while it < spec.iterations:
-            if perm is None:
-                perm, pos = torch.randperm(len(train_split), device=device, generator=generator), 0
-            if sums is None:
-                sums = torch.zeros(2, device=device, dtype=torch.float64)  # this process's share; all_sum when read
-                row_steps, train_seconds = 0, 0.0
-            window, window_steps = sums.clone(), row_steps  # warm-up: the error since the last check
-            batches = _data_errors(train_split.train_batches(perm, pos, batch, mean, generator, spec.seed, epoch, device, *world()))
-            start = time.perf_counter()
-            stopped = row_due = False
-            while pos < per_epoch and it < spec.iterations and not stopped and not row_due:
-                lr = lr_at(it, spec, warmup_end)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x, labels = next(batches)
-                loss, errors = train_step(forward, optimizer, x, labels, spec, device)
-                sums += torch.stack([loss, errors])
-                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), it, first_bad)
-                it, pos, row_steps = it + 1, pos + 1, row_steps + 1
-                bar.update(1)  # host-side only; the numbers in the postfix wait for LOG_EVERY
-                if spec.warmup_lr > 0 and warmup_end is None and it % WARMUP_CHECK == 0:
-                    err = 100.0 * all_sum(sums[1] - window[1]).item() / ((row_steps - window_steps) * batch)  # sync
-                    window, window_steps = sums.clone(), row_steps
-                    if err < spec.warmup_until_err:
-                        warmup_end = it
-                        tqdm.write(f"{config['run']}: warm-up ended at iteration {it} (training error {err:.1f}%)")
-                if it % LOG_EVERY == 0:
-                    _check_finite(first_bad, spec, warmup_end)  # sync
-                    loss_sum, errors = all_sum(sums.clone()).tolist()
-                    n = row_steps * batch
-                    bar.set_postfix_str(f"lr={lr:.3g} loss={loss_sum / n:.3f} err={100 * errors / n:.1f}% "
-                                        f"img/s={n / (train_seconds + time.perf_counter() - start):.0f}")
-                stopped = stopping()
-                row_due = spec.log_every > 0 and it % spec.log_every == 0
-            _check_finite(first_bad, spec, warmup_end)
-            loss_sum, errors = all_sum(sums.clone()).tolist()  # sync: the interval's training time is complete here
-            train_seconds += time.perf_counter() - start
-            if pos == per_epoch:
-                epoch, perm, pos = epoch + 1, None, 0
-            # a row per epoch (log_every = 0) or every log_every iterations, and one at the end
-            if row_due or it == spec.iterations or (spec.log_every == 0 and perm is None):
-                n = row_steps * batch
-                eval_start = time.perf_counter()
-                if distributed:
-                    rank0_buffers(model)
-                test_loss, test_err, _ = evaluate(model if distributed else forward, dataset.test, mean, spec, device)
-                best = min(best, test_err)
-                rows += 1
-                row = {
-                    "experiment": config["experiment"], "run": config["run"], "model": spec.model, "depth": config["depth"],
-                    "residual": config["residual"], "epoch": round(it * batch / len(train_split), 3) if spec.log_every else rows,
-                    "iteration": it, "lr": f"{lr_at(it - 1, spec, warmup_end):.6g}", "train_loss": f"{loss_sum / n:.6g}",
-                    "train_err": f"{100 * errors / n:.4f}", "test_loss": f"{test_loss:.6g}", "test_err": f"{test_err:.4f}",
-                    "epoch_seconds": f"{train_seconds + time.perf_counter() - eval_start:.3f}", "images_per_second": f"{n / train_seconds:.1f}",
-                }  # fmt: skip
-                if main:
-                    rundir.append_row(run_dir / "metrics.csv", row)
-                sums = None
-                save_checkpoint()
-                bar.set_postfix_str(f"row {rows}: train err {100 * errors / n:.1f}%, test err {test_err:.2f}%")
-            if stopped:
-                if sums is not None:
-                    save_checkpoint()
-                raise Interrupted(f"{stop['signal'] or 'a signal to another process'} at iteration {it}; checkpoint written. "
-                                  f"Continue with the same command plus --resume.")
+    def check_finite(self):
+        bad = first_set(self.first_bad)  # the earliest over the processes
+        if bad >= 0:
+            lr = lr_at(bad, self.spec, self.p.warmup_end)
+            raise RunFailed(f"non-finite loss at iteration {bad} (lr {lr:g}); stopped, the last good checkpoint is kept")
 
-    if spec.ten_crop:  # Table 2's test, once at the end
-        if distributed:
-            rank0_buffers(model)
-        tqdm.write(f"{config['run']}: 10-crop test on {len(dataset.test):,} images")
-        test_loss, top1, top5 = evaluate(model if distributed else forward, dataset.test, mean, spec, device, views=10)
-        if main:
-            rundir.write_json({"views": 10, "iteration": it, "images": len(dataset.test), "test_loss": round(test_loss, 6),
-                             "top1_err": round(top1, 4), "top5_err": round(top5, 4)}, run_dir / "evaluation.json")
-    if main:
-        rundir.save({"model": model.state_dict(), "config": config}, run_dir / "final.pt")
-        rundir.write_status(run_dir, "done")
-    barrier()  # under torchrun the others read the result rank 0 wrote
-    result = rundir.result(run_dir, "done")
-    result.stop_signal = stop["signal"] or ""
-    return result
+    def write_row(self):
+        """Test, then append the CSV row of the interval since the last one."""
+        spec, p, config, batch = self.spec, self.p, self.config, self.spec.batch_size
+        loss_sum, errors = self.totals
+        n = p.row_steps * batch
+        eval_start = time.perf_counter()
+        test_loss, test_err, _ = self.evaluate()
+        p.best_test_err = min(p.best_test_err, test_err)
+        p.csv_rows += 1
+        row = {
+            "experiment": config["experiment"], "run": config["run"], "model": spec.model, "depth": config["depth"],
+            "residual": config["residual"], "iteration": p.iteration, "lr": f"{lr_at(p.iteration - 1, spec, p.warmup_end):.6g}",
+            "epoch": round(p.iteration * batch / len(self.dataset.train), 3) if spec.log_every else p.csv_rows,
+            "train_loss": f"{loss_sum / n:.6g}", "train_err": f"{100 * errors / n:.4f}",
+            "test_loss": f"{test_loss:.6g}", "test_err": f"{test_err:.4f}",
+            "epoch_seconds": f"{p.train_seconds + time.perf_counter() - eval_start:.3f}",
+            "images_per_second": f"{n / p.train_seconds:.1f}",
+        }  # fmt: skip
+        if self.main:
+            rundir.append_row(self.run_dir / "metrics.csv", row)
+        p.sums = None
+        self.bar.set_postfix_str(f"row {p.csv_rows}: train err {100 * errors / n:.1f}%, test err {test_err:.2f}%")
 
+    def evaluate(self, views=1):
+        if self.distributed:
+            rank0_buffers(self.model)
+        model = self.model if self.distributed else self.forward
+        return evaluate(model, self.dataset.test, self.dataset.mean, self.spec, self.device, views)
 
-def _check_finite(first_bad, spec, warmup_end):
-    bad = first_set(first_bad)  # the earliest over the processes
-    if bad >= 0:
-        raise RunFailed(f"non-finite loss at iteration {bad} (lr {lr_at(bad, spec, warmup_end):g}); stopped, the last good checkpoint is kept")
+    def save_checkpoint(self):
+        p = self.p
+        sums = None if p.sums is None else all_sum(p.sums.clone()).cpu()  # a collective: before the rank check
+        if not self.main:
+            return
+        cuda = self.device.type == "cuda"
+        rundir.save({
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **vars(p),
+            "perm": None if p.perm is None else p.perm.cpu(), "sums": sums, "config": self.config,
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(self.device) if cuda else None,
+                    "data": self.generator.get_state()},
+        }, self.run_dir / "checkpoint.pt")  # fmt: skip
+
+    def finish(self):
+        """The 10-crop test if the spec asks for it (Table 2), final.pt, status done; the RunResult."""
+        if self.spec.ten_crop:
+            tqdm.write(f"{self.config['run']}: 10-crop test on {len(self.dataset.test):,} images")
+            test_loss, top1, top5 = self.evaluate(views=10)
+            if self.main:
+                rundir.write_json({"views": 10, "iteration": self.p.iteration, "images": len(self.dataset.test),
+                                   "test_loss": round(test_loss, 6), "top1_err": round(top1, 4), "top5_err": round(top5, 4)},
+                                  self.run_dir / "evaluation.json")
+        if self.main:
+            rundir.save({"model": self.model.state_dict(), "config": self.config}, self.run_dir / "final.pt")
+            rundir.write_status(self.run_dir, "done")
+        barrier()  # under torchrun the others read the result rank 0 wrote
+        result = rundir.result(self.run_dir, "done")
+        result.stop_signal = self.stop["signal"] or ""
+        return result
