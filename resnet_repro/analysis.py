@@ -13,23 +13,17 @@ from pathlib import Path
 import pandas as pd
 
 from resnet_repro import data, figures, inspection
-from resnet_repro.results import (
-    CannotDraw,
-    compare,
-    final_metrics,
-    load_runs,
-    summary_table,
-    table2,
-    table6,
-    title_of,
-    to_markdown,
-)
+from resnet_repro.results import CannotDraw, compare, final_metrics, load_runs, title_of
+from resnet_repro.tables import summary_table, table2, table6, to_markdown
 
 __all__ = ["load_runs", "final_metrics", "compare", "draw", "main"]
 
 FIGURES = ("fig1", "fig4", "fig6", "fig7", "depth")
 TABLES = {"table6": table6, "table2": table2, "summary": summary_table}
-FIGURE_RUNS = {"fig4": [n for p in figures.FIG4_PANELS for n in p], "fig6": list(dict.fromkeys(n for p in figures.FIG6_PANELS for n in p))}
+FIGURE_RUNS = {
+    "fig4": [n for p in figures.FIG4_PANELS for n in p],
+    "fig6": list(dict.fromkeys(n for p in figures.FIG6_PANELS for n in p)),
+}
 
 
 def draw(paths, out_dir="figures", fig7=True, device=None):
@@ -40,7 +34,9 @@ def draw(paths, out_dir="figures", fig7=True, device=None):
     drawn and {name: "missing: ..."} (or "ambiguous: ...", "skipped") for the rest; prints both.
     fig7=False skips Fig. 7, which loads final.pt and the test set. device: for Fig. 7 (default cuda if any).
     """
-    df = paths if isinstance(paths, pd.DataFrame) else load_runs(*([paths] if isinstance(paths, (str, Path)) else paths))
+    df = (
+        paths if isinstance(paths, pd.DataFrame) else load_runs(*([paths] if isinstance(paths, (str, Path)) else paths))
+    )
     result = {}
     for prefix, subset, folder in _result_sets(df, Path(out_dir)):
         result |= _draw_set(subset, folder, fig7, device, prefix)
@@ -96,7 +92,9 @@ def _save_figure(name, df, out_dir, device):
         fig = {"fig1": figures.fig1, "fig4": figures.fig4, "fig6": figures.fig6, "depth": figures.fig_depth}[name](df)
         absent = [n for n in FIGURE_RUNS.get(name, []) if n not in set(df.run)]
     for suffix in (".png", ".pdf"):
-        fig.savefig(out_dir / f"{name}{suffix}", dpi=150, metadata={"CreationDate": None} if suffix == ".pdf" else None)  # same runs, same bytes
+        fig.savefig(
+            out_dir / f"{name}{suffix}", dpi=150, metadata={"CreationDate": None} if suffix == ".pdf" else None
+        )  # same runs, same bytes
         written.append(out_dir / f"{name}{suffix}")
     return written, absent
 
@@ -140,8 +138,13 @@ def main(argv=None):
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("results", nargs="*", default=["results"], metavar="RESULTS",
-                        help="results root, experiment or run directories, searched recursively (default: results)")
+    parser.add_argument(
+        "results",
+        nargs="*",
+        default=["results"],
+        metavar="RESULTS",
+        help="results root, experiment or run directories, searched recursively (default: results)",
+    )
     parser.add_argument("--out", type=Path, default=Path("figures"), help="output directory (default: figures)")
     parser.add_argument("--no-fig7", action="store_true", help="skip Fig. 7 (it loads final.pt and the test set)")
     parser.add_argument("--device", help="device for Fig. 7's forward passes (default: cuda if available, else cpu)")
@@ -166,8 +169,12 @@ def compare_main(argv=None):
         description="Error curves of several result folders in one figure (colour: net, line style: folder), "
         "and for two folders the table of compare(a, b): final errors side by side with their difference.",
     )
-    parser.add_argument("results", nargs="+", type=Path, metavar="RESULTS", help="result folders (experiment or results roots)")
-    parser.add_argument("--out", type=Path, default=Path("figures/compare.png"), help="PNG to write (default: figures/compare.png)")
+    parser.add_argument(
+        "results", nargs="+", type=Path, metavar="RESULTS", help="result folders (experiment or results roots)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("figures/compare.png"), help="PNG to write (default: figures/compare.png)"
+    )
     args = parser.parse_args(argv)
     if args.out.is_dir():
         parser.exit(2, f"error: --out {args.out} is a directory; name a .png file\n")
@@ -181,8 +188,20 @@ def compare_main(argv=None):
     print(f"compare: {args.out}")
     if len(sets) == 2:
         a, b = sets.values()
-        table = compare(a, b)[["run", "final_train_err_a", "final_train_err_b", "final_test_err_a", "final_test_err_b", "iterations_a", "iterations_b"]]
-        print(f"a = {args.results[0]}, b = {args.results[1]}\n{table.to_string(index=False, float_format=lambda v: f'{v:.2f}')}")
+        table = compare(a, b)[
+            [
+                "run",
+                "final_train_err_a",
+                "final_train_err_b",
+                "final_test_err_a",
+                "final_test_err_b",
+                "iterations_a",
+                "iterations_b",
+            ]
+        ]
+        print(
+            f"a = {args.results[0]}, b = {args.results[1]}\n{table.to_string(index=False, float_format=lambda v: f'{v:.2f}')}"
+        )
     return 0
 
 
@@ -193,7 +212,9 @@ def predictions_main(argv=None):
         epilog=PREDICTIONS_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory, e.g. results/degradation/resnet56")
+    parser.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR", help="a run directory, e.g. results/degradation/resnet56"
+    )
     parser.add_argument("--out", type=Path, help="PNG to write (default: figures/predictions-<experiment>-<run>.png)")
     parser.add_argument("--n", type=int, default=32, help="images to show (default: 32, as 4 rows of 8)")
     parser.add_argument("--seed", type=int, default=0, help="which test images (default: 0)")

@@ -27,11 +27,24 @@ import torch.nn.functional as F
 from PIL import Image
 
 from resnet_repro import data as datamod
+from resnet_repro import provenance
 from resnet_repro import train as trainer
 from resnet_repro.config import TrainSpec
 from resnet_repro.models import build_model
 
-COLUMNS = ("date", "device", "torch", "commit", "data", "model", "path", "batch", "iterations", "images_per_second", "speedup")
+COLUMNS = (
+    "date",
+    "device",
+    "torch",
+    "commit",
+    "data",
+    "model",
+    "path",
+    "batch",
+    "iterations",
+    "images_per_second",
+    "speedup",
+)
 
 
 class PILArrays(torch.utils.data.Dataset):
@@ -76,8 +89,14 @@ def usual_loader(ds, spec, workers, device):
         ])  # fmt: skip
         dataset = PILFiles(ds.train.files, ds.train.labels, transform)
         return torch.utils.data.DataLoader(
-            dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True, pin_memory=device.type == "cuda",
-            persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed),
+            dataset,
+            batch_size=batch,
+            shuffle=True,
+            num_workers=workers,
+            drop_last=True,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+            generator=torch.Generator().manual_seed(seed),
         ), normalize
 
     mean = ds.train.images.float().mean((0, 2, 3)) / 255
@@ -88,8 +107,14 @@ def usual_loader(ds, spec, workers, device):
     ])  # fmt: skip
     dataset = PILArrays(ds.train.images.cpu(), ds.train.labels.cpu(), transform)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True, pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed),
+        dataset,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed),
     ), transforms.Normalize(mean.tolist(), std.tolist())
 
 
@@ -207,23 +232,44 @@ def parse_args(argv):
         "Writes results/bench/<device>-<date>.csv (appending), with device, torch version and commit.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--models", help="comma-separated (default: resnet20,resnet56; with --loader stream: resnet18,resnet34)")
+    p.add_argument(
+        "--models", help="comma-separated (default: resnet20,resnet56; with --loader stream: resnet18,resnet34)"
+    )
     p.add_argument("--batch", type=int, help="default: 128 (CIFAR), 256 with --loader stream (ImageNet)")
-    p.add_argument("--loader", choices=("memory", "stream"), default="memory",
-                   help="memory: CIFAR-style data resident on the device (default); stream: a folder of JPEGs decoded by "
-                   "DataLoader workers, the ImageNet recipe (see experiments/imagenet18_34.toml)")
-    p.add_argument("--image-size", type=int, default=224, help="--loader stream: the crop (default 224; scale and test resize follow "
-                   "the paper's ratios, 256-480 and 256 for 224)")
-    p.add_argument("--iterations", type=int, default=None, help="timed iterations per path (default: 300 on CUDA, 10 on CPU)")
+    p.add_argument(
+        "--loader",
+        choices=("memory", "stream"),
+        default="memory",
+        help="memory: CIFAR-style data resident on the device (default); stream: a folder of JPEGs decoded by "
+        "DataLoader workers, the ImageNet recipe (see experiments/imagenet18_34.toml)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=224,
+        help="--loader stream: the crop (default 224; scale and test resize follow "
+        "the paper's ratios, 256-480 and 256 for 224)",
+    )
+    p.add_argument(
+        "--iterations", type=int, default=None, help="timed iterations per path (default: 300 on CUDA, 10 on CPU)"
+    )
     p.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default: 30 on CUDA, 2 on CPU)")
     p.add_argument("--device", help="default: cuda if available, else cpu")
     p.add_argument("--data", default="mini", help="dataset for both paths (default: the bundled mini CIFAR-10)")
     p.add_argument("--data-dir", default="data")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="DataLoader workers of the usual loop (and of the engine's with --loader stream)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="DataLoader workers of the usual loop (and of the engine's with --loader stream)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the engine's model")
-    p.add_argument("--check-iterations", type=int, default=None,
-                   help="train both paths this long from one seed and compare test errors (default: 1000 on CUDA, 0 = skip on CPU)")
+    p.add_argument(
+        "--check-iterations",
+        type=int,
+        default=None,
+        help="train both paths this long from one seed and compare test errors (default: 1000 on CUDA, 0 = skip on CPU)",
+    )
     p.add_argument("--out", default="results/bench", help="folder of the CSV (default: results/bench)")
     return p.parse_args(argv)
 
@@ -241,7 +287,12 @@ def main(argv=None):
     shape = {}  # the spec's data fields
     if streamed:
         c = args.image_size
-        shape = dict(loader="stream", image_size=c, scale=(round(c * 256 / 224), round(c * 480 / 224)), test_resize=round(c * 256 / 224))
+        shape = dict(
+            loader="stream",
+            image_size=c,
+            scale=(round(c * 256 / 224), round(c * 480 / 224)),
+            test_resize=round(c * 256 / 224),
+        )
     try:
         ds = datamod.load_for(TrainSpec(data=args.data, **shape), args.data_dir, device, args.workers)
     except datamod.DataError as e:
@@ -249,19 +300,32 @@ def main(argv=None):
         return 1
     if cuda:
         torch.backends.cudnn.benchmark = True
-    name = trainer.device_name(device)
-    common = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": name, "torch": str(torch.__version__),
-              "commit": trainer.git_commit(), "data": ds.name, "batch": batch, "iterations": iterations}
-    print(f"{name}, torch {torch.__version__}, batch {batch}, {iterations} timed iterations after {warmup} warm-up, data: {ds.name}")
+    name = provenance.device_name(device)
+    common = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "device": name,
+        "torch": str(torch.__version__),
+        "commit": provenance.git_commit(),
+        "data": ds.name,
+        "batch": batch,
+        "iterations": iterations,
+    }
+    print(
+        f"{name}, torch {torch.__version__}, batch {batch}, {iterations} timed iterations after {warmup} warm-up, data: {ds.name}"
+    )
     print(f"{'model':<10}{'usual img/s':>14}{'engine img/s':>14}{'speedup':>9}")
     rows = []
     if streamed:
-        rows += bench_data(ds, TrainSpec(data=args.data, batch_size=batch, **shape), iterations, warmup, device, args.workers)
+        rows += bench_data(
+            ds, TrainSpec(data=args.data, batch_size=batch, **shape), iterations, warmup, device, args.workers
+        )
         if check:
             print("  (the same-seed training check is for --loader memory; skipped)")
             check = 0
     for model_name in [m.strip() for m in models.split(",") if m.strip()]:
-        spec = TrainSpec(model=model_name, batch_size=batch, compile=args.compile, iterations=iterations, milestones=(), **shape)
+        spec = TrainSpec(
+            model=model_name, batch_size=batch, compile=args.compile, iterations=iterations, milestones=(), **shape
+        )
         rows += bench_model(spec, ds, iterations, warmup, device, args.workers, check)
     out = Path(args.out) / f"{device_slug(name)}-{time.strftime('%Y-%m-%d')}.csv"
     append_rows(out, [{**common, **row} for row in rows])
@@ -273,10 +337,23 @@ def bench_data(ds, spec, iterations, warmup, device, workers):
     """Images/s of both data paths alone (stream loader): whether the data can feed the model."""
     batch = spec.batch_size
     usual = data_rate(batches(usual_loader(ds, spec, workers, device)[0]), batch, iterations, warmup, device)
-    engine = data_rate(engine_batches(ds, spec, device, torch.Generator(device=device).manual_seed(0)), batch, iterations, warmup, device)
+    engine = data_rate(
+        engine_batches(ds, spec, device, torch.Generator(device=device).manual_seed(0)),
+        batch,
+        iterations,
+        warmup,
+        device,
+    )
     print(f"{'data only':<10}{usual:>14.0f}{engine:>14.0f}{engine / usual:>8.1f}x   ({workers} workers, no model)")
-    return [{"model": "-", "path": "usual-data", "images_per_second": round(usual, 1), "speedup": 1.0},
-            {"model": "-", "path": "engine-data", "images_per_second": round(engine, 1), "speedup": round(engine / usual, 2)}]
+    return [
+        {"model": "-", "path": "usual-data", "images_per_second": round(usual, 1), "speedup": 1.0},
+        {
+            "model": "-",
+            "path": "engine-data",
+            "images_per_second": round(engine, 1),
+            "speedup": round(engine / usual, 2),
+        },
+    ]
 
 
 def bench_model(spec, ds, iterations, warmup, device, workers, check):
@@ -288,11 +365,19 @@ def bench_model(spec, ds, iterations, warmup, device, workers, check):
     if check:
         usual_err, engine_err, bound = check_training(ds, spec, check, device, workers)
         verdict = "within noise" if abs(usual_err - engine_err) <= bound else "NOT within noise"
-        print(f"  check after {check} iterations from one seed: test error usual {usual_err:.2f}%, engine {engine_err:.2f}% "
-              f"(difference {engine_err - usual_err:+.2f}, noise bound {bound:.2f}): {verdict}")
-    return [{"model": spec.model, "path": "usual", "images_per_second": round(usual, 1), "speedup": 1.0},
-            {"model": spec.model, "path": "engine" + ("+compile" if spec.compile else ""),
-             "images_per_second": round(engine, 1), "speedup": round(engine / usual, 2)}]
+        print(
+            f"  check after {check} iterations from one seed: test error usual {usual_err:.2f}%, engine {engine_err:.2f}% "
+            f"(difference {engine_err - usual_err:+.2f}, noise bound {bound:.2f}): {verdict}"
+        )
+    return [
+        {"model": spec.model, "path": "usual", "images_per_second": round(usual, 1), "speedup": 1.0},
+        {
+            "model": spec.model,
+            "path": "engine" + ("+compile" if spec.compile else ""),
+            "images_per_second": round(engine, 1),
+            "speedup": round(engine / usual, 2),
+        },
+    ]
 
 
 def append_rows(out, rows):
@@ -303,6 +388,7 @@ def append_rows(out, rows):
         if new:
             writer.writeheader()
         writer.writerows(rows)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -36,24 +36,40 @@ class TrainSpec:
     loader: str = "memory"  # "memory": decoded once, resident on the device, CIFAR's pad-crop-flip (resnet_repro.data);
     # "stream": decoded per step by DataLoader workers with the paper's ImageNet augmentation (resnet_repro.stream)
     train_size: int = 0  # >0: train on a fixed random subset of this many training images (the same for every seed)
-    val_size: int = 0  # >0: hold out this many training images and evaluate on them (the paper chose its schedule on 45k/5k)
+    val_size: int = (
+        0  # >0: hold out this many training images and evaluate on them (the paper chose its schedule on 45k/5k)
+    )
     image_size: int = 32  # images must be this size (CIFAR: 32) ... (stream: the side of the crops, 224)
     resize: bool = False  # ... unless resized to it when decoded (ImageFolder data, e.g. 224 for fine-tuning)
-    scale: tuple[int, ...] = (256, 480)  # stream: a training image's shorter side is resized to a random value in this range
-    test_resize: int = 256  # stream: an evaluation image's shorter side is resized to this, then the centre crop is taken
+    scale: tuple[int, ...] = (
+        256,
+        480,
+    )  # stream: a training image's shorter side is resized to a random value in this range
+    test_resize: int = (
+        256  # stream: an evaluation image's shorter side is resized to this, then the centre crop is taken
+    )
     lighting: float = 0.1  # stream: std of AlexNet's PCA colour augmentation (0: none)
     ten_crop: bool = False  # stream: after the last iteration also test with 10 crops (Table 2), into evaluation.json
-    init_weights: str = ""  # "": He init; "torchvision": its ImageNet weights (torch cache or download); or a weights file
+    init_weights: str = (
+        ""  # "": He init; "torchvision": its ImageNet weights (torch cache or download); or a weights file
+    )
     batch_size: int = 128  # the paper's mini-batch (it was split over 2 GPUs)
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4  # applied to every parameter, BN included
     iterations: int = 64_000  # the paper stops at 64k iterations (about 164 epochs of 50k)
-    schedule: str = "step"  # "step": lr x lr_decay at each milestone (the paper); "linear": lr falls linearly to 0 at the end
-    milestones: tuple[int, ...] = (32_000, 48_000)  # schedule = "step": lr multiplied by lr_decay at each of these iterations
+    schedule: str = (
+        "step"  # "step": lr x lr_decay at each milestone (the paper); "linear": lr falls linearly to 0 at the end
+    )
+    milestones: tuple[int, ...] = (
+        32_000,
+        48_000,
+    )  # schedule = "step": lr multiplied by lr_decay at each of these iterations
     lr_decay: float = 0.1
     ramp: int = 0  # >0: the lr rises linearly from lr/ramp to lr over the first `ramp` iterations
-    warmup_lr: float = 0.0  # >0: train at this lr until the training error falls below warmup_until_err (ResNet-110: 0.01)
+    warmup_lr: float = (
+        0.0  # >0: train at this lr until the training error falls below warmup_until_err (ResNet-110: 0.01)
+    )
     warmup_until_err: float = 80.0  # % training error, measured over the mini-batches since the last check
     seed: int = 0  # model init, data order and augmentation
     log_every: int = 0  # 0: one CSV row (and test) per epoch; N > 0: one every N iterations (short runs on small data)
@@ -70,7 +86,10 @@ class TrainSpec:
         except ValueError as e:
             raise SpecError(str(e)) from None
         checks = [
-            (self.shortcut in (None, *SHORTCUTS), f"shortcut must be one of {', '.join(SHORTCUTS)}, not {self.shortcut!r}"),
+            (
+                self.shortcut in (None, *SHORTCUTS),
+                f"shortcut must be one of {', '.join(SHORTCUTS)}, not {self.shortcut!r}",
+            ),
             (self.stem in (None, *STEMS), f"stem must be one of {', '.join(STEMS)}, not {self.stem!r}"),
             (self.batch_size > 0 and self.eval_batch_size > 0, "batch sizes must be positive"),
             (self.iterations > 0, f"iterations must be positive, not {self.iterations}"),
@@ -78,20 +97,36 @@ class TrainSpec:
             (list(self.milestones) == sorted(self.milestones), f"milestones must increase: {list(self.milestones)}"),
             (self.val_size >= 0 and self.warmup_lr >= 0, "val_size and warmup_lr must not be negative"),
             (0 <= self.seed < 2**63, f"seed must be between 0 and 2**63 - 1, not {self.seed}"),
-            (self.train_size >= 0 and self.ramp >= 0 and self.log_every >= 0, "train_size, ramp and log_every must not be negative"),
+            (
+                self.train_size >= 0 and self.ramp >= 0 and self.log_every >= 0,
+                "train_size, ramp and log_every must not be negative",
+            ),
             (self.schedule in ("step", "linear"), f"schedule must be step or linear, not {self.schedule!r}"),
             (self.ramp < self.iterations, f"ramp ({self.ramp}) must be shorter than iterations ({self.iterations})"),
-            (self.loader == "memory" or self.train_size == 0, "train_size applies to loader = \"memory\""),
+            (self.loader == "memory" or self.train_size == 0, 'train_size applies to loader = "memory"'),
             (self.image_size >= 8, f"image_size must be at least 8, not {self.image_size}"),
-            (self.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, not {self.precision!r}"),
+            (
+                self.precision in ("auto", "bf16", "fp32"),
+                f"precision must be auto, bf16 or fp32, not {self.precision!r}",
+            ),
             (self.loader in ("memory", "stream"), f"loader must be memory or stream, not {self.loader!r}"),
-            (len(self.scale) == 2 and (self.loader == "memory" or self.image_size <= self.scale[0] <= self.scale[1]),
-             f"scale must be [low, high] with image_size ({self.image_size}) <= low <= high, not {list(self.scale)}"),
-            (self.loader == "memory" or self.test_resize >= self.image_size,
-             f"test_resize ({self.test_resize}) must be at least image_size ({self.image_size})"),
+            (
+                len(self.scale) == 2 and (self.loader == "memory" or self.image_size <= self.scale[0] <= self.scale[1]),
+                f"scale must be [low, high] with image_size ({self.image_size}) <= low <= high, not {list(self.scale)}",
+            ),
+            (
+                self.loader == "memory" or self.test_resize >= self.image_size,
+                f"test_resize ({self.test_resize}) must be at least image_size ({self.image_size})",
+            ),
             (self.lighting >= 0, "lighting must not be negative"),
-            (self.loader == "stream" or not self.ten_crop, "ten_crop needs loader = \"stream\" (crops of a larger image)"),
-            (self.loader == "memory" or self.val_size == 0, "val_size applies to loader = \"memory\"; the stream loader evaluates on val/ (or test/)"),
+            (
+                self.loader == "stream" or not self.ten_crop,
+                'ten_crop needs loader = "stream" (crops of a larger image)',
+            ),
+            (
+                self.loader == "memory" or self.val_size == 0,
+                'val_size applies to loader = "memory"; the stream loader evaluates on val/ (or test/)',
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -120,7 +155,11 @@ def _check_type(key, value, where):
             return None
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if typing.get_origin(t) is tuple and isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        if (
+            typing.get_origin(t) is tuple
+            and isinstance(value, (list, tuple))
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ):
             return tuple(value)
         if t in (int, str, bool) and type(value) is t:
             return value
@@ -202,14 +241,20 @@ def load_experiment(name, quick=False, overrides=None, runs=None):
             raise SpecError(f"{path}: {key} must be a table ([{key}] followed by key = value lines), not {doc[key]!r}")
     for run, table in doc.get("run", {}).items():
         if not isinstance(table, dict):
-            raise SpecError(f"{path}: run.{run} must be a table ([run.{run}] followed by key = value lines), not {table!r}")
+            raise SpecError(
+                f"{path}: run.{run} must be a table ([run.{run}] followed by key = value lines), not {table!r}"
+            )
     names = doc.get("runs")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise SpecError(f"{path}: 'runs' must be a non-empty list of run names, e.g. runs = [\"plain20\", \"resnet20\"]")
+        raise SpecError(f'{path}: \'runs\' must be a non-empty list of run names, e.g. runs = ["plain20", "resnet20"]')
     quick_table = dict(doc.get("quick", {}))
     quick_runs = quick_table.pop("runs", None)
-    if quick_runs is not None and (not isinstance(quick_runs, list) or not quick_runs or not set(quick_runs) <= set(names)):
-        raise SpecError(f"{path}: [quick] runs must be a non-empty list of names from runs = {names}, not {quick_runs!r}")
+    if quick_runs is not None and (
+        not isinstance(quick_runs, list) or not quick_runs or not set(quick_runs) <= set(names)
+    ):
+        raise SpecError(
+            f"{path}: [quick] runs must be a non-empty list of names from runs = {names}, not {quick_runs!r}"
+        )
     per_run = doc.get("run", {})
     for extra in set(per_run) - set(names):
         raise SpecError(f"{path}: [run.{extra}] names no run in runs = {names}")
@@ -218,7 +263,9 @@ def load_experiment(name, quick=False, overrides=None, runs=None):
     if runs:
         unknown = [r for r in runs if r not in names]
         if unknown:
-            raise SpecError(f"unknown run(s) {', '.join(unknown)} in experiment {path.stem}; its runs are {', '.join(names)}")
+            raise SpecError(
+                f"unknown run(s) {', '.join(unknown)} in experiment {path.stem}; its runs are {', '.join(names)}"
+            )
         names = [n for n in names if n in runs]
 
     specs = {}
@@ -230,7 +277,9 @@ def load_experiment(name, quick=False, overrides=None, runs=None):
         layers.append((overrides or {}, "command line"))
         model = per_run.get(run, {}).get("model", run)
         if not _is_model(model):
-            raise SpecError(f"{path}: run {run!r} is not a model name; give it one in [run.{run}], e.g. model = \"resnet110\"")
+            raise SpecError(
+                f'{path}: run {run!r} is not a model name; give it one in [run.{run}], e.g. model = "resnet110"'
+            )
         spec = TrainSpec(model=model)
         for table, where in layers:
             spec = apply(spec, table, where)

@@ -67,7 +67,9 @@ def load(source="cifar10", data_dir="data", device="cpu", val_size=0, image_size
     data_dir = Path(data_dir)
     if source in ("cifar10", "cifar100"):
         if resize and image_size != 32:
-            raise DataError(f"{source} is 32x32; resizing it to {image_size} is not supported (pass an ImageFolder --data instead)")
+            raise DataError(
+                f"{source} is 32x32; resizing it to {image_size} is not supported (pass an ImageFolder --data instead)"
+            )
         name, classes, train, test = _load_torchvision(source, data_dir)
     else:
         name, classes, train, test = _load_folder_or_archive(source, data_dir, image_size if resize else None)
@@ -94,7 +96,9 @@ def load_for(spec, data_dir="data", device="cpu", workers=0):
     """The dataset a TrainSpec asks for: `load` for loader = "memory", resnet_repro.stream's for "stream"
     (decoded by `workers` DataLoader processes)."""
     if spec.loader == "stream":
-        return stream.load(spec.data, data_dir, device, spec.image_size, spec.test_resize, spec.scale, spec.lighting, workers)
+        return stream.load(
+            spec.data, data_dir, device, spec.image_size, spec.test_resize, spec.scale, spec.lighting, workers
+        )
     return load(spec.data, data_dir, device, spec.val_size, spec.image_size, spec.resize, spec.train_size)
 
 
@@ -146,8 +150,11 @@ def _load_torchvision(source, data_dir):
 
 
 def _load_folder_or_archive(source, data_dir, size):
-    path = local_path(source, "Pass --data cifar10 (download), --data PATH (an ImageFolder directory with train/ and test/, "
-                              "or a .tar.gz of one), or --quick.")
+    path = local_path(
+        source,
+        "Pass --data cifar10 (download), --data PATH (an ImageFolder directory with train/ and test/, "
+        "or a .tar.gz of one), or --quick.",
+    )
     if path.is_dir():
         files = {p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*")) if p.is_file()}
         classes, train, test = _decode_tree({k: v.read_bytes for k, v in files.items()}, str(path), size)
@@ -159,7 +166,12 @@ def _load_folder_or_archive(source, data_dir, size):
     if cache.exists():
         try:
             c = torch.load(cache, weights_only=True)
-            return c["name"], c["classes"], Split(c["train_images"], c["train_labels"]), Split(c["test_images"], c["test_labels"])
+            return (
+                c["name"],
+                c["classes"],
+                Split(c["train_images"], c["train_labels"]),
+                Split(c["test_images"], c["test_labels"]),
+            )
         except Exception:  # a damaged cache is rebuilt, never trusted
             pass
     try:
@@ -168,15 +180,32 @@ def _load_folder_or_archive(source, data_dir, size):
             readers = {name: (lambda m=m, t=tar: t.extractfile(m).read()) for name, m in members.items()}
             classes, train, test = _decode_tree(readers, str(path), size)
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        why = "not a tar archive (plain, gzip, bz2 and xz tried)" if isinstance(e, tarfile.ReadError) else str(e).strip().splitlines()[0]
-        raise DataError(f"corrupt or unreadable archive {path}: {why}. Get a fresh copy (expected a .tar.gz of an ImageFolder tree with train/ and test/).") from None
+        why = (
+            "not a tar archive (plain, gzip, bz2 and xz tried)"
+            if isinstance(e, tarfile.ReadError)
+            else str(e).strip().splitlines()[0]
+        )
+        raise DataError(
+            f"corrupt or unreadable archive {path}: {why}. Get a fresh copy (expected a .tar.gz of an ImageFolder tree with train/ and test/)."
+        ) from None
     name = archive_name(md5, path)
     cache.parent.mkdir(parents=True, exist_ok=True)
     try:
-        save(dict(name=name, classes=classes, train_images=train.images, train_labels=train.labels,
-                  test_images=test.images, test_labels=test.labels), cache)
+        save(
+            dict(
+                name=name,
+                classes=classes,
+                train_images=train.images,
+                train_labels=train.labels,
+                test_images=test.images,
+                test_labels=test.labels,
+            ),
+            cache,
+        )
     except DiskFull:
-        raise DataError(f"disk full while caching the decoded {path.name} in {cache.parent}: free space there or pass --data-dir elsewhere") from None
+        raise DataError(
+            f"disk full while caching the decoded {path.name} in {cache.parent}: free space there or pass --data-dir elsewhere"
+        ) from None
     return name, classes, train, test
 
 
@@ -189,7 +218,9 @@ def _decode_tree(readers, where, size=None):
     splits = image_tree(readers, ("train", "test"))  # split -> class -> [path]
     for split, by_class in splits.items():
         if not by_class:
-            raise DataError(f"{where} has no {split}/<class>/<image> files: expected an ImageFolder tree with train/ and test/ (e.g. train/cat/0001.jpg).")
+            raise DataError(
+                f"{where} has no {split}/<class>/<image> files: expected an ImageFolder tree with train/ and test/ (e.g. train/cat/0001.jpg)."
+            )
     classes = sorted(splits["train"])
     if sorted(splits["test"]) != classes:
         raise DataError(f"{where}: test/ classes {sorted(splits['test'])} differ from train/ classes {classes}.")
@@ -205,10 +236,14 @@ def _decode_tree(readers, where, size=None):
                     why = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e))
                     raise DataError(f"{where}: cannot decode image {rel}: {why}") from None
                 if images and img.shape != images[0].shape:
-                    raise DataError(f"{where}: images must all have one size; {rel} is {img.shape[1]}x{img.shape[0]}, not {images[0].shape[1]}x{images[0].shape[0]}.")
+                    raise DataError(
+                        f"{where}: images must all have one size; {rel} is {img.shape[1]}x{img.shape[0]}, not {images[0].shape[1]}x{images[0].shape[0]}."
+                    )
                 images.append(img)
                 labels.append(label)
-        return Split(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels, dtype=torch.int64))
+        return Split(
+            torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels, dtype=torch.int64)
+        )
 
     return classes, decode(splits["train"]), decode(splits["test"])
 
@@ -219,8 +254,10 @@ def _check(name, classes, train, test, size):
     for split in (train, test):
         if tuple(split.images.shape[1:]) != (3, size, size):
             h, w = split.images.shape[2:]
-            raise DataError(f"{name}: images are {w}x{h}; this experiment needs {size}x{size} RGB images "
-                            f"(--set resize=true resizes them, --set image_size=N sets the size).")
+            raise DataError(
+                f"{name}: images are {w}x{h}; this experiment needs {size}x{size} RGB images "
+                f"(--set resize=true resizes them, --set image_size=N sets the size)."
+            )
 
 
 def _checksum(train, test):

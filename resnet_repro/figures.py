@@ -99,7 +99,9 @@ def fig6(df):
                 _curve(ax, rows, "test_err", TEST_BOLD, net_label(name, rows.state.iloc[0]), scale)
         absent = [net_label(n) for n in panel if n not in runs]
         if absent:
-            ax.text(0.03, 0.03, "not run: " + ", ".join(absent), transform=ax.transAxes, fontsize="x-small", color="gray")
+            ax.text(
+                0.03, 0.03, "not run: " + ", ".join(absent), transform=ax.transAxes, fontsize="x-small", color="gray"
+            )
         if len(absent) < len(panel):
             _legend(ax, TRAIN_DASHED)
         ax.set(xlabel=xlabel, ylabel="error (%)")
@@ -169,14 +171,24 @@ def fig_compare(sets):
     for label, df in sets.items():
         twice = df.groupby("run").path.nunique().loc[lambda n: n > 1]
         if len(twice):
-            raise CannotDraw(f"ambiguous: {label} has several runs named {', '.join(twice.index)}; give one experiment per set")
+            raise CannotDraw(
+                f"ambiguous: {label} has several runs named {', '.join(twice.index)}; give one experiment per set"
+            )
         frames.append(df.assign(results=label, net=df.run.map(net_label)))
     tidy = pd.concat(frames, ignore_index=True)
     fig = Figure(figsize=(11, 3.8))
     axes = fig.subplots(1, 2, sharey=True)
     for ax, column, title in zip(axes, ("train_err", "test_err"), ("training error", "test error")):
-        sns.lineplot(data=tidy, x="epoch", y=column, hue="net", style="results", estimator=None, ax=ax,
-                     hue_order=sorted(tidy.net.unique(), key=lambda n: (n.startswith("ResNet"), int(n.split("-")[1]))))
+        sns.lineplot(
+            data=tidy,
+            x="epoch",
+            y=column,
+            hue="net",
+            style="results",
+            estimator=None,
+            ax=ax,
+            hue_order=sorted(tidy.net.unique(), key=lambda n: (n.startswith("ResNet"), int(n.split("-")[1]))),
+        )
         ax.set(xlabel="epochs", ylabel="error (%)", title=title)
         ax.set_ylim(0, None)
         ax.legend(fontsize="x-small", frameon=False)

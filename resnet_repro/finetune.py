@@ -26,17 +26,32 @@ images are resized to --image-size when decoded. Any run option (--out, --device
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m resnet_repro.finetune", epilog=EPILOG,
-                                description="Fine-tune pretrained weights on an ImageFolder dataset, logged like every run.",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="resnet34", help="e.g. resnet18, resnet34, resnet50, resnet20 (default: resnet34)")
-    p.add_argument("--weights", default="torchvision", help="'torchvision' (ImageNet weights) or a weights file (default: torchvision)")
-    p.add_argument("--data", required=True, help="an ImageFolder directory with train/ and test/, a .tar.gz of one, or mini")
+    p = argparse.ArgumentParser(
+        prog="python -m resnet_repro.finetune",
+        epilog=EPILOG,
+        description="Fine-tune pretrained weights on an ImageFolder dataset, logged like every run.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model", default="resnet34", help="e.g. resnet18, resnet34, resnet50, resnet20 (default: resnet34)"
+    )
+    p.add_argument(
+        "--weights",
+        default="torchvision",
+        help="'torchvision' (ImageNet weights) or a weights file (default: torchvision)",
+    )
+    p.add_argument(
+        "--data", required=True, help="an ImageFolder directory with train/ and test/, a .tar.gz of one, or mini"
+    )
     p.add_argument("--image-size", type=int, default=224, help="resize images to this when decoding (default: 224)")
     ours, rest = p.parse_known_args(argv)
 
     def make_experiment(args):
-        overrides = run.overrides_from(args) | {"model": ours.model, "init_weights": ours.weights, "image_size": ours.image_size}
+        overrides = run.overrides_from(args) | {
+            "model": ours.model,
+            "init_weights": ours.weights,
+            "image_size": ours.image_size,
+        }
         exp = cfg.load_experiment("finetune", quick=args.quick, overrides=overrides)
         spec = next(iter(exp.runs.values()))
         return replace(exp, runs={ours.model: spec})  # the run is named after its model

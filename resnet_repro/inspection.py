@@ -73,14 +73,18 @@ def response_stds(df, device=None, runs=FIG7_RUNS):
     stds, images = {}, {}
     for name, path in have.items():
         model, config = load_finished(path.parent)
-        source = tuple(str(config.get(k)) for k in ("data", "data_dir", "loader", "val_size", "train_size", "image_size", "resize"))
+        source = tuple(
+            str(config.get(k)) for k in ("data", "data_dir", "loader", "val_size", "train_size", "image_size", "resize")
+        )
         if source not in images:
             try:
                 ds = test_data(config, device)
             except data.DataError as e:
                 raise CannotDraw(f"no test data: {e}") from None
             images[source] = torch.cat([x for x, _ in ds.test.eval_batches(ds.mean, 1000, device)])
-        stds[name] = pd.Series(layer_response_std(model.to(device), images[source]), index=models.response_points(model))
+        stds[name] = pd.Series(
+            layer_response_std(model.to(device), images[source]), index=models.response_points(model)
+        )
     return stds
 
 
@@ -91,7 +95,9 @@ def fig7(stds, title=""):
         raise CannotDraw(f"missing: {', '.join(FIG7_RUNS)}")
     fig = Figure(figsize=(6.5, 6))
     axes = fig.subplots(2, 1)
-    for ax, order, xlabel in zip(axes, ("order", "sorted"), ("layer index (original)", "layer index (sorted by magnitude)")):
+    for ax, order, xlabel in zip(
+        axes, ("order", "sorted"), ("layer index (original)", "layer index (sorted by magnitude)")
+    ):
         for name, values in stds.items():
             kind, depth = models.parse_name(name)
             ys = sorted(values, reverse=True) if order == "sorted" else list(values)

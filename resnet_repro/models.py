@@ -236,8 +236,7 @@ def num_params(model):
 def weighted_layers(model):
     """Convs and fcs on the main path, the paper's depth (shortcut projections are not counted)."""
     return sum(
-        isinstance(m, (nn.Conv2d, nn.Linear)) and ".downsample." not in f".{name}."
-        for name, m in model.named_modules()
+        isinstance(m, (nn.Conv2d, nn.Linear)) and ".downsample." not in f".{name}." for name, m in model.named_modules()
     )
 
 
@@ -294,8 +293,10 @@ def pretrained_state_dict(name, source):
         try:
             return weights.get_state_dict(progress=False)
         except Exception as e:  # offline and not cached
-            raise ValueError(f"torchvision's {name} weights are not in the torch cache ({cached}) and could not be "
-                             f"downloaded ({type(e).__name__}: {e}). Copy {Path(weights.url).name} there, or pass a weights file.") from None
+            raise ValueError(
+                f"torchvision's {name} weights are not in the torch cache ({cached}) and could not be "
+                f"downloaded ({type(e).__name__}: {e}). Copy {Path(weights.url).name} there, or pass a weights file."
+            ) from None
     path = Path(source).expanduser()
     if not path.is_file():
         raise ValueError(f"weights file {path} not found; pass a file or 'torchvision'")
@@ -312,7 +313,9 @@ def load_pretrained(model, state_dict):
     missing, unexpected = model.load_state_dict(state, strict=False)
     wrong = [k for k in missing if not k.startswith("fc.")] + list(unexpected)
     if wrong:
-        raise ValueError(f"the weights do not fit {type(model).__name__}: {', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}")
+        raise ValueError(
+            f"the weights do not fit {type(model).__name__}: {', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}"
+        )
     return [k for k in missing]  # the keys left as initialised (the fc, when replaced)
 
 
@@ -342,7 +345,9 @@ def main(argv=None):
         epilog="examples:\n  uv run python -m resnet_repro.models\n  uv run python -m resnet_repro.models resnet20 plain56 resnet34",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("names", nargs="*", metavar="NAME", help="e.g. resnet56 plain20 resnet74 (default: all of the paper's)")
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help="e.g. resnet56 plain20 resnet74 (default: all of the paper's)"
+    )
     args = parser.parse_args(argv)
     try:
         rows = summary(args.names or available())

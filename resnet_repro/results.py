@@ -5,7 +5,6 @@ that compare them with the paper. Nothing here trains or changes a run.
   ValueError naming the file and line. A run directory with a config but no row yet (just started, or
   failed before its first row) is left out with a warning, so the figures list it as missing.
 - `final_metrics(df)`, `compare(a, b)`: one row per run; two result sets side by side.
-- `table6`, `table2`, `summary_table`: DataFrames; `table.attrs["note"]` says what ours are.
 
 Runs are found by their run name (`plain20`, `resnet110`, ...): `select` picks, for a name several
 experiments ran, the one a figure or table prefers.
@@ -21,18 +20,20 @@ from resnet_repro import rundir
 
 # config.json keys joined onto every row; seed and params may be absent (nullable ints)
 CONFIG_COLUMNS = {
-    "dataset": "object", "shortcut": "object", "stem": "object", "params": "Int64", "quick": "bool",
-    "seed": "Int64", "device": "object", "torch": "object", "commit": "object",
+    "dataset": "object",
+    "shortcut": "object",
+    "stem": "object",
+    "params": "Int64",
+    "quick": "bool",
+    "seed": "Int64",
+    "device": "object",
+    "torch": "object",
+    "commit": "object",
 }
 # evaluation.json (the 10-crop test at the end of a run with ten_crop) joined onto every row; NaN without one
 EVALUATION_COLUMNS = {"top1_err_10crop": "top1_err", "top5_err_10crop": "top5_err"}
 DTYPES = {c: {str: "object", int: "int64", bool: "bool", float: "float64"}[t] for c, t in rundir.COLUMNS.items()}
 DTYPES |= CONFIG_COLUMNS | {c: "float64" for c in EVALUATION_COLUMNS} | {"state": "object", "path": "object"}
-# The paper's numbers: Table 6 (CIFAR-10 test error, ResNets) and Table 2 (ImageNet top-1, 10-crop).
-PAPER_TABLE6 = {20: (0.27e6, 8.75), 32: (0.46e6, 7.51), 44: (0.66e6, 7.17), 56: (0.85e6, 6.97), 110: (1.7e6, 6.43), 1202: (19.4e6, 7.93)}
-PAPER_TABLE2 = {18: (27.94, 27.88), 34: (28.54, 25.03)}  # layers: (plain, ResNet)
-TABLE2_RUNS = ("plain18", "plain34", "resnet18", "resnet34")
-SUMMARY_COLUMNS = ["experiment", "run", "params", "final_train_err", "final_test_err", "best_test_err", "minutes", "iterations", "state"]
 DEPTH_EXPERIMENTS = ("depth", "resnet1202", "degradation")  # where Fig. 6, Table 6 and the depth figure take a run from
 
 
@@ -75,7 +76,9 @@ def _load_run(run_dir):
         value = config.get(key)
         expected = {"Int64": int, "bool": bool}.get(kind)
         if value is not None and expected and (type(value) is not expected):
-            raise ValueError(f"{config_path}: {key} must be {'an integer' if expected is int else 'true or false'}, not {value!r}")
+            raise ValueError(
+                f"{config_path}: {key} must be {'an integer' if expected is int else 'true or false'}, not {value!r}"
+            )
     if not rows:
         warnings.warn(f"{run_dir}: no epoch in metrics.csv yet (state: {state}); left out", stacklevel=3)
         return None
@@ -96,16 +99,53 @@ def final_metrics(df):
     for path, run in df.groupby("path", sort=False):
         run = run.sort_values("epoch")
         last = run.iloc[-1]
-        rows.append({
-            "experiment": last.experiment, "run": last.run, "model": last.model, "depth": last.depth,
-            "residual": last.residual, "params": last.params, **rundir.outcome(run.to_dict("records")),
-            "epochs": last.epoch, "state": last.state, "quick": last.quick, "seed": last.seed, "device": last.device,
-            "commit": last.commit, "path": path,
-        })
-    columns = ["experiment", "run", "model", "depth", "residual", "params", "final_train_err", "final_test_err",
-               "best_test_err", "minutes", "iterations", "epochs", "state", "quick", "seed", "device", "commit", "path"]
-    dtypes = {"depth": "int64", "residual": "bool", "params": "Int64", "iterations": "int64", "epochs": "float64",
-              "quick": "bool", "seed": "Int64"}
+        rows.append(
+            {
+                "experiment": last.experiment,
+                "run": last.run,
+                "model": last.model,
+                "depth": last.depth,
+                "residual": last.residual,
+                "params": last.params,
+                **rundir.outcome(run.to_dict("records")),
+                "epochs": last.epoch,
+                "state": last.state,
+                "quick": last.quick,
+                "seed": last.seed,
+                "device": last.device,
+                "commit": last.commit,
+                "path": path,
+            }
+        )
+    columns = [
+        "experiment",
+        "run",
+        "model",
+        "depth",
+        "residual",
+        "params",
+        "final_train_err",
+        "final_test_err",
+        "best_test_err",
+        "minutes",
+        "iterations",
+        "epochs",
+        "state",
+        "quick",
+        "seed",
+        "device",
+        "commit",
+        "path",
+    ]
+    dtypes = {
+        "depth": "int64",
+        "residual": "bool",
+        "params": "Int64",
+        "iterations": "int64",
+        "epochs": "float64",
+        "quick": "bool",
+        "seed": "Int64",
+    }
     for c in ("final_train_err", "final_test_err", "best_test_err", "minutes"):
         dtypes[c] = "float64"
     return pd.DataFrame(rows, columns=columns).astype(dtypes)
@@ -119,16 +159,27 @@ def compare(a, b):
         final = final_metrics(runs if isinstance(runs, pd.DataFrame) else load_runs(runs))
         twice = final.run[final.run.duplicated()].unique()
         if len(twice):
-            raise ValueError(f"result set {name} has several runs named {', '.join(twice)}; load one experiment per set")
+            raise ValueError(
+                f"result set {name} has several runs named {', '.join(twice)}; load one experiment per set"
+            )
         finals.append(final)
     keys = ["run", "model", "depth", "residual"]
     metrics = ["final_train_err", "final_test_err", "best_test_err", "minutes", "iterations"]
     context = ["seed", "device", "commit", "state", "path"]
-    out = pd.merge(finals[0][keys + metrics + context], finals[1][keys + metrics + context], on=keys,
-                   how="outer", suffixes=("_a", "_b"))
+    out = pd.merge(
+        finals[0][keys + metrics + context],
+        finals[1][keys + metrics + context],
+        on=keys,
+        how="outer",
+        suffixes=("_a", "_b"),
+    )
     for m in metrics:
         out[f"{m}_diff"] = out[f"{m}_b"] - out[f"{m}_a"]
-    columns = keys + [f"{m}_{s}" for m in metrics for s in ("a", "b", "diff")] + [f"{c}_{s}" for c in context for s in ("a", "b")]
+    columns = (
+        keys
+        + [f"{m}_{s}" for m in metrics for s in ("a", "b", "diff")]
+        + [f"{c}_{s}" for c in context for s in ("a", "b")]
+    )
     return out[columns].sort_values(["residual", "depth", "run"], ignore_index=True)
 
 
@@ -144,9 +195,13 @@ def select(df, names, prefer=()):
     out = {}
     for name in names:
         rows = df[df.run == name]
-        ranked = sorted((rank(experiment, prefer), path) for path, experiment in rows.groupby("path").experiment.first().items())
+        ranked = sorted(
+            (rank(experiment, prefer), path) for path, experiment in rows.groupby("path").experiment.first().items()
+        )
         if len(ranked) > 1 and ranked[0][0] == ranked[1][0]:
-            raise CannotDraw(f"ambiguous: {name} in {', '.join(path for _, path in ranked)}; draw one result set at a time")
+            raise CannotDraw(
+                f"ambiguous: {name} in {', '.join(path for _, path in ranked)}; draw one result set at a time"
+            )
         if ranked:
             out[name] = rows[rows.path == ranked[0][1]].sort_values("epoch")
     return out
@@ -164,81 +219,3 @@ def title_of(df, *parts):
     if len(quick):
         parts += (f"quick run: {', '.join(quick.dataset.dropna().unique()) or 'small data'}, short schedule",)
     return "; ".join(parts)
-
-
-def summary_table(runs):
-    """One row per run: params, final training and test error, best test error, minutes, iterations, state.
-    runs: a frame from load_runs, or the RunResults of `python -m resnet_repro.run` (same table)."""
-    if isinstance(runs, pd.DataFrame):
-        if runs.empty:
-            raise CannotDraw("missing: any run")
-        final, note = final_metrics(runs), title_of(runs, "errors in %; final = last row; minutes = sum of row times")
-    else:
-        final, note = pd.DataFrame([vars(r) for r in runs]), "errors in %; final = last row; minutes = sum of row times"
-    table = final[SUMMARY_COLUMNS].reset_index(drop=True)
-    table.attrs["note"] = note
-    return table
-
-
-def table6(df):
-    """Table 6: our ResNets' final test error next to the paper's, one row per paper depth."""
-    names = [f"resnet{d}" for d in PAPER_TABLE6]
-    runs = select(df, names, prefer=DEPTH_EXPERIMENTS)
-    require(runs, names, least="one")
-    rows = []
-    for depth, (paper_params, paper_err) in PAPER_TABLE6.items():
-        run = runs.get(f"resnet{depth}", df.iloc[:0])  # no rows: NaN below
-        ours = run.test_err.iloc[-1] if len(run) else float("nan")
-        rows.append({
-            "depth": depth, "params": run.params.iloc[-1] if len(run) else pd.NA, "test_err": ours,
-            "best_test_err": run.test_err.min(), "paper_params": int(paper_params), "paper_test_err": paper_err,
-            "diff": ours - paper_err,
-        })
-    table = pd.DataFrame(rows).astype({"params": "Int64"})
-    sample = pd.concat(runs.values())
-    table.attrs["note"] = title_of(sample, f"CIFAR-10 test error (%); ours: final epoch of one run on {', '.join(sample.dataset.dropna().unique())}; "
-                                 "diff = ours - paper; the paper's 110 is the best of 5 runs (mean 6.61±0.16)")
-    return table
-
-
-def table2(df):
-    """Table 2: our 18/34-layer plain and residual nets' top-1 error next to the paper's ImageNet
-    top-1 (10-crop): our 10-crop error where the runs have one (evaluation.json), else the last
-    epoch's single-view test error. A difference column only when ours is a 10-crop test of an
-    ImageNet-stem net; the CIFAR variant is not comparable."""
-    names = list(TABLE2_RUNS)
-    runs = select(df, names, prefer=("imagenet18_34", "degradation18_34"))
-    require(runs, names, least="one")
-    sample = pd.concat(runs.values())
-    ten_crop = sample.top1_err_10crop.notna().all()
-    err = {n: rows.top1_err_10crop.iloc[-1] if ten_crop else rows.test_err.iloc[-1] for n, rows in runs.items()}
-    rows = [{"layers": d, "plain": err.get(f"plain{d}", float("nan")), "resnet": err.get(f"resnet{d}", float("nan")),
-             "paper_plain": p, "paper_resnet": r} for d, (p, r) in PAPER_TABLE2.items()]
-    datasets = ", ".join(sample.dataset.dropna().unique())
-    if (sample.stem == "cifar").any():
-        what = f"ours: CIFAR variant (3x3 stem), final test error (%) on {datasets}; the paper's: ImageNet val top-1, 10-crop. Not comparable"
-    elif ten_crop:
-        what = f"ours: top-1 error (%) on {datasets}, 10-crop, after the last iteration; the paper's: ImageNet val top-1, 10-crop"
-        for row in rows if not sample.quick.any() else []:  # a quick run's data is not ImageNet
-            row["diff_plain"], row["diff_resnet"] = row["plain"] - row["paper_plain"], row["resnet"] - row["paper_resnet"]
-    else:
-        what = f"ours: final test error (%) on {datasets}, single view (centre crop); the paper's: ImageNet val top-1, 10-crop"
-    table = pd.DataFrame(rows)
-    table.attrs["note"] = title_of(sample, what)
-    return table
-
-
-def to_markdown(table):
-    """A GitHub Markdown table; errors with 2 decimals, params in millions, NaN as a dash."""
-
-    def cell(column, v):
-        if pd.isna(v):
-            return "—"
-        if "params" in column:
-            return f"{v / 1e6:.2f}M"
-        return f"{v:.2f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(map(cell, table.columns, row)) + " |" for row in table.itertuples(index=False)]
-    note = table.attrs.get("note")
-    return "\n".join(lines + ([f"\n{note}"] if note else [])) + "\n"

@@ -11,7 +11,7 @@ import torch
 
 from resnet_repro import config as cfg
 from resnet_repro import data as datamod
-from resnet_repro import distributed, rundir
+from resnet_repro import distributed, provenance, rundir
 from resnet_repro import train as trainer
 from resnet_repro.models import parse_name
 
@@ -44,25 +44,68 @@ def build_parser():
     )
     p.add_argument("experiment", nargs="?", help="a name from --list (e.g. degradation) or a path to a .toml file")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
-    p.add_argument("--quick", action="store_true", help="the experiment's [quick] recipe: the bundled mini CIFAR-10 and a schedule of minutes on a CPU; "
-                   "results go to <experiment>-quick")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="the experiment's [quick] recipe: the bundled mini CIFAR-10 and a schedule of minutes on a CPU; "
+        "results go to <experiment>-quick",
+    )
     p.add_argument("--runs", help="comma-separated subset of the experiment's runs, e.g. plain20,resnet20")
-    p.add_argument("--device", help="cuda, cuda:1, cpu, ... or a comma-separated list to spread runs over (default: cuda if available, else cpu)")
-    p.add_argument("--jobs", type=int, help="train up to this many runs at once, each in its own process with CPU cores / jobs "
-                   "threads (default: 2 on a CPU with 2+ cores, where two 1-thread runs train 15-25%% more images/s than one "
-                   "2-thread run; 1 on a GPU); small CIFAR nets leave a GPU mostly idle, so several at once may finish sooner")
+    p.add_argument(
+        "--device",
+        help="cuda, cuda:1, cpu, ... or a comma-separated list to spread runs over (default: cuda if available, else cpu)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="train up to this many runs at once, each in its own process with CPU cores / jobs "
+        "threads (default: 2 on a CPU with 2+ cores, where two 1-thread runs train 15-25%% more images/s than one "
+        "2-thread run; 1 on a GPU); small CIFAR nets leave a GPU mostly idle, so several at once may finish sooner",
+    )
     p.add_argument("--seed", type=int, help="seed for init, data order and augmentation (default: the spec's, 0)")
-    p.add_argument("--data", help="cifar10, cifar100, mini, or a path to an ImageFolder dir with train/ and test/ or a .tar.gz of one")
-    p.add_argument("--workers", type=int, help="DataLoader workers per run for experiments that stream JPEGs (imagenet18_34); "
-                   "default: CPU cores / --jobs, at most 8. Results do not depend on it")
+    p.add_argument(
+        "--data",
+        help="cifar10, cifar100, mini, or a path to an ImageFolder dir with train/ and test/ or a .tar.gz of one",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="DataLoader workers per run for experiments that stream JPEGs (imagenet18_34); "
+        "default: CPU cores / --jobs, at most 8. Results do not depend on it",
+    )
     p.add_argument("--data-dir", default="data", help="where downloads and decoded caches live (default: ./data)")
-    p.add_argument("--out", default="results", help="results root; runs go to OUT/<experiment>/<run>/ (default: results)")
-    p.add_argument("--figures", help="where figures are drawn (default: figures, or OUT/figures with --out; quick runs: <figures>/quick)")
-    p.add_argument("--iterations", type=int, help="stop after this many iterations; the lr milestones and ramp scale with it")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any spec key for every run, e.g. --set lr=0.05 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue unfinished runs from their last checkpoint (finished runs are always skipped)")
-    p.add_argument("--overwrite", action="store_true", help="delete existing runs of this experiment, finished or not, and train them again")
-    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bitwise-repeatable on CPU; slower on GPU)")
+    p.add_argument(
+        "--out", default="results", help="results root; runs go to OUT/<experiment>/<run>/ (default: results)"
+    )
+    p.add_argument(
+        "--figures",
+        help="where figures are drawn (default: figures, or OUT/figures with --out; quick runs: <figures>/quick)",
+    )
+    p.add_argument(
+        "--iterations", type=int, help="stop after this many iterations; the lr milestones and ramp scale with it"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any spec key for every run, e.g. --set lr=0.05 (repeatable)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue unfinished runs from their last checkpoint (finished runs are always skipped)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete existing runs of this experiment, finished or not, and train them again",
+    )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic algorithms (bitwise-repeatable on CPU; slower on GPU)",
+    )
     p.add_argument("--no-figures", action="store_true", help="do not draw figures at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -102,7 +145,9 @@ def device_error(text):
             device = None
         if device is None or device.type not in ("cpu", "cuda", "mps"):
             return f"--device {text}: {name or 'an empty item'} is not a device; use cpu, cuda, cuda:1, ... or a comma-separated list of them"
-        if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        if device.type == "cuda" and (
+            not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+        ):
             return f"--device {name}: no such CUDA GPU here ({torch.cuda.device_count()} visible); use --device cpu"
         if device.type == "mps" and not torch.backends.mps.is_available():
             return f"--device {name}: Apple's MPS is not available here; use --device cpu"
@@ -163,26 +208,36 @@ def _main(args, make_experiment):
 
 def _run(args, exp, rank, world_size, dist_device):
     say = print if rank == 0 else (lambda *a, **k: None)  # under torchrun only rank 0 talks
-    devices = [torch.device(d.strip()) for d in (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).split(",")]
+    devices = [
+        torch.device(d.strip()) for d in (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).split(",")
+    ]
     if args.jobs is None:
         args.jobs = default_jobs(devices, len(exp.runs), world_size)
     if world_size > 1:
         if args.jobs > 1 or len(devices) > 1:
-            raise cfg.SpecError("under torchrun each process trains a shard of every run: --jobs and several --device don't apply")
+            raise cfg.SpecError(
+                "under torchrun each process trains a shard of every run: --jobs and several --device don't apply"
+            )
         devices = [dist_device]
     device = devices[0]
     exp_dir = Path(args.out) / exp.name
     if not (args.resume or args.overwrite):
         unfinished = rundir.unfinished(exp_dir, exp.runs)  # finished runs are skipped
         if unfinished:
-            raise rundir.RunDirError(f"{exp_dir} already holds unfinished runs {', '.join(unfinished)}; pass --resume to continue them, "
-                                   f"--overwrite to start them again, or --out elsewhere.")
+            raise rundir.RunDirError(
+                f"{exp_dir} already holds unfinished runs {', '.join(unfinished)}; pass --resume to continue them, "
+                f"--overwrite to start them again, or --out elsewhere."
+            )
 
     first = next(iter(exp.runs.values()))
-    say(f"{exp.name}: {len(exp.runs)} runs ({', '.join(exp.runs)}), {first.iterations:,} iterations of batch {first.batch_size}, "
-          f"on {', '.join(map(trainer.device_name, devices))}{f' x {world_size} processes' if world_size > 1 else ''} -> {exp_dir}/")
+    say(
+        f"{exp.name}: {len(exp.runs)} runs ({', '.join(exp.runs)}), {first.iterations:,} iterations of batch {first.batch_size}, "
+        f"on {', '.join(map(provenance.device_name, devices))}{f' x {world_size} processes' if world_size > 1 else ''} -> {exp_dir}/"
+    )
     if device.type == "cpu" and first.iterations > 5000:
-        say(f"note: no GPU; {first.iterations:,} iterations per run take many hours on a CPU (--quick runs the demo in minutes)")
+        say(
+            f"note: no GPU; {first.iterations:,} iterations per run take many hours on a CPU (--quick runs the demo in minutes)"
+        )
     parallel = (args.jobs > 1 or len(devices) > 1) and len(exp.runs) > 1
     datasets, results = {}, []
     for spec in exp.runs.values():
@@ -191,16 +246,29 @@ def _run(args, exp, rank, world_size, dist_device):
             t = time.perf_counter()
             datasets[key] = datamod.load_for(spec, args.data_dir, "cpu" if parallel else device, workers(args))
             ds = datasets[key]
-            say(f"data: {ds.name}, {len(ds.train):,} train / {len(ds.test):,} test images, {ds.num_classes} classes "
-                  f"({time.perf_counter() - t:.1f}s)")
+            say(
+                f"data: {ds.name}, {len(ds.train):,} train / {len(ds.test):,} test images, {ds.num_classes} classes "
+                f"({time.perf_counter() - t:.1f}s)"
+            )
     if parallel:
         results = run_parallel(args, exp, exp_dir, devices)
         return 130 if results is None else finish(args, exp, exp_dir, results)
     for run, spec in exp.runs.items():
         try:
-            result = trainer.train(spec, datasets[data_key(spec)], exp_dir / run, experiment=exp.name, run=run, device=device,
-                                   quick=exp.quick, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,
-                                   progress=not args.no_progress, deterministic=args.deterministic)
+            result = trainer.train(
+                spec,
+                datasets[data_key(spec)],
+                exp_dir / run,
+                experiment=exp.name,
+                run=run,
+                device=device,
+                quick=exp.quick,
+                data_dir=args.data_dir,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+                deterministic=args.deterministic,
+            )
         except trainer.Interrupted as e:
             if rank == 0:
                 print(f"{run}: {e}", file=sys.stderr)  # says how to resume
@@ -210,8 +278,11 @@ def _run(args, exp, rank, world_size, dist_device):
         results.append(result)
         if result.stop_signal and world_size == 1 and run != list(exp.runs)[-1]:  # torchrun: ranks must agree, not done
             if rank == 0:
-                print(f"{result.stop_signal}: {run} finished, the next runs were not started; continue with the same command "
-                      f"plus --resume", file=sys.stderr)
+                print(
+                    f"{result.stop_signal}: {run} finished, the next runs were not started; continue with the same command "
+                    f"plus --resume",
+                    file=sys.stderr,
+                )
             return 130
     if rank:
         return 1 if any(r.state == "failed" for r in results) else 0
@@ -220,7 +291,17 @@ def _run(args, exp, rank, world_size, dist_device):
 
 def data_key(spec):
     """What decides a run's dataset: runs that share it load it once (see datamod.load_for)."""
-    return (spec.data, spec.loader, spec.val_size, spec.train_size, spec.image_size, spec.resize, spec.scale, spec.test_resize, spec.lighting)
+    return (
+        spec.data,
+        spec.loader,
+        spec.val_size,
+        spec.train_size,
+        spec.image_size,
+        spec.resize,
+        spec.scale,
+        spec.test_resize,
+        spec.lighting,
+    )
 
 
 def default_jobs(devices, runs, world_size):
@@ -237,7 +318,7 @@ def workers(args):
 
 
 def finish(args, exp, exp_dir, results):
-    from resnet_repro.results import summary_table, to_markdown
+    from resnet_repro.tables import summary_table, to_markdown
 
     print()
     print(to_markdown(summary_table(results)), end="")
@@ -256,19 +337,46 @@ def figures_dir(args):
     return Path("figures") if Path(args.out) == Path("results") else Path(args.out) / "figures"
 
 
-PARENT_ONLY = ("runs", "device", "jobs", "figures", "no_figures", "no_progress")  # the parent spreads runs, draws, shows progress
+PARENT_ONLY = (
+    "runs",
+    "device",
+    "jobs",
+    "figures",
+    "no_figures",
+    "no_progress",
+)  # the parent spreads runs, draws, shows progress
 
 
 def child_command(args, run, device):
     """The command that trains one run of this invocation in a process of its own: the same options, but
     this run on this device, with no figures or progress bar."""
-    cmd = [sys.executable, "-m", "resnet_repro.run", args.experiment, "--runs", run, "--device", str(device), "--no-figures", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "resnet_repro.run",
+        args.experiment,
+        "--runs",
+        run,
+        "--device",
+        str(device),
+        "--no-figures",
+        "--no-progress",
+    ]
     for action in build_parser()._actions:
         value = getattr(args, action.dest, None)
-        if not action.option_strings or action.dest in PARENT_ONLY or value in (None, False, []) or value == action.default:
+        if (
+            not action.option_strings
+            or action.dest in PARENT_ONLY
+            or value in (None, False, [])
+            or value == action.default
+        ):
             continue
         flag = action.option_strings[-1]
-        cmd += [flag] if value is True else [x for v in (value if isinstance(value, list) else [value]) for x in (flag, str(v))]
+        cmd += (
+            [flag]
+            if value is True
+            else [x for v in (value if isinstance(value, list) else [value]) for x in (flag, str(v))]
+        )
     return cmd
 
 
@@ -292,21 +400,32 @@ def run_parallel(args, exp, exp_dir, devices):
     device_of = {run: devices[i % len(devices)] for i, run in enumerate(pending)}
     running, codes = {}, {}
     total = sum(spec.iterations for spec in exp.runs.values())
-    bar = tqdm(total=total, desc=f"{exp.name} ({args.jobs} at once)", unit="it", disable=args.no_progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=total, desc=f"{exp.name} ({args.jobs} at once)", unit="it", disable=args.no_progress, dynamic_ncols=True
+    )
     try:
         while pending or running:
             while pending and len(running) < args.jobs:
                 run = pending.pop(0)
                 (exp_dir / run).mkdir(parents=True, exist_ok=True)
                 log = open(exp_dir / run / "output.log", "a")
-                running[run] = (subprocess.Popen(child_command(args, run, device_of[run]), stdout=log, stderr=subprocess.STDOUT,
-                                                 env=child_env(args, devices)), log)
+                running[run] = (
+                    subprocess.Popen(
+                        child_command(args, run, device_of[run]),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=child_env(args, devices),
+                    ),
+                    log,
+                )
             for run, (proc, log) in list(running.items()):
                 if proc.poll() is not None:
                     codes[run] = proc.returncode
                     log.close()
                     del running[run]
-                    bar.write(f"{run}: {rundir.read_status(exp_dir / run)['state']} (exit {proc.returncode}, log: {exp_dir / run / 'output.log'})")
+                    bar.write(
+                        f"{run}: {rundir.read_status(exp_dir / run)['state']} (exit {proc.returncode}, log: {exp_dir / run / 'output.log'})"
+                    )
             bar.update(sum(rundir.last_iteration(exp_dir / run) for run in exp.runs) - bar.n)
             time.sleep(1)
     except KeyboardInterrupt:  # Ctrl-C reached the runs too: they finish their step and write a checkpoint

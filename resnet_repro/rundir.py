@@ -74,13 +74,17 @@ def read_json(path):
     try:
         obj = json.loads(read_text(path))
     except json.JSONDecodeError as e:
-        raise RunDirError(f"{path}, line {e.lineno}: not valid JSON ({e.msg}); damaged: --overwrite starts the run "
-                          f"again (or restore the file)") from None
+        raise RunDirError(
+            f"{path}, line {e.lineno}: not valid JSON ({e.msg}); damaged: --overwrite starts the run "
+            f"again (or restore the file)"
+        ) from None
     except OSError as e:
         raise RunDirError(f"{path}: cannot be read ({e.strerror})") from None
     if not isinstance(obj, dict):
-        raise RunDirError(f"{path}: damaged (a JSON {type(obj).__name__}, not an object); --overwrite starts the run again "
-                          f"(or restore the file)")
+        raise RunDirError(
+            f"{path}: damaged (a JSON {type(obj).__name__}, not an object); --overwrite starts the run again "
+            f"(or restore the file)"
+        )
     return obj
 
 
@@ -89,8 +93,10 @@ def load_checkpoint(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a cut-off or foreign file fails inside the unpickler in many ways
-        raise RunDirError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                          f"--overwrite starts the run again") from None
+        raise RunDirError(
+            f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            f"--overwrite starts the run again"
+        ) from None
 
 
 # --- status and lock -----------------------------------------------------------------------------
@@ -105,7 +111,10 @@ def read_status(run_dir, absent="unknown"):
     path = Path(run_dir) / "status.json"
     status = read_json(path) if path.exists() else {"state": absent, "message": ""}
     if status.get("state") == "running" and not locked(Path(run_dir) / "lock"):
-        return {"state": "stopped", "message": "its process ended without a word (killed, or the machine stopped); --resume continues it"}
+        return {
+            "state": "stopped",
+            "message": "its process ended without a word (killed, or the machine stopped); --resume continues it",
+        }
     return {"state": status.get("state", "unknown"), "message": status.get("message", "")}
 
 
@@ -135,7 +144,9 @@ class RunLock:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.file.close()
-            raise RunDirError(f"{self.path.parent} is in use by another process (lock held on {self.path}); wait for it or use another --out.") from None
+            raise RunDirError(
+                f"{self.path.parent} is in use by another process (lock held on {self.path}); wait for it or use another --out."
+            ) from None
         self.file.seek(0)
         self.file.truncate()
         self.file.write(f"{os.getpid()}\n")
@@ -162,7 +173,9 @@ def prepare(run_dir, config, resume, overwrite, defaults):
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
         exists = False
     if exists and not resume:
-        raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to start it again.")
+        raise RunDirError(
+            f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to start it again."
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     if not exists:
         write_json(config, run_dir / "config.json")
@@ -171,7 +184,9 @@ def prepare(run_dir, config, resume, overwrite, defaults):
     diffs = [f"{k}: {_json(old.get(k))!r} -> {_json(v)!r}" for k, v in config.items() if k not in ENVIRONMENT_KEYS
              and _json(old.get(k, defaults.get(k))) != _json(v)]  # fmt: skip
     if diffs:
-        raise RunDirError(f"{run_dir} holds a run with a different config ({'; '.join(diffs)}); pass --overwrite to start it again, or --out elsewhere.")
+        raise RunDirError(
+            f"{run_dir} holds a run with a different config ({'; '.join(diffs)}); pass --overwrite to start it again, or --out elsewhere."
+        )
     path = run_dir / "checkpoint.pt"
     return load_checkpoint(path) if path.exists() else None
 
@@ -182,7 +197,11 @@ def _json(v):
 
 def unfinished(exp_dir, runs):
     """The runs of `runs` that exist under exp_dir and are not done."""
-    return [run for run in runs if (Path(exp_dir) / run / "config.json").exists() and read_status(Path(exp_dir) / run)["state"] != "done"]
+    return [
+        run
+        for run in runs
+        if (Path(exp_dir) / run / "config.json").exists() and read_status(Path(exp_dir) / run)["state"] != "done"
+    ]
 
 
 # --- metrics.csv ---------------------------------------------------------------------------------
@@ -233,15 +252,21 @@ def read_metrics(path):
     if missing:
         raise RunDirError(f"{path}, line 1: missing columns {', '.join(missing)} (header: {','.join(header)})")
     if not text.endswith("\n"):
-        raise RunDirError(f"{path}, line {len(lines)}: cut off (no newline at its end); truncated or still being written")
+        raise RunDirError(
+            f"{path}, line {len(lines)}: cut off (no newline at its end); truncated or still being written"
+        )
     index = {c: header.index(c) for c in COLUMNS}
     rows, last_epoch = [], None
     for lineno, fields in enumerate(lines[1:], start=2):
         if len(fields) != len(header):
-            raise RunDirError(f"{path}, line {lineno}: {len(fields)} fields, expected {len(header)} (truncated or malformed)")
+            raise RunDirError(
+                f"{path}, line {lineno}: {len(fields)} fields, expected {len(header)} (truncated or malformed)"
+            )
         row = {c: _parse(fields[index[c]], t, f"{path}, line {lineno}, column {c}") for c, t in COLUMNS.items()}
         if last_epoch is not None and row["epoch"] <= last_epoch:
-            raise RunDirError(f"{path}, line {lineno}: epoch {row['epoch']:g} after epoch {last_epoch:g} (expected rows in order)")
+            raise RunDirError(
+                f"{path}, line {lineno}: epoch {row['epoch']:g} after epoch {last_epoch:g} (expected rows in order)"
+            )
         last_epoch = row["epoch"]
         rows.append(row)
     runs = {r["run"] for r in rows}
@@ -276,7 +301,13 @@ def outcome(rows):
     """A run's numbers from its metrics rows: the last row's iteration, training and test error, the best test error and
     the minutes (sum of the rows' times)."""
     if not rows:
-        return {"final_train_err": math.nan, "final_test_err": math.nan, "best_test_err": math.nan, "minutes": 0.0, "iterations": 0}
+        return {
+            "final_train_err": math.nan,
+            "final_test_err": math.nan,
+            "best_test_err": math.nan,
+            "minutes": 0.0,
+            "iterations": 0,
+        }
     return {
         "iterations": rows[-1]["iteration"], "final_train_err": rows[-1]["train_err"], "final_test_err": rows[-1]["test_err"],
         "best_test_err": min(r["test_err"] for r in rows), "minutes": sum(r["epoch_seconds"] for r in rows) / 60,
@@ -288,5 +319,11 @@ def result(run_dir, state=None, message=None):
     run_dir = Path(run_dir)
     config = read_json(run_dir / "config.json")
     status = read_status(run_dir)
-    return RunResult(config["experiment"], config["run"], state or status["state"], config["params"],
-                     message=status["message"] if message is None else message, **outcome(read_metrics(run_dir / "metrics.csv")))
+    return RunResult(
+        config["experiment"],
+        config["run"],
+        state or status["state"],
+        config["params"],
+        message=status["message"] if message is None else message,
+        **outcome(read_metrics(run_dir / "metrics.csv")),
+    )

@@ -136,8 +136,12 @@ class _EvalItems(torch.utils.data.Dataset):
 
 def _loader(items, batches, workers, device):
     return torch.utils.data.DataLoader(
-        items, batch_sampler=batches, num_workers=workers, pin_memory=torch.device(device).type == "cuda",
-        prefetch_factor=4 if workers else None, persistent_workers=False,
+        items,
+        batch_sampler=batches,
+        num_workers=workers,
+        pin_memory=torch.device(device).type == "cuda",
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
     )
 
 
@@ -165,7 +169,9 @@ def load(source, data_dir="data", device="cpu", crop=224, test_resize=256, scale
     listing = hashlib.md5()
     for f in (*train_files, *test_files):
         listing.update(f"{Path(f).relative_to(root).as_posix()}\t{os.path.getsize(f)}\n".encode())
-    checksum = listing.hexdigest()  # of the file names and sizes: hashing ImageNet's 150 GB would take longer than an epoch
+    checksum = (
+        listing.hexdigest()
+    )  # of the file names and sizes: hashing ImageNet's 150 GB would take longer than an epoch
     common = dict(crop=crop, test_resize=test_resize, workers=workers)
     train = JpegSplit(train_files, train_labels, scale=tuple(scale), lighting=lighting, **common)
     test = JpegSplit(test_files, test_labels, **common)
@@ -175,9 +181,14 @@ def load(source, data_dir="data", device="cpu", crop=224, test_resize=256, scale
 
 def _root(source, data_dir):
     if source in ("cifar10", "cifar100"):
-        raise DataError(f"the stream loader reads image folders; {source} is a torchvision download (use loader = \"memory\")")
-    path = local_path(source, "Pass --data PATH: an ImageFolder directory with train/ and val/ (ImageNet's layout) or test/, "
-                              "or a .tar.gz of one.")
+        raise DataError(
+            f'the stream loader reads image folders; {source} is a torchvision download (use loader = "memory")'
+        )
+    path = local_path(
+        source,
+        "Pass --data PATH: an ImageFolder directory with train/ and val/ (ImageNet's layout) or test/, "
+        "or a .tar.gz of one.",
+    )
     if path.is_dir():
         return path, path.name
     md5 = md5_file(path)
@@ -192,7 +203,9 @@ def _root(source, data_dir):
                 tar.extractall(tmp, filter="data")
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise DataError(f"corrupt or unreadable archive {path}: {e}. Get a fresh copy (expected a .tar.gz of an ImageFolder tree).") from None
+            raise DataError(
+                f"corrupt or unreadable archive {path}: {e}. Get a fresh copy (expected a .tar.gz of an ImageFolder tree)."
+            ) from None
         (tmp / ".complete").touch()
         if out.exists() and not (out / ".complete").exists():
             shutil.rmtree(out, ignore_errors=True)  # an extraction cut short
@@ -209,8 +222,10 @@ def _scan(path):
     splits = image_tree(files, ("train", "val", "test"))
     evaluation = "val" if splits["val"] else "test"
     if not splits["train"] or not splits[evaluation]:
-        raise DataError(f"{path} has no train/<class>/<image> and val/<class>/<image> (or test/) files: expected an ImageFolder "
-                        f"tree such as ImageNet's train/n01440764/n01440764_10026.JPEG, val/n01440764/ILSVRC2012_val_00000293.JPEG.")
+        raise DataError(
+            f"{path} has no train/<class>/<image> and val/<class>/<image> (or test/) files: expected an ImageFolder "
+            f"tree such as ImageNet's train/n01440764/n01440764_10026.JPEG, val/n01440764/ILSVRC2012_val_00000293.JPEG."
+        )
     classes = sorted(splits["train"])
     unknown = sorted(set(splits[evaluation]) - set(classes))
     if unknown:

@@ -10,10 +10,9 @@ the whole evaluation split. Metrics are summed on the device and read once per l
 import contextlib
 import math
 import signal
-import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -21,10 +20,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from resnet_repro import rundir
+from resnet_repro import provenance, rundir
 from resnet_repro.config import SPEC_FIELDS
 from resnet_repro.distributed import all_sum, barrier, first_set, from_rank0, rank0_buffers, world
-from resnet_repro.models import build_model, load_pretrained, num_params, parse_name, pretrained_state_dict
+from resnet_repro.models import build_model, load_pretrained, pretrained_state_dict
 from resnet_repro.rundir import RunDirError
 from resnet_repro.sources import DataError
 
@@ -52,52 +51,6 @@ def lr_at(it, spec, warmup_end=None):
     else:
         lr = spec.lr * spec.lr_decay ** sum(it >= m for m in spec.milestones)
     return lr * (it + 1) / spec.ramp if it < spec.ramp else lr
-
-
-def git_commit():
-    root = Path(__file__).resolve().parent.parent
-    try:
-        run = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10)  # noqa: E731
-        commit = run("rev-parse", "--short", "HEAD").stdout.strip()
-        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
-        return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def device_name(device):
-    device = torch.device(device)
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-
-
-def run_config(spec, dataset, *, experiment, run, quick, device, data_dir):
-    """What config.json records: the resolved spec, the model's facts, the data and the environment."""
-    kind, depth = parse_name(spec.model)
-    model = build_model(spec.model, dataset.num_classes, spec.shortcut, spec.stem)
-    return {
-        "experiment": experiment,
-        "run": run,
-        **asdict(spec),
-        "shortcut": model.shortcut,
-        "stem": model.stem,
-        "depth": depth,
-        "residual": kind == "resnet",
-        "params": num_params(model),
-        "num_classes": dataset.num_classes,
-        "dataset": dataset.name,
-        "dataset_checksum": dataset.checksum,
-        "train_images": len(dataset.train),
-        "test_images": len(dataset.test),
-        "quick": quick,
-        "device": device_name(device),
-        "torch": str(torch.__version__),
-        "commit": git_commit(),
-        "python": sys.version.split()[0],
-        "world_size": world()[1],  # processes under torchrun, each training a shard of every batch
-        "threads": torch.get_num_threads(),  # CPU threads of this process (run --jobs sets them)
-        "data_dir": str(data_dir),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
 
 
 @contextlib.contextmanager
@@ -138,7 +91,9 @@ def _data_errors(batches):
     try:
         yield from batches
     except DataError as e:
-        raise RunFailed(str(e).strip().splitlines()[-1].split("DataError: ")[-1]) from None  # a worker's is "...DataError: msg"
+        raise RunFailed(
+            str(e).strip().splitlines()[-1].split("DataError: ")[-1]
+        ) from None  # a worker's is "...DataError: msg"
 
 
 @torch.no_grad()
@@ -159,20 +114,37 @@ def evaluate(model, split, mean, spec, device, views=1):
         else:
             log_p = logits.log_softmax(1)
         top5 = log_p.topk(min(5, log_p.shape[1]), dim=1).indices
-        sums += torch.stack([F.nll_loss(log_p, y, reduction="sum"), (top5[:, 0] != y).sum(), (top5 != y[:, None]).all(1).sum()])
+        sums += torch.stack(
+            [F.nll_loss(log_p, y, reduction="sum"), (top5[:, 0] != y).sum(), (top5 != y[:, None]).all(1).sum()]
+        )
     model.train()
     loss_sum, errors, errors5 = all_sum(sums).tolist()
     return loss_sum / len(split), 100.0 * errors / len(split), 100.0 * errors5 / len(split)
 
 
-def train(spec, dataset, run_dir, *, experiment, run, device="cpu", quick=False, data_dir="data",
-          resume=False, overwrite=False, progress=True, deterministic=False):
+def train(
+    spec,
+    dataset,
+    run_dir,
+    *,
+    experiment,
+    run,
+    device="cpu",
+    quick=False,
+    data_dir="data",
+    resume=False,
+    overwrite=False,
+    progress=True,
+    deterministic=False,
+):
     """Train one run into `run_dir`. Returns a RunResult; a finished run with the same config is skipped,
     never trained again unless `overwrite`. Raises RunDirError for a run directory that cannot be used
     (an unfinished run without `resume`, a different config), Interrupted on SIGINT/SIGTERM (after a checkpoint)."""
     device = torch.device(device)
     run_dir = Path(run_dir)
-    config = run_config(spec, dataset, experiment=experiment, run=run, quick=quick, device=device, data_dir=data_dir)
+    config = provenance.run_config(
+        spec, dataset, experiment=experiment, run=run, quick=quick, device=device, data_dir=data_dir
+    )
     main = world()[0] == 0  # under torchrun only rank 0 touches the run directory
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -201,7 +173,10 @@ def train(spec, dataset, run_dir, *, experiment, run, device="cpu", quick=False,
             if main:
                 try:
                     rundir.write_status(run_dir, status, message)
-                except (rundir.DiskFull, OSError):  # a full disk may refuse even this; the message still reaches the summary
+                except (
+                    rundir.DiskFull,
+                    OSError,
+                ):  # a full disk may refuse even this; the message still reaches the summary
                     pass
 
         if deterministic:
@@ -215,8 +190,10 @@ def train(spec, dataset, run_dir, *, experiment, run, device="cpu", quick=False,
         except (RunFailed, rundir.DiskFull, torch.OutOfMemoryError) as e:
             message = str(e)
             if isinstance(e, torch.OutOfMemoryError):
-                message = (f"out of GPU memory at batch size {spec.batch_size}; try a smaller batch "
-                           f"(--set batch_size={spec.batch_size // 2}) or fewer concurrent runs")
+                message = (
+                    f"out of GPU memory at batch size {spec.batch_size}; try a smaller batch "
+                    f"(--set batch_size={spec.batch_size // 2}) or fewer concurrent runs"
+                )
             mark("failed", message)
             return rundir.result(run_dir, "failed", message)
         except KeyboardInterrupt:
@@ -234,11 +211,20 @@ def setup_model(spec, num_classes, device):
     torch.manual_seed(spec.seed)
     model = build_model(spec.model, num_classes, spec.shortcut, spec.stem)
     model = model.to(device, memory_format=torch.channels_last if spec.channels_last else torch.contiguous_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
-                                fused=True if device.type == "cuda" else None)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=spec.lr,
+        momentum=spec.momentum,
+        weight_decay=spec.weight_decay,
+        fused=True if device.type == "cuda" else None,
+    )
     forward = model
-    if dist.is_initialized():  # gradients averaged over the processes; BN statistics stay per process, as on the paper's 2 GPUs
-        forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if (
+        dist.is_initialized()
+    ):  # gradients averaged over the processes; BN statistics stay per process, as on the paper's 2 GPUs
+        forward = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     return model, (torch.compile(forward) if spec.compile else forward), optimizer
 
 
@@ -293,8 +279,17 @@ class Engine:
         self.first_bad = torch.full((), -1, device=device, dtype=torch.int64)  # first iteration with a non-finite loss
         self.per_epoch = len(dataset.train) // spec.batch_size
         if self.per_epoch == 0:
-            raise RunFailed(f"the training split has {len(dataset.train)} images, fewer than one batch of {spec.batch_size}")
-        self.bar = tqdm(total=spec.iterations, desc=config["run"], unit="it", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+            raise RunFailed(
+                f"the training split has {len(dataset.train)} images, fewer than one batch of {spec.batch_size}"
+            )
+        self.bar = tqdm(
+            total=spec.iterations,
+            desc=config["run"],
+            unit="it",
+            disable=not progress,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
 
     def run(self, state):
         """Train from `state` (a checkpoint, or None) to the end; RunResult, or Interrupted after a checkpoint."""
@@ -305,14 +300,20 @@ class Engine:
                 if self.p.pos == self.per_epoch:
                     self.p.epoch, self.p.perm, self.p.pos = self.p.epoch + 1, None, 0
                 # a row per epoch (log_every = 0) or every log_every iterations, and one at the end
-                if row_due or self.p.iteration == self.spec.iterations or (self.spec.log_every == 0 and self.p.perm is None):
+                if (
+                    row_due
+                    or self.p.iteration == self.spec.iterations
+                    or (self.spec.log_every == 0 and self.p.perm is None)
+                ):
                     self.write_row()
                     self.save_checkpoint()
                 if stopped:
                     if self.p.sums is not None:
                         self.save_checkpoint()
-                    raise Interrupted(f"{self.stop['signal'] or 'a signal to another process'} at iteration {self.p.iteration}; "
-                                      f"checkpoint written. Continue with the same command plus --resume.")
+                    raise Interrupted(
+                        f"{self.stop['signal'] or 'a signal to another process'} at iteration {self.p.iteration}; "
+                        f"checkpoint written. Continue with the same command plus --resume."
+                    )
         return self.finish()
 
     def restore(self, state):
@@ -325,7 +326,9 @@ class Engine:
                     fresh = load_pretrained(self.model, pretrained_state_dict(self.spec.model, self.spec.init_weights))
                 except ValueError as e:
                     raise RunFailed(str(e)) from None
-                tqdm.write(f"{run}: started from {self.spec.init_weights}" + (f" ({', '.join(fresh)} new)" if fresh else ""))
+                tqdm.write(
+                    f"{run}: started from {self.spec.init_weights}" + (f" ({', '.join(fresh)} new)" if fresh else "")
+                )
             return
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -347,8 +350,11 @@ class Engine:
         if p.sums is None:
             p.sums, p.row_steps, p.train_seconds = torch.zeros(2, device=self.device, dtype=torch.float64), 0, 0.0
         window, window_steps = p.sums.clone(), p.row_steps  # warm-up: the error since the last check
-        batches = _data_errors(self.dataset.train.train_batches(p.perm, p.pos, batch, self.dataset.mean, self.generator,
-                                                                spec.seed, p.epoch, self.device, *world()))
+        batches = _data_errors(
+            self.dataset.train.train_batches(
+                p.perm, p.pos, batch, self.dataset.mean, self.generator, spec.seed, p.epoch, self.device, *world()
+            )
+        )
         start = time.perf_counter()
         stopped = row_due = False
         while p.pos < self.per_epoch and p.iteration < spec.iterations and not stopped and not row_due:
@@ -366,17 +372,23 @@ class Engine:
                 window, window_steps = p.sums.clone(), p.row_steps
                 if err < spec.warmup_until_err:
                     p.warmup_end = p.iteration
-                    tqdm.write(f"{self.config['run']}: warm-up ended at iteration {p.iteration} (training error {err:.1f}%)")
+                    tqdm.write(
+                        f"{self.config['run']}: warm-up ended at iteration {p.iteration} (training error {err:.1f}%)"
+                    )
             if p.iteration % LOG_EVERY == 0:
                 self.check_finite()  # sync
                 loss_sum, errors = all_sum(p.sums.clone()).tolist()
                 n = p.row_steps * batch
-                self.bar.set_postfix_str(f"lr={lr:.3g} loss={loss_sum / n:.3f} err={100 * errors / n:.1f}% "
-                                         f"img/s={n / (p.train_seconds + time.perf_counter() - start):.0f}")
+                self.bar.set_postfix_str(
+                    f"lr={lr:.3g} loss={loss_sum / n:.3f} err={100 * errors / n:.1f}% "
+                    f"img/s={n / (p.train_seconds + time.perf_counter() - start):.0f}"
+                )
             stopped = self.stopping()
             row_due = spec.log_every > 0 and p.iteration % spec.log_every == 0
         self.check_finite()
-        self.totals = all_sum(p.sums.clone()).tolist()  # (loss sum, errors); a sync: the interval's training time is complete here
+        self.totals = all_sum(
+            p.sums.clone()
+        ).tolist()  # (loss sum, errors); a sync: the interval's training time is complete here
         p.train_seconds += time.perf_counter() - start
         return stopped, row_due
 
@@ -393,7 +405,9 @@ class Engine:
         bad = first_set(self.first_bad)  # the earliest over the processes
         if bad >= 0:
             lr = lr_at(bad, self.spec, self.p.warmup_end)
-            raise RunFailed(f"non-finite loss at iteration {bad} (lr {lr:g}); stopped, the last good checkpoint is kept")
+            raise RunFailed(
+                f"non-finite loss at iteration {bad} (lr {lr:g}); stopped, the last good checkpoint is kept"
+            )
 
     def write_row(self):
         """Test, then append the CSV row of the interval since the last one."""
@@ -443,9 +457,17 @@ class Engine:
             tqdm.write(f"{self.config['run']}: 10-crop test on {len(self.dataset.test):,} images")
             test_loss, top1, top5 = self.evaluate(views=10)
             if self.main:
-                rundir.write_json({"views": 10, "iteration": self.p.iteration, "images": len(self.dataset.test),
-                                   "test_loss": round(test_loss, 6), "top1_err": round(top1, 4), "top5_err": round(top5, 4)},
-                                  self.run_dir / "evaluation.json")
+                rundir.write_json(
+                    {
+                        "views": 10,
+                        "iteration": self.p.iteration,
+                        "images": len(self.dataset.test),
+                        "test_loss": round(test_loss, 6),
+                        "top1_err": round(top1, 4),
+                        "top5_err": round(top5, 4),
+                    },
+                    self.run_dir / "evaluation.json",
+                )
         if self.main:
             rundir.save({"model": self.model.state_dict(), "config": self.config}, self.run_dir / "final.pt")
             rundir.write_status(self.run_dir, "done")

@@ -47,7 +47,10 @@ def write_cifar10_python_tgz(path, n_train=20, n_test=10):
     test, test_labels = tiny_images(n_test, seed=1)
     batches = {}
     for i, idx in enumerate(np.array_split(np.arange(n_train), 5)):
-        batches[f"data_batch_{i + 1}"] = {"data": train[idx].transpose(0, 3, 1, 2).reshape(len(idx), -1), "labels": train_labels[idx].tolist()}
+        batches[f"data_batch_{i + 1}"] = {
+            "data": train[idx].transpose(0, 3, 1, 2).reshape(len(idx), -1),
+            "labels": train_labels[idx].tolist(),
+        }
     batches["test_batch"] = {"data": test.transpose(0, 3, 1, 2).reshape(n_test, -1), "labels": test_labels.tolist()}
     batches["batches.meta"] = {"label_names": CLASSES + [f"class{i}" for i in range(3, 10)]}
     md5s = {}

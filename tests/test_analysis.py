@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resnet_repro import analysis, figures, inspection, models, results, rundir
+from resnet_repro import analysis, figures, inspection, models, results, rundir, tables
 from resnet_repro.analysis import compare, draw, final_metrics, load_runs
 
 COLUMNS = list(rundir.COLUMNS)
@@ -24,23 +24,53 @@ def write_run(root, run, experiment="degradation", epochs=4, quick=False, stem=N
     rows = []
     for epoch in range(1, epochs + 1):
         train_err = 60 / epoch + depth / 10 + offset  # deeper plain nets train worse, as the paper
-        rows.append({
-            "experiment": experiment, "run": run, "model": run, "depth": depth, "residual": kind == "resnet",
-            "epoch": epoch, "iteration": 391 * epoch, "lr": 0.1, "train_loss": train_err / 30, "train_err": train_err,
-            "test_loss": train_err / 25, "test_err": train_err + 3 - epoch % 2, "epoch_seconds": 10.0 + epoch,
-            "images_per_second": 5000.0,
-        })
+        rows.append(
+            {
+                "experiment": experiment,
+                "run": run,
+                "model": run,
+                "depth": depth,
+                "residual": kind == "resnet",
+                "epoch": epoch,
+                "iteration": 391 * epoch,
+                "lr": 0.1,
+                "train_loss": train_err / 30,
+                "train_err": train_err,
+                "test_loss": train_err / 25,
+                "test_err": train_err + 3 - epoch % 2,
+                "epoch_seconds": 10.0 + epoch,
+                "images_per_second": 5000.0,
+            }
+        )
     with open(run_dir / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     stem = stem or ("imagenet" if models.is_imagenet_family(run) else "cifar")
     config = {
-        "experiment": experiment, "run": run, "model": run, "depth": depth, "residual": kind == "resnet",
-        "shortcut": "A", "stem": stem, "num_classes": 10, "dataset": MINI if quick else FULL,
-        "dataset_checksum": "abc", "data": "mini" if quick else "cifar10", "data_dir": "data", "quick": quick,
-        "seed": seed, "device": "cpu", "torch": str(torch.__version__), "commit": "1234abc", "params": 1000 * depth,
-        "batch_size": 128, "iterations": 391 * epochs, "lr": 0.1, "milestones": [2, 3], "something_new": [1],
+        "experiment": experiment,
+        "run": run,
+        "model": run,
+        "depth": depth,
+        "residual": kind == "resnet",
+        "shortcut": "A",
+        "stem": stem,
+        "num_classes": 10,
+        "dataset": MINI if quick else FULL,
+        "dataset_checksum": "abc",
+        "data": "mini" if quick else "cifar10",
+        "data_dir": "data",
+        "quick": quick,
+        "seed": seed,
+        "device": "cpu",
+        "torch": str(torch.__version__),
+        "commit": "1234abc",
+        "params": 1000 * depth,
+        "batch_size": 128,
+        "iterations": 391 * epochs,
+        "lr": 0.1,
+        "milestones": [2, 3],
+        "something_new": [1],
     }
     (run_dir / "config.json").write_text(json.dumps(config))
     if state:
@@ -61,9 +91,17 @@ def test_load_runs_is_tidy_typed_and_joined_with_config(tmp_path):
     df = load_runs(tmp_path)
     assert len(df) == 4 + 3
     assert list(df.columns[: len(COLUMNS)]) == COLUMNS
-    assert {c: str(df[c].dtype) for c in ("depth", "epoch", "iteration", "residual", "quick", "seed", "params", "test_err")} == {
-        "depth": "int64", "epoch": "float64", "iteration": "int64", "residual": "bool", "quick": "bool",
-        "seed": "Int64", "params": "Int64", "test_err": "float64",
+    assert {
+        c: str(df[c].dtype) for c in ("depth", "epoch", "iteration", "residual", "quick", "seed", "params", "test_err")
+    } == {
+        "depth": "int64",
+        "epoch": "float64",
+        "iteration": "int64",
+        "residual": "bool",
+        "quick": "bool",
+        "seed": "Int64",
+        "params": "Int64",
+        "test_err": "float64",
     }
     plain = df[df.run == "plain20"]
     assert plain.train_err.tolist() == [r["train_err"] for r in rows]
@@ -202,7 +240,9 @@ def test_fig1_plots_the_csv_against_iterations(tmp_path):
 
 
 def test_curves_of_runs_of_10k_iterations_or_more_use_the_papers_axis(tmp_path):
-    curves = {run: write_run(tmp_path, run, epochs=30) for run in ("plain20", "plain56")}  # 391 x 30 = 11,730 iterations
+    curves = {
+        run: write_run(tmp_path, run, epochs=30) for run in ("plain20", "plain56")
+    }  # 391 x 30 = 11,730 iterations
     left, _ = figures.fig1(load_runs(tmp_path)).axes
     assert left.get_xlabel() == "iter. (1e4)"
     assert list(lines_by_gid(left)["plain56:train"].get_xdata()) == [r["iteration"] / 1e4 for r in curves["plain56"]]
@@ -248,8 +288,13 @@ def test_fig_depth_plots_final_errors_against_depth(tmp_path):
     plain = lines_by_gid(left)
     assert [t.get_text() for t in left.get_xticklabels()] == ["20", "56", "110"]
     assert list(plain["plain:train"].get_xdata()) == [0, 1]  # at the ticks of 20 and 56
-    assert list(plain["plain:train"].get_ydata()) == [curves["plain20"][-1]["train_err"], curves["plain56"][-1]["train_err"]]
-    assert list(lines_by_gid(right)["resnet:test"].get_ydata()) == [curves[r][-1]["test_err"] for r in ("resnet20", "resnet56", "resnet110")]
+    assert list(plain["plain:train"].get_ydata()) == [
+        curves["plain20"][-1]["train_err"],
+        curves["plain56"][-1]["train_err"],
+    ]
+    assert list(lines_by_gid(right)["resnet:test"].get_ydata()) == [
+        curves[r][-1]["test_err"] for r in ("resnet20", "resnet56", "resnet110")
+    ]
     assert (left.get_title(), right.get_title()) == ("plain", "ResNet")
     highest = max(c[-1][k] for c in curves.values() for k in ("train_err", "test_err"))
     assert right.get_ylim()[1] > highest and left.get_ylim() == right.get_ylim()  # no point cut off in either panel
@@ -287,7 +332,9 @@ def responses_by_hand(model, x):
 
     def conv_bn(conv, bn, t):
         t = F.conv2d(t, conv.weight, None, conv.stride, conv.padding)
-        return (t - bn.running_mean[:, None, None]) / (bn.running_var[:, None, None] + bn.eps).sqrt() * bn.weight[:, None, None] + bn.bias[:, None, None]
+        return (t - bn.running_mean[:, None, None]) / (bn.running_var[:, None, None] + bn.eps).sqrt() * bn.weight[
+            :, None, None
+        ] + bn.bias[:, None, None]
 
     out = [conv_bn(model.conv1, model.bn1, x)]
     h = out[-1].relu()
@@ -379,42 +426,55 @@ def test_draw_reports_ambiguous_run_names(tmp_path):
 
 def test_runs_of_several_experiments_are_taken_from_the_one_each_figure_belongs_to(tmp_path):
     degradation = {run: write_run(tmp_path, run) for run in ("plain20", "plain56", "resnet20")}
-    depth = {run: write_run(tmp_path, run, experiment="depth", offset=1.0) for run in ("plain20", "plain32", "resnet20")}
+    depth = {
+        run: write_run(tmp_path, run, experiment="depth", offset=1.0) for run in ("plain20", "plain32", "resnet20")
+    }
     df = load_runs(tmp_path)
     left, _ = figures.fig1(df).axes  # Fig. 1 is degradation's
     assert list(lines_by_gid(left)["plain20:train"].get_ydata()) == [r["train_err"] for r in degradation["plain20"]]
     plain, residual, _ = figures.fig6(df).axes  # Fig. 6 is the depth study's
     assert list(lines_by_gid(plain)["plain20:train"].get_ydata()) == [r["train_err"] for r in depth["plain20"]]
     assert "plain56:train" in lines_by_gid(plain)  # what depth lacks comes from degradation
-    assert results.table6(df).set_index("depth").loc[20, "test_err"] == depth["resnet20"][-1]["test_err"]
+    assert tables.table6(df).set_index("depth").loc[20, "test_err"] == depth["resnet20"][-1]["test_err"]
     plain_depth = {line.get_gid(): line for line in figures.fig_depth(df).axes[0].lines}["plain:train"]
-    assert list(plain_depth.get_ydata()) == [depth["plain20"][-1]["train_err"], depth["plain32"][-1]["train_err"], degradation["plain56"][-1]["train_err"]]
+    assert list(plain_depth.get_ydata()) == [
+        depth["plain20"][-1]["train_err"],
+        depth["plain32"][-1]["train_err"],
+        degradation["plain56"][-1]["train_err"],
+    ]
 
 
 def test_table2_says_cifar_variant_is_not_comparable(tmp_path):
     curves = {run: write_run(tmp_path, run, stem="cifar") for run in ("plain18", "plain34", "resnet34")}
-    table = results.table2(load_runs(tmp_path)).set_index("layers")
+    table = tables.table2(load_runs(tmp_path)).set_index("layers")
     assert table.loc[34, "resnet"] == curves["resnet34"][-1]["test_err"]
     assert table.loc[18, "plain"] == curves["plain18"][-1]["test_err"] and np.isnan(table.loc[18, "resnet"])
     assert (table.loc[34, "paper_plain"], table.loc[34, "paper_resnet"]) == (28.54, 25.03)
     assert not any("diff" in c for c in table.columns)
-    markdown = results.to_markdown(table.reset_index())
+    markdown = tables.to_markdown(table.reset_index())
     assert "CIFAR variant" in markdown and "Not comparable" in markdown
 
 
 def test_table2_takes_the_ten_crop_test_of_imagenet_runs(tmp_path):
     for i, run in enumerate(("plain18", "plain34", "resnet18", "resnet34")):
         write_run(tmp_path, run, experiment="imagenet18_34", stem="imagenet")
-        (tmp_path / "imagenet18_34" / run / "evaluation.json").write_text(json.dumps({"views": 10, "top1_err": 30.0 - i, "top5_err": 10.0 - i}))
+        (tmp_path / "imagenet18_34" / run / "evaluation.json").write_text(
+            json.dumps({"views": 10, "top1_err": 30.0 - i, "top5_err": 10.0 - i})
+        )
     df = load_runs(tmp_path)
-    assert df.groupby("run").top1_err_10crop.first().to_dict() == {"plain18": 30.0, "plain34": 29.0, "resnet18": 28.0, "resnet34": 27.0}
+    assert df.groupby("run").top1_err_10crop.first().to_dict() == {
+        "plain18": 30.0,
+        "plain34": 29.0,
+        "resnet18": 28.0,
+        "resnet34": 27.0,
+    }
     assert (df.top5_err_10crop.groupby(df.run).first() == df.top1_err_10crop.groupby(df.run).first() - 20).all()
-    table = results.table2(df).set_index("layers")
+    table = tables.table2(df).set_index("layers")
     assert (table.loc[18, "plain"], table.loc[34, "resnet"]) == (30.0, 27.0)
     assert table.loc[34, "diff_resnet"] == pytest.approx(27.0 - 25.03)
     assert "10-crop, after the last iteration" in table.attrs["note"]
     (tmp_path / "imagenet18_34" / "resnet34" / "evaluation.json").unlink()  # one run without: all single view
-    table = results.table2(load_runs(tmp_path)).set_index("layers")
+    table = tables.table2(load_runs(tmp_path)).set_index("layers")
     assert np.isnan(load_runs(tmp_path).query("run == 'resnet34'").top1_err_10crop).all()
     assert "diff_resnet" not in table.columns and "single view" in table.attrs["note"]
 
@@ -431,7 +491,11 @@ def test_draw_fig7_from_final_weights(tmp_path, monkeypatch, capsys):
     write_run(tmp_path, "resnet56")  # no final.pt: drawn without it
     sources = []
     test_split = SimpleNamespace(eval_batches=lambda mean, batch_size, device: iter([(images, None)]))
-    monkeypatch.setattr(inspection, "test_data", lambda config, device: sources.append(config["data"]) or SimpleNamespace(test=test_split, mean=None))
+    monkeypatch.setattr(
+        inspection,
+        "test_data",
+        lambda config, device: sources.append(config["data"]) or SimpleNamespace(test=test_split, mean=None),
+    )
     result = draw(tmp_path, tmp_path / "figs", device="cpu")
     assert result["fig7"] == [tmp_path / "figs" / n for n in ("fig7.csv", "fig7.png", "fig7.pdf")]
     fig7_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("fig7: "))

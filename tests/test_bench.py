@@ -9,8 +9,26 @@ from resnet_repro.config import TrainSpec
 
 def test_bench_measures_both_paths_and_appends_a_csv(tmp_path, capsys):
     write_image_folder(tmp_path / "tiny", n_train=48, n_test=12)
-    argv = ["--models", "resnet8", "--batch", "8", "--iterations", "3", "--warmup", "1", "--device", "cpu",
-            "--workers", "0", "--data", str(tmp_path / "tiny"), "--check-iterations", "4", "--out", str(tmp_path / "bench")]
+    argv = [
+        "--models",
+        "resnet8",
+        "--batch",
+        "8",
+        "--iterations",
+        "3",
+        "--warmup",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--data",
+        str(tmp_path / "tiny"),
+        "--check-iterations",
+        "4",
+        "--out",
+        str(tmp_path / "bench"),
+    ]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     assert "check after 4 iterations from one seed" in out and "noise bound" in out
@@ -20,7 +38,9 @@ def test_bench_measures_both_paths_and_appends_a_csv(tmp_path, capsys):
     assert [r["path"] for r in rows] == ["usual", "engine"] and {r["model"] for r in rows} == {"resnet8"}
     assert all(float(r["images_per_second"]) > 0 and r["device"] == "cpu" and r["torch"] for r in rows)
     usual, engine = (float(r["images_per_second"]) for r in rows)
-    slack = 0.005 + engine / usual * (0.05 / engine + 0.05 / usual)  # the rates are rounded to 0.1 before they are written
+    slack = 0.005 + engine / usual * (
+        0.05 / engine + 0.05 / usual
+    )  # the rates are rounded to 0.1 before they are written
     assert abs(float(rows[1]["speedup"]) - engine / usual) <= slack
     assert bench.main(argv[:-2] + ["--check-iterations", "0", "--out", str(tmp_path / "bench")]) == 0
     with open(path) as f:
@@ -42,14 +62,39 @@ def test_bench_streams_a_jpeg_folder_with_both_loops(tmp_path, capsys):
     from test_stream import write_jpeg_folder
 
     write_jpeg_folder(tmp_path / "jpeg", n_train=24, n_val=6)
-    argv = ["--loader", "stream", "--models", "resnet8", "--image-size", "32", "--batch", "6", "--iterations", "3",
-            "--warmup", "1", "--device", "cpu", "--workers", "0", "--data", str(tmp_path / "jpeg"), "--out", str(tmp_path / "bench")]
+    argv = [
+        "--loader",
+        "stream",
+        "--models",
+        "resnet8",
+        "--image-size",
+        "32",
+        "--batch",
+        "6",
+        "--iterations",
+        "3",
+        "--warmup",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--data",
+        str(tmp_path / "jpeg"),
+        "--out",
+        str(tmp_path / "bench"),
+    ]
     assert bench.main(argv) == 0
     assert "data only" in capsys.readouterr().out
     (path,) = (tmp_path / "bench").glob("cpu-*.csv")
     with open(path) as f:
         rows = list(csv.DictReader(f))
-    assert [(r["model"], r["path"]) for r in rows] == [("-", "usual-data"), ("-", "engine-data"), ("resnet8", "usual"), ("resnet8", "engine")]
+    assert [(r["model"], r["path"]) for r in rows] == [
+        ("-", "usual-data"),
+        ("-", "engine-data"),
+        ("resnet8", "usual"),
+        ("resnet8", "engine"),
+    ]
     assert all(float(r["images_per_second"]) > 0 and r["batch"] == "6" for r in rows)
 
 

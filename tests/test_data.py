@@ -52,7 +52,9 @@ def test_torchvision_cifar10_path_downloads_verifies_and_loads(tmp_path, monkeyp
     written, md5s = write_cifar10_python_tgz(tgz)
     monkeypatch.setattr(datasets.CIFAR10, "url", f"{url}/cifar-10-python.tar.gz")
     monkeypatch.setattr(datasets.CIFAR10, "tgz_md5", hashlib.md5(tgz.read_bytes()).hexdigest())
-    monkeypatch.setattr(datasets.CIFAR10, "train_list", [[f"data_batch_{i}", md5s[f"data_batch_{i}"]] for i in range(1, 6)])
+    monkeypatch.setattr(
+        datasets.CIFAR10, "train_list", [[f"data_batch_{i}", md5s[f"data_batch_{i}"]] for i in range(1, 6)]
+    )
     monkeypatch.setattr(datasets.CIFAR10, "test_list", [["test_batch", md5s["test_batch"]]])
     monkeypatch.setattr(datasets.CIFAR10, "meta", {**datasets.CIFAR10.meta, "md5": md5s["batches.meta"]})
     ds = data.load("cifar10", data_dir=tmp_path / "data")
@@ -75,7 +77,9 @@ def test_offline_cifar10_says_what_was_tried_and_what_to_pass(tmp_path, monkeypa
     with pytest.raises(DataError) as e:
         data.load("cifar10", data_dir=tmp_path)
     msg = str(e.value)
-    assert "could not get CIFAR-10" in msg and "nonexistent.invalid" in msg and "--data PATH" in msg and "--quick" in msg
+    assert (
+        "could not get CIFAR-10" in msg and "nonexistent.invalid" in msg and "--data PATH" in msg and "--quick" in msg
+    )
 
 
 def test_missing_path_and_corrupt_archive(tmp_path, image_folder):
@@ -153,8 +157,13 @@ def test_augment_crops_and_flips_each_image_independently():
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     found = set()
     for i in range(len(x)):  # every output is some crop of the padded image, flipped or not
-        match = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (0, 1)
-                 if torch.equal(out[i], (lambda c: c.flip(2) if f else c)(padded[i, :, dy:dy + 32, dx:dx + 32]))]
+        match = [
+            (dy, dx, f)
+            for dy in range(9)
+            for dx in range(9)
+            for f in (0, 1)
+            if torch.equal(out[i], (lambda c: c.flip(2) if f else c)(padded[i, :, dy : dy + 32, dx : dx + 32]))
+        ]
         assert match, i
         found.add(match[0])
     flips = sum(f for _, _, f in found)

@@ -30,7 +30,7 @@ def setup(tmp_path_factory):
     (tmp / "exp.toml").write_text(f"""
 runs = ["resnet8"]
 [train]
-data = "{tmp / 'tiny'}"
+data = "{tmp / "tiny"}"
 batch_size = 16
 iterations = 24
 milestones = [12, 18]
@@ -40,8 +40,22 @@ eval_batch_size = 8
 
 
 def torchrun(tmp, out, *extra, **popen):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "resnet_repro.run",
-           str(tmp / "exp.toml"), "--out", str(tmp / out), "--no-progress", "--no-figures", "--deterministic", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "resnet_repro.run",
+        str(tmp / "exp.toml"),
+        "--out",
+        str(tmp / out),
+        "--no-progress",
+        "--no-figures",
+        "--deterministic",
+        *extra,
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     if popen:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
@@ -56,8 +70,21 @@ def two(setup):
 
 
 def test_two_processes_match_one_within_tolerance(setup, two):
-    assert run.main([str(setup / "exp.toml"), "--out", str(setup / "one"), "--no-progress", "--no-figures",
-                     "--deterministic", "--device", "cpu"]) == 0
+    assert (
+        run.main(
+            [
+                str(setup / "exp.toml"),
+                "--out",
+                str(setup / "one"),
+                "--no-progress",
+                "--no-figures",
+                "--deterministic",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     one = rows(setup / "one" / "exp" / "resnet8" / "metrics.csv")
     two_dir, stdout = two
     both = rows(two_dir / "metrics.csv")
@@ -101,7 +128,7 @@ def test_two_processes_stream_jpegs_each_decoding_its_shard(tmp_path):
     (tmp_path / "exp.toml").write_text(f"""
 runs = ["resnet8"]
 [train]
-data = "{tmp_path / 'jpeg'}"
+data = "{tmp_path / "jpeg"}"
 loader = "stream"
 image_size = 32
 scale = [36, 64]
@@ -114,10 +141,31 @@ eval_batch_size = 20
 """)
     result = torchrun(tmp_path, "two", "--data-dir", str(tmp_path / "data"), "--workers", "1")
     assert result.returncode == 0, result.stderr[-6000:]
-    assert run.main([str(tmp_path / "exp.toml"), "--out", str(tmp_path / "one"), "--no-progress", "--no-figures",
-                     "--deterministic", "--device", "cpu", "--data-dir", str(tmp_path / "data"), "--workers", "0"]) == 0
+    assert (
+        run.main(
+            [
+                str(tmp_path / "exp.toml"),
+                "--out",
+                str(tmp_path / "one"),
+                "--no-progress",
+                "--no-figures",
+                "--deterministic",
+                "--device",
+                "cpu",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     one, two = (rows(tmp_path / d / "exp" / "resnet8" / "metrics.csv") for d in ("one", "two"))
-    assert [(r["epoch"], r["iteration"]) for r in two] == [(r["epoch"], r["iteration"]) for r in one] == [("1", "3"), ("2", "6")]
+    assert (
+        [(r["epoch"], r["iteration"]) for r in two]
+        == [(r["epoch"], r["iteration"]) for r in one]
+        == [("1", "3"), ("2", "6")]
+    )
     # the same images and crops; BN over 8 images per process instead of 16 (this tiny task is learnt within
     # the first epoch, after which the losses are too small to compare)
     assert float(two[0]["train_loss"]) == pytest.approx(float(one[0]["train_loss"]), rel=0.05)

@@ -34,10 +34,26 @@ def test_imagenet18_34_is_the_papers_imagenet_recipe():
     exp = config.load_experiment("imagenet18_34")
     assert list(exp.runs) == ["plain18", "plain34", "resnet18", "resnet34"]
     for spec in exp.runs.values():
-        assert (spec.stem, spec.shortcut, spec.loader, spec.image_size, spec.scale, spec.test_resize) == ("imagenet", "A", "stream", 224, (256, 480), 256)
-        assert (spec.batch_size, spec.lr, spec.weight_decay, spec.iterations, spec.lighting, spec.ten_crop) == (256, 0.1, 1e-4, 600000, 0.1, True)
+        assert (spec.stem, spec.shortcut, spec.loader, spec.image_size, spec.scale, spec.test_resize) == (
+            "imagenet",
+            "A",
+            "stream",
+            224,
+            (256, 480),
+            256,
+        )
+        assert (spec.batch_size, spec.lr, spec.weight_decay, spec.iterations, spec.lighting, spec.ten_crop) == (
+            256,
+            0.1,
+            1e-4,
+            600000,
+            0.1,
+            True,
+        )
     quick = config.load_experiment("imagenet18_34", quick=True)
-    assert {(s.data, s.loader, s.image_size, s.scale, s.test_resize, s.iterations) for s in quick.runs.values()} == {("mini", "stream", 32, (36, 68), 36, 40)}
+    assert {(s.data, s.loader, s.image_size, s.scale, s.test_resize, s.iterations) for s in quick.runs.values()} == {
+        ("mini", "stream", 32, (36, 68), 36, 40)
+    }
 
 
 def test_imagenet18_34_nets_take_its_crops():
@@ -53,7 +69,14 @@ def test_degradation_quick_is_the_measured_demo_recipe():
     assert list(quick.runs) == ["plain20", "plain56", "resnet20", "resnet56"]
     for spec in quick.runs.values():
         assert (spec.data, spec.train_size, spec.batch_size, spec.iterations) == ("mini", 1000, 32, 600)
-        assert (spec.schedule, spec.ramp, spec.log_every, spec.lr, spec.momentum, spec.weight_decay) == ("linear", 120, 60, 0.1, 0.9, 1e-4)
+        assert (spec.schedule, spec.ramp, spec.log_every, spec.lr, spec.momentum, spec.weight_decay) == (
+            "linear",
+            120,
+            60,
+            0.1,
+            0.9,
+            1e-4,
+        )
 
 
 def test_depth_is_fig6_and_table6_with_the_resnet110_warmup():
@@ -61,12 +84,20 @@ def test_depth_is_fig6_and_table6_with_the_resnet110_warmup():
     depths = [20, 32, 44, 56, 110]
     assert list(exp.runs) == [f"plain{d}" for d in depths] + [f"resnet{d}" for d in depths]
     for run, spec in exp.runs.items():
-        assert (spec.data, spec.batch_size, spec.lr, spec.iterations, spec.milestones) == ("cifar10", 128, 0.1, 64000, (32000, 48000))
+        assert (spec.data, spec.batch_size, spec.lr, spec.iterations, spec.milestones) == (
+            "cifar10",
+            128,
+            0.1,
+            64000,
+            (32000, 48000),
+        )
         assert spec.warmup_lr == (0.01 if run == "resnet110" else 0.0)
     quick = config.load_experiment("depth", quick=True)  # the depths that fit the CPU demo
     assert list(quick.runs) == ["plain20", "plain32", "plain44", "resnet20", "resnet32", "resnet44"]
     assert {(s.data, s.train_size, s.iterations, s.log_every) for s in quick.runs.values()} == {("mini", 1000, 450, 45)}
-    assert list(config.load_experiment("depth", quick=True, runs=["resnet110"]).runs) == ["resnet110"]  # --runs still picks any
+    assert list(config.load_experiment("depth", quick=True, runs=["resnet110"]).runs) == [
+        "resnet110"
+    ]  # --runs still picks any
 
 
 def test_resnet1202_is_its_own_experiment():

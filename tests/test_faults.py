@@ -27,7 +27,9 @@ def tiny(tiny_dir):
 
 
 def spec(**kw):
-    return TrainSpec(**{**dict(model="resnet8", data="tiny", batch_size=16, iterations=6, milestones=(), eval_batch_size=8), **kw})
+    return TrainSpec(
+        **{**dict(model="resnet8", data="tiny", batch_size=16, iterations=6, milestones=(), eval_batch_size=8), **kw}
+    )
 
 
 def train_run(ds, run_dir, **kw):
@@ -36,8 +38,10 @@ def train_run(ds, run_dir, **kw):
 
 def experiment(tmp_path, tiny_dir):
     path = tmp_path / "pair.toml"
-    path.write_text(f'runs = ["plain8", "resnet8"]\n[train]\ndata = "{tiny_dir}"\nbatch_size = 16\niterations = 4\n'
-                    f"milestones = [2, 3]\neval_batch_size = 8\n")
+    path.write_text(
+        f'runs = ["plain8", "resnet8"]\n[train]\ndata = "{tiny_dir}"\nbatch_size = 16\niterations = 4\n'
+        f"milestones = [2, 3]\neval_batch_size = 8\n"
+    )
     return path
 
 
@@ -247,7 +251,10 @@ def test_an_unknown_crash_marks_the_run_failed_with_its_one_line(tiny, tmp_path,
     monkeypatch.setattr(data, "augment", crash)
     with pytest.raises(ZeroDivisionError):
         train_run(tiny, tmp_path / "r")
-    assert rundir.read_status(tmp_path / "r") == {"state": "failed", "message": "ZeroDivisionError: something nobody expected"}
+    assert rundir.read_status(tmp_path / "r") == {
+        "state": "failed",
+        "message": "ZeroDivisionError: something nobody expected",
+    }
 
 
 # 6. smaller

@@ -33,7 +33,9 @@ def test_torchvision_weights_come_from_the_torch_cache(tmp_path, monkeypatch):
 
 def test_torchvision_weights_offline_and_absent_say_where_to_put_them(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr(torchvision.models.ResNet18_Weights.DEFAULT.value, "url", "http://nonexistent.invalid/resnet18-f37072fd.pth")
+    monkeypatch.setattr(
+        torchvision.models.ResNet18_Weights.DEFAULT.value, "url", "http://nonexistent.invalid/resnet18-f37072fd.pth"
+    )
     with pytest.raises(ValueError, match=r"not in the torch cache .*hub/checkpoints/resnet18-f37072fd.pth.*Copy"):
         models.pretrained_state_dict("resnet18", "torchvision")
     with pytest.raises(ValueError, match="resnet18/34/50/101/152 only"):
@@ -46,13 +48,36 @@ def test_finetune_starts_from_the_weights_and_logs_like_any_run(tmp_path, capsys
     write_image_folder(tmp_path / "drawings", n_train=32, n_test=8, size=40)  # not 32x32: resized when decoded
     source = models.build_model("resnet8", 5)  # another class count: the fc is replaced
     torch.save({"model": source.state_dict()}, tmp_path / "w.pt")
-    argv = ["--model", "resnet8", "--weights", str(tmp_path / "w.pt"), "--data", str(tmp_path / "drawings"),
-            "--image-size", "32", "--iterations", "2", "--set", "lr=1e-9", "--set", "batch_size=16",
-            "--out", str(tmp_path / "res"), "--no-progress", "--device", "cpu"]
+    argv = [
+        "--model",
+        "resnet8",
+        "--weights",
+        str(tmp_path / "w.pt"),
+        "--data",
+        str(tmp_path / "drawings"),
+        "--image-size",
+        "32",
+        "--iterations",
+        "2",
+        "--set",
+        "lr=1e-9",
+        "--set",
+        "batch_size=16",
+        "--out",
+        str(tmp_path / "res"),
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert finetune.main(argv) == 0
     run_dir = tmp_path / "res" / "finetune" / "resnet8"
     config = json.loads((run_dir / "config.json").read_text())
-    assert (config["init_weights"], config["image_size"], config["resize"], config["num_classes"]) == (str(tmp_path / "w.pt"), 32, True, 3)
+    assert (config["init_weights"], config["image_size"], config["resize"], config["num_classes"]) == (
+        str(tmp_path / "w.pt"),
+        32,
+        True,
+        3,
+    )
     assert (run_dir / "metrics.csv").read_text().count("\n") == 2
     final = torch.load(run_dir / "final.pt")["model"]
     # lr 1e-9: the convs are still the given weights, not a fresh He init

@@ -17,7 +17,12 @@ def test_cifar_param_counts_and_plain_twins(depth):
 
 @pytest.mark.parametrize(
     "name,classes,expected",
-    [("resnet34", 10, 21_289_802), ("resnet50", 10, 23_528_522), ("resnet18", 1000, 11_689_512), ("resnet34", 1000, 21_797_672)],
+    [
+        ("resnet34", 10, 21_289_802),
+        ("resnet50", 10, 23_528_522),
+        ("resnet18", 1000, 11_689_512),
+        ("resnet34", 1000, 21_797_672),
+    ],
 )
 def test_imagenet_param_counts(name, classes, expected):
     assert num_params(build_model(name, num_classes=classes)) == expected
@@ -107,7 +112,11 @@ def test_invalid_names_raise_value_error_naming_valid_choices(bad):
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"shortcut": "D"}, "valid choices are A, B, C"), ({"stem": "tiny"}, "valid choices are cifar, imagenet"), ({"stem": "imagenet"}, "CIFAR-family")],
+    [
+        ({"shortcut": "D"}, "valid choices are A, B, C"),
+        ({"stem": "tiny"}, "valid choices are cifar, imagenet"),
+        ({"stem": "imagenet"}, "CIFAR-family"),
+    ],
 )
 def test_invalid_options_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -164,7 +173,10 @@ def test_multiply_adds_match_the_papers_orders():
 
 def test_common_cifar_checkpoint_layout_maps_onto_ours():
     source = build_model("resnet20")
-    theirs = {"module." + k.replace("fc.", "linear.", 1) if k.startswith("fc.") else "module." + k: v for k, v in source.state_dict().items()}
+    theirs = {
+        "module." + k.replace("fc.", "linear.", 1) if k.startswith("fc.") else "module." + k: v
+        for k, v in source.state_dict().items()
+    }
     target = build_model("resnet20")
     target.load_state_dict(models.convert_cifar_state_dict(theirs), strict=True)
     x = torch.randn(2, 3, 32, 32)

@@ -16,7 +16,11 @@ def fixed_model(seed=0):
     with torch.no_grad():
         for name, t in model.state_dict().items():
             if t.is_floating_point():
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if "running_var" in name else torch.randn(t.shape, generator=g) * 0.5)
+                t.copy_(
+                    torch.rand(t.shape, generator=g) + 0.5
+                    if "running_var" in name
+                    else torch.randn(t.shape, generator=g) * 0.5
+                )
     return model
 
 
@@ -70,8 +74,17 @@ def test_sample_indices_are_fixed_by_the_seed_and_capped():
 def write_finished_run(root, data_path, final=True):
     run_dir = root / "results" / "tiny" / "resnet8"
     run_dir.mkdir(parents=True)
-    config = {"experiment": "tiny", "run": "resnet8", "model": "resnet8", "num_classes": len(CLASSES), "shortcut": "A",
-              "stem": "cifar", "data": str(data_path), "data_dir": str(root / "data"), "dataset": "tiny"}
+    config = {
+        "experiment": "tiny",
+        "run": "resnet8",
+        "model": "resnet8",
+        "num_classes": len(CLASSES),
+        "shortcut": "A",
+        "stem": "cifar",
+        "data": str(data_path),
+        "data_dir": str(root / "data"),
+        "dataset": "tiny",
+    }
     (run_dir / "config.json").write_text(json.dumps(config))
     model = fixed_model()
     if final:

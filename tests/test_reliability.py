@@ -29,7 +29,7 @@ def test_sigkill_then_resume_equals_an_unbroken_run(tmp_path):
     (tmp_path / "exp.toml").write_text(f"""
 runs = ["resnet8"]
 [train]
-data = "{tmp_path / 'tiny'}"
+data = "{tmp_path / "tiny"}"
 batch_size = 8
 iterations = 96
 milestones = [48, 72]
@@ -37,8 +37,20 @@ eval_batch_size = 8
 """)
 
     def command(out, *extra):
-        return [sys.executable, "-m", "resnet_repro.run", str(tmp_path / "exp.toml"), "--out", str(out),
-                "--no-progress", "--no-figures", "--deterministic", "--device", "cpu", *extra]
+        return [
+            sys.executable,
+            "-m",
+            "resnet_repro.run",
+            str(tmp_path / "exp.toml"),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--no-figures",
+            "--deterministic",
+            "--device",
+            "cpu",
+            *extra,
+        ]
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run(command(tmp_path / "whole"), check=True, env=env, capture_output=True, timeout=300)

@@ -51,7 +51,17 @@ def test_runs_a_pair_prints_a_summary_then_never_redoes_or_overwrites(tmp_path, 
     assert cli(exp, "--out", tmp_path / "res", "--no-figures", "--device", "cpu") == 0
     out = capsys.readouterr().out
     table = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")]
-    assert table[0] == ["experiment", "run", "params", "final_train_err", "final_test_err", "best_test_err", "minutes", "iterations", "state"]
+    assert table[0] == [
+        "experiment",
+        "run",
+        "params",
+        "final_train_err",
+        "final_test_err",
+        "best_test_err",
+        "minutes",
+        "iterations",
+        "state",
+    ]
     assert table[1][:2] == ["pair", "plain8"] and table[1][-2:] == ["4", "done"] and table[2][1] == "resnet8"
     for r in ("plain8", "resnet8"):
         assert (tmp_path / "res" / "pair" / r / "metrics.csv").exists()
@@ -67,7 +77,23 @@ def test_runs_a_pair_prints_a_summary_then_never_redoes_or_overwrites(tmp_path, 
 
 def test_overrides_reach_the_runs(tmp_path, tiny_dir):
     exp = experiment(tmp_path, tiny_dir)
-    assert cli(exp, "--out", tmp_path / "res", "--no-figures", "--runs", "resnet8", "--seed", "7", "--iterations", "2", "--set", "lr=0.05") == 0
+    assert (
+        cli(
+            exp,
+            "--out",
+            tmp_path / "res",
+            "--no-figures",
+            "--runs",
+            "resnet8",
+            "--seed",
+            "7",
+            "--iterations",
+            "2",
+            "--set",
+            "lr=0.05",
+        )
+        == 0
+    )
     config = json.loads((tmp_path / "res" / "pair" / "resnet8" / "config.json").read_text())
     assert (config["seed"], config["iterations"], config["lr"], config["milestones"]) == (7, 2, 0.05, [1, 2])
     assert not (tmp_path / "res" / "pair" / "plain8").exists()
@@ -102,9 +128,14 @@ def test_debug_shows_the_traceback(tmp_path):
         cli("degradation", "--data", tmp_path / "nowhere", "--out", tmp_path / "res", "--debug")
 
 
-@pytest.mark.parametrize("text,match", [("runs = [\"plain20\"\n[train]\nlr = 0.1.2\n", "malformed TOML"),
-                                        ("runs = [\"resnet21\"]\n", "not a model name"),
-                                        ("runs = [\"plain20\"]\n[train]\nlearning_rate = 1\n", "valid keys are")])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ('runs = ["plain20"\n[train]\nlr = 0.1.2\n', "malformed TOML"),
+        ('runs = ["resnet21"]\n', "not a model name"),
+        ('runs = ["plain20"]\n[train]\nlearning_rate = 1\n', "valid keys are"),
+    ],
+)
 def test_bad_spec_files_exit_2_with_one_line(tmp_path, capsys, text, match):
     (tmp_path / "bad.toml").write_text(text)
     assert cli(tmp_path / "bad.toml", "--out", tmp_path / "res") == 2
@@ -144,18 +175,55 @@ def test_two_runs_at_once_by_default_on_a_cpu_of_two_cores_else_one(monkeypatch)
     cpu, gpu = [run.torch.device("cpu")], [run.torch.device("cuda")]
     monkeypatch.setattr(run.os, "cpu_count", lambda: 2)
     assert run.default_jobs(cpu, 4, 1) == 2
-    assert run.default_jobs(cpu, 1, 1) == run.default_jobs(gpu, 4, 1) == run.default_jobs(cpu, 4, 2) == 1  # one run, GPU, torchrun
+    assert (
+        run.default_jobs(cpu, 1, 1) == run.default_jobs(gpu, 4, 1) == run.default_jobs(cpu, 4, 2) == 1
+    )  # one run, GPU, torchrun
     monkeypatch.setattr(run.os, "cpu_count", lambda: 1)
     assert run.default_jobs(cpu, 4, 1) == 1
 
 
 def test_a_child_run_gets_the_same_options_but_its_own_run_and_device():
-    args = run.parse_args(["degradation", "--quick", "--seed", "3", "--set", "lr=0.05", "--set", "ramp=0", "--jobs", "2",
-                           "--out", "elsewhere", "--figures", "figs", "--resume", "--workers", "1"])
+    args = run.parse_args(
+        [
+            "degradation",
+            "--quick",
+            "--seed",
+            "3",
+            "--set",
+            "lr=0.05",
+            "--set",
+            "ramp=0",
+            "--jobs",
+            "2",
+            "--out",
+            "elsewhere",
+            "--figures",
+            "figs",
+            "--resume",
+            "--workers",
+            "1",
+        ]
+    )
     cmd = run.child_command(args, "plain20", "cpu")
-    assert cmd[3:11] == ["degradation", "--runs", "plain20", "--device", "cpu", "--no-figures", "--no-progress", "--quick"]
+    assert cmd[3:11] == [
+        "degradation",
+        "--runs",
+        "plain20",
+        "--device",
+        "cpu",
+        "--no-figures",
+        "--no-progress",
+        "--quick",
+    ]
     options = cmd[11:]
-    assert ["--seed", "3"] == options[options.index("--seed"):][:2] and options.count("--set") == 2
-    assert "lr=0.05" in options and "ramp=0" in options and "--resume" in options and ["--out", "elsewhere"] == options[options.index("--out"):][:2]
-    assert "--jobs" not in options and "--figures" not in options and "--data-dir" not in options  # parent-only, or the default
+    assert ["--seed", "3"] == options[options.index("--seed") :][:2] and options.count("--set") == 2
+    assert (
+        "lr=0.05" in options
+        and "ramp=0" in options
+        and "--resume" in options
+        and ["--out", "elsewhere"] == options[options.index("--out") :][:2]
+    )
+    assert (
+        "--jobs" not in options and "--figures" not in options and "--data-dir" not in options
+    )  # parent-only, or the default
     assert run.parse_args(cmd[3:]).seed == 3  # and the child parses it

@@ -24,7 +24,10 @@ def write_jpeg_folder(root, n_train=24, n_val=9, evaluation="val"):
         for i in range(n):
             w, h = SIZES[i % len(SIZES)]
             # a class-dependent tint so a net can learn something
-            img = rng.integers(0, 120, (h, w, 3), dtype=np.uint8) + np.array([120, 60, 0], dtype=np.uint8)[np.roll(np.arange(3), i % 3)]
+            img = (
+                rng.integers(0, 120, (h, w, 3), dtype=np.uint8)
+                + np.array([120, 60, 0], dtype=np.uint8)[np.roll(np.arange(3), i % 3)]
+            )
             path = root / split / CLASSES[i % 3] / f"{split}_{i:04d}.JPEG"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(path, quality=90)
@@ -41,8 +44,17 @@ def load(folder, tmp_path, workers=0, **kw):
 
 
 def spec(**kw):
-    base = dict(model="resnet8", loader="stream", image_size=32, scale=(36, 64), test_resize=36, batch_size=6,
-                iterations=9, milestones=(6,), eval_batch_size=20)
+    base = dict(
+        model="resnet8",
+        loader="stream",
+        image_size=32,
+        scale=(36, 64),
+        test_resize=36,
+        batch_size=6,
+        iterations=9,
+        milestones=(6,),
+        eval_batch_size=20,
+    )
     return TrainSpec(**{**base, **kw})
 
 
@@ -51,7 +63,9 @@ def test_a_folder_loads_as_files_labels_and_a_cached_per_pixel_mean(folder, tmp_
     assert ds.classes == CLASSES and len(ds.train) == 24 and len(ds.test) == 9
     assert ds.train.labels.tolist() == [0] * 8 + [1] * 8 + [2] * 8  # sorted by class, then file name
     assert ds.mean.shape == (3, 32, 32) and 0 < float(ds.mean.min()) and float(ds.mean.max()) < 1
-    expected = torch.stack([stream.eval_crops(stream.read_image(f), ds.train) for f in ds.train.files]).double().mean(0) / 255
+    expected = (
+        torch.stack([stream.eval_crops(stream.read_image(f), ds.train) for f in ds.train.files]).double().mean(0) / 255
+    )
     assert torch.allclose(ds.mean.double(), expected, atol=1e-6)  # every image: fewer than MEAN_IMAGES
     cached = list((tmp_path / "data" / "cache").glob("mean-*.pt"))
     assert len(cached) == 1
@@ -86,7 +100,9 @@ def test_scale_augmentation_crops_and_flips_reproducibly(folder, tmp_path):
         x, shift = stream.train_crop(square, exact, stream.sample_generator(0, 0, i))
         assert torch.equal(shift, torch.zeros(3))
         windows = [square[:, :, o : o + 32] for o in range(9)]
-        match = [(o, f) for o, w in enumerate(windows) for f, v in ((False, w), (True, w.flip(-1))) if torch.equal(x, v)]
+        match = [
+            (o, f) for o, w in enumerate(windows) for f, v in ((False, w), (True, w.flip(-1))) if torch.equal(x, v)
+        ]
         assert match
         seen |= {m[1] for m in match}
     assert seen == {False, True}  # both flips happen
@@ -184,7 +200,9 @@ def test_a_signal_checkpoints_and_resume_is_exact_on_streamed_data(folder, tmp_p
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_corrupt_jpeg_fails_the_run_naming_the_file(tmp_path, workers):
     root = write_jpeg_folder(tmp_path / "bad", n_train=12, n_val=3)
-    ds = stream.load(str(root), tmp_path / "data", crop=32, test_resize=36, scale=(36, 64), workers=workers)  # the mean is cached
+    ds = stream.load(
+        str(root), tmp_path / "data", crop=32, test_resize=36, scale=(36, 64), workers=workers
+    )  # the mean is cached
     bad = sorted((root / "train" / "n02").iterdir())[0]
     bad.write_bytes(b"\xff\xd8 this is not a JPEG")
     result = train.train(spec(iterations=4), ds, tmp_path / "run", experiment="exp", run="r", progress=False)
@@ -192,7 +210,9 @@ def test_a_corrupt_jpeg_fails_the_run_naming_the_file(tmp_path, workers):
     assert "\n" not in result.message
     assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "failed"
     with pytest.raises(data.DataError, match=f"cannot decode image .*{bad.name}"):
-        stream.load(str(root), tmp_path / "fresh", crop=32, test_resize=36, scale=(36, 64))  # computing the mean reads it
+        stream.load(
+            str(root), tmp_path / "fresh", crop=32, test_resize=36, scale=(36, 64)
+        )  # computing the mean reads it
 
 
 def test_bad_layouts_and_specs_say_what_is_expected(tmp_path):
@@ -215,7 +235,15 @@ def test_predictions_of_a_streamed_run_use_the_centre_crops(folder, tmp_path, ca
 
     ds = load(folder, tmp_path)
     d = tmp_path / "run"
-    train.train(spec(iterations=4, data=str(folder)), ds, d, experiment="exp", run="resnet8", progress=False, data_dir=tmp_path / "data")
+    train.train(
+        spec(iterations=4, data=str(folder)),
+        ds,
+        d,
+        experiment="exp",
+        run="resnet8",
+        progress=False,
+        data_dir=tmp_path / "data",
+    )
     out = tmp_path / "pred.png"
     assert analysis.predictions_main([str(d), "--out", str(out), "--n", "5"]) == 0
     assert out.exists() and capsys.readouterr().out.strip().endswith("/5 right")

@@ -37,7 +37,9 @@ def rows(run_dir):
 
 def test_lr_schedule_is_a_pure_function_of_the_iteration():
     s = TrainSpec(lr=0.1, milestones=(32000, 48000))
-    assert [train.lr_at(i, s) for i in (0, 31999, 32000, 47999, 48000, 63999)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert [train.lr_at(i, s) for i in (0, 31999, 32000, 47999, 48000, 63999)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    )
     w = TrainSpec(lr=0.1, milestones=(32000, 48000), warmup_lr=0.01)
     assert train.lr_at(100, w, None) == 0.01 and train.lr_at(399, w, 400) == 0.01 and train.lr_at(400, w, 400) == 0.1
 
@@ -52,7 +54,9 @@ def test_a_run_writes_its_csv_config_status_and_final_weights(tiny, tmp_path):
     assert [float(x["lr"]) for x in r] == pytest.approx([0.1, 0.01, 0.001, 0.001])
     assert {x["experiment"] for x in r} == {"exp"} and r[0]["residual"] == "True" and r[0]["depth"] == "8"
     for x in r:
-        assert 0 <= float(x["train_err"]) <= 100 and 0 <= float(x["test_err"]) <= 100 and float(x["images_per_second"]) > 0
+        assert (
+            0 <= float(x["train_err"]) <= 100 and 0 <= float(x["test_err"]) <= 100 and float(x["images_per_second"]) > 0
+        )
     config = json.loads((d / "config.json").read_text())
     assert config["model"] == "resnet8" and config["seed"] == 0 and config["params"] == result.params
     assert config["dataset"] == tiny.name and config["dataset_checksum"] == tiny.checksum and config["shortcut"] == "A"
@@ -171,7 +175,9 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path):
 
 def test_linear_schedule_with_a_ramp():
     s = TrainSpec(lr=0.1, iterations=600, schedule="linear", ramp=120)
-    assert [train.lr_at(i, s) for i in (0, 59, 119, 120, 360, 599)] == pytest.approx([0.1 / 120, 0.05, 0.1, 0.1, 0.05, 0.1 / 480])
+    assert [train.lr_at(i, s) for i in (0, 59, 119, 120, 360, 599)] == pytest.approx(
+        [0.1 / 120, 0.05, 0.1, 0.1, 0.05, 0.1 / 480]
+    )
     step = TrainSpec(lr=0.1, iterations=100, milestones=(50,), ramp=10)
     assert [train.lr_at(i, step) for i in (4, 9, 49, 50)] == pytest.approx([0.05, 0.1, 0.1, 0.01])
 

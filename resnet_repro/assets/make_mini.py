@@ -25,7 +25,12 @@ def make_mini(src, dst):
     with tarfile.open(src, "r:gz") as tar:
         for m in tar:
             parts = m.name.split("/")
-            if m.isfile() and len(parts) == 4 and re.fullmatch(r"\d+\.jpg", parts[3]) and int(parts[3][:-4]) < keep.get(parts[1], 0):
+            if (
+                m.isfile()
+                and len(parts) == 4
+                and re.fullmatch(r"\d+\.jpg", parts[3])
+                and int(parts[3][:-4]) < keep.get(parts[1], 0)
+            ):
                 members.append((f"{ROOT}/{parts[1]}/{parts[2]}/{parts[3]}", tar.extractfile(m).read()))
     members.sort()
     buf = io.BytesIO()

@@ -1,0 +1,59 @@
+"""What config.json records besides the spec: the model's facts, the data, and where, on what and from
+which commit a run ran (resnet_repro.rundir.ENVIRONMENT_KEYS may change on --resume, the rest may not)."""
+
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from resnet_repro.distributed import world
+from resnet_repro.models import build_model, num_params, parse_name
+
+
+def git_commit():
+    root = Path(__file__).resolve().parent.parent
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10)  # noqa: E731
+        commit = run("rev-parse", "--short", "HEAD").stdout.strip()
+        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device):
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def run_config(spec, dataset, *, experiment, run, quick, device, data_dir):
+    """What config.json records: the resolved spec, the model's facts, the data and the environment."""
+    kind, depth = parse_name(spec.model)
+    model = build_model(spec.model, dataset.num_classes, spec.shortcut, spec.stem)
+    return {
+        "experiment": experiment,
+        "run": run,
+        **asdict(spec),
+        "shortcut": model.shortcut,
+        "stem": model.stem,
+        "depth": depth,
+        "residual": kind == "resnet",
+        "params": num_params(model),
+        "num_classes": dataset.num_classes,
+        "dataset": dataset.name,
+        "dataset_checksum": dataset.checksum,
+        "train_images": len(dataset.train),
+        "test_images": len(dataset.test),
+        "quick": quick,
+        "device": device_name(device),
+        "torch": str(torch.__version__),
+        "commit": git_commit(),
+        "python": sys.version.split()[0],
+        "world_size": world()[1],  # processes under torchrun, each training a shard of every batch
+        "threads": torch.get_num_threads(),  # CPU threads of this process (run --jobs sets them)
+        "data_dir": str(data_dir),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
