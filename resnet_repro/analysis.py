@@ -126,17 +126,23 @@ titled "predicted (true)", mistakes in red.
 """
 
 
+def _parser(command, description, epilog=None):
+    prog = f"python -m resnet_repro.analysis {command}".strip()
+    return argparse.ArgumentParser(
+        prog=prog, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["predictions"]:
         return predictions_main(argv[1:])
     if argv[:1] == ["compare"]:
         return compare_main(argv[1:])
-    parser = argparse.ArgumentParser(
-        prog="python -m resnet_repro.analysis",
-        description="Draw the paper's figures and tables from training results (results/<experiment>/<run>/metrics.csv).",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = _parser(
+        "",
+        "Draw the paper's figures and tables from training results (results/<experiment>/<run>/metrics.csv).",
+        EXAMPLES,
     )
     parser.add_argument(
         "results",
@@ -164,9 +170,9 @@ def main(argv=None):
 
 
 def compare_main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m resnet_repro.analysis compare",
-        description="Error curves of several result folders in one figure (colour: net, line style: folder), "
+    parser = _parser(
+        "compare",
+        "Error curves of several result folders in one figure (colour: net, line style: folder), "
         "and for two folders the table of compare(a, b): final errors side by side with their difference.",
     )
     parser.add_argument(
@@ -206,11 +212,8 @@ def compare_main(argv=None):
 
 
 def predictions_main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m resnet_repro.analysis predictions",
-        description="Draw a finished run's predictions on a fixed sample of test images.",
-        epilog=PREDICTIONS_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = _parser(
+        "predictions", "Draw a finished run's predictions on a fixed sample of test images.", PREDICTIONS_EXAMPLES
     )
     parser.add_argument(
         "run_dir", type=Path, metavar="RUN_DIR", help="a run directory, e.g. results/degradation/resnet56"

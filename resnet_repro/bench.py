@@ -88,25 +88,15 @@ def usual_loader(ds, spec, workers, device):
             transforms.RandomResizedCrop(ds.train.crop), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize,
         ])  # fmt: skip
         dataset = PILFiles(ds.train.files, ds.train.labels, transform)
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=batch,
-            shuffle=True,
-            num_workers=workers,
-            drop_last=True,
-            pin_memory=device.type == "cuda",
-            persistent_workers=workers > 0,
-            generator=torch.Generator().manual_seed(seed),
-        ), normalize
-
-    mean = ds.train.images.float().mean((0, 2, 3)) / 255
-    std = (ds.train.images.float() / 255).std((0, 2, 3))
-    transform = transforms.Compose([
-        transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-        transforms.Normalize(mean.tolist(), std.tolist()),
-    ])  # fmt: skip
-    dataset = PILArrays(ds.train.images.cpu(), ds.train.labels.cpu(), transform)
-    return torch.utils.data.DataLoader(
+    else:
+        mean = ds.train.images.float().mean((0, 2, 3)) / 255
+        std = (ds.train.images.float() / 255).std((0, 2, 3))
+        normalize = transforms.Normalize(mean.tolist(), std.tolist())
+        transform = transforms.Compose([
+            transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize,
+        ])  # fmt: skip
+        dataset = PILArrays(ds.train.images.cpu(), ds.train.labels.cpu(), transform)
+    loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=batch,
         shuffle=True,
@@ -115,7 +105,8 @@ def usual_loader(ds, spec, workers, device):
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(seed),
-    ), transforms.Normalize(mean.tolist(), std.tolist())
+    )
+    return loader, normalize
 
 
 def batches(loader):

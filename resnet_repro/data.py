@@ -191,17 +191,9 @@ def _load_folder_or_archive(source, data_dir, size):
     name = archive_name(md5, path)
     cache.parent.mkdir(parents=True, exist_ok=True)
     try:
-        save(
-            dict(
-                name=name,
-                classes=classes,
-                train_images=train.images,
-                train_labels=train.labels,
-                test_images=test.images,
-                test_labels=test.labels,
-            ),
-            cache,
-        )
+        splits = {"train_images": train.images, "train_labels": train.labels}
+        splits |= {"test_images": test.images, "test_labels": test.labels}
+        save({"name": name, "classes": classes, **splits}, cache)
     except DiskFull:
         raise DataError(
             f"disk full while caching the decoded {path.name} in {cache.parent}: free space there or pass --data-dir elsewhere"

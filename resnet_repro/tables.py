@@ -16,17 +16,7 @@ PAPER_TABLE6 = {
 }
 PAPER_TABLE2 = {18: (27.94, 27.88), 34: (28.54, 25.03)}  # layers: (plain, ResNet)
 TABLE2_RUNS = ("plain18", "plain34", "resnet18", "resnet34")
-SUMMARY_COLUMNS = [
-    "experiment",
-    "run",
-    "params",
-    "final_train_err",
-    "final_test_err",
-    "best_test_err",
-    "minutes",
-    "iterations",
-    "state",
-]
+SUMMARY_COLUMNS = ["experiment", "run", "params", "final_train_err", "final_test_err", "best_test_err", "minutes", "iterations", "state"]  # fmt: skip
 
 
 def summary_table(runs):

@@ -6,22 +6,15 @@ from conftest import write_image_folder
 from resnet_repro import bench, data, stream
 from resnet_repro.config import TrainSpec
 
+SHORT = "--models resnet8 --iterations 3 --warmup 1 --device cpu --workers 0".split()  # a few timed steps
+
 
 def test_bench_measures_both_paths_and_appends_a_csv(tmp_path, capsys):
     write_image_folder(tmp_path / "tiny", n_train=48, n_test=12)
     argv = [
-        "--models",
-        "resnet8",
+        *SHORT,
         "--batch",
         "8",
-        "--iterations",
-        "3",
-        "--warmup",
-        "1",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
         "--data",
         str(tmp_path / "tiny"),
         "--check-iterations",
@@ -62,28 +55,8 @@ def test_bench_streams_a_jpeg_folder_with_both_loops(tmp_path, capsys):
     from test_stream import write_jpeg_folder
 
     write_jpeg_folder(tmp_path / "jpeg", n_train=24, n_val=6)
-    argv = [
-        "--loader",
-        "stream",
-        "--models",
-        "resnet8",
-        "--image-size",
-        "32",
-        "--batch",
-        "6",
-        "--iterations",
-        "3",
-        "--warmup",
-        "1",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--data",
-        str(tmp_path / "jpeg"),
-        "--out",
-        str(tmp_path / "bench"),
-    ]
+    argv = [*SHORT, "--loader", "stream", "--image-size", "32", "--batch", "6", "--data", str(tmp_path / "jpeg")]
+    argv += ["--out", str(tmp_path / "bench")]
     assert bench.main(argv) == 0
     assert "data only" in capsys.readouterr().out
     (path,) = (tmp_path / "bench").glob("cpu-*.csv")

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from conftest import write_image_folder
-from resnet_repro import run
+from resnet_repro import run, tables
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +51,7 @@ def test_runs_a_pair_prints_a_summary_then_never_redoes_or_overwrites(tmp_path, 
     assert cli(exp, "--out", tmp_path / "res", "--no-figures", "--device", "cpu") == 0
     out = capsys.readouterr().out
     table = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")]
-    assert table[0] == [
-        "experiment",
-        "run",
-        "params",
-        "final_train_err",
-        "final_test_err",
-        "best_test_err",
-        "minutes",
-        "iterations",
-        "state",
-    ]
+    assert table[0] == tables.SUMMARY_COLUMNS
     assert table[1][:2] == ["pair", "plain8"] and table[1][-2:] == ["4", "done"] and table[2][1] == "resnet8"
     for r in ("plain8", "resnet8"):
         assert (tmp_path / "res" / "pair" / r / "metrics.csv").exists()
