@@ -14,7 +14,7 @@ import torch
 
 from conftest import TIMING, write_image_folder
 from conftest import csv_rows as rows
-from resnet_repro import data, run, train
+from resnet_repro import data, run, stream, train
 from resnet_repro.config import TrainSpec
 from resnet_repro.models import build_model
 
@@ -141,25 +141,8 @@ eval_batch_size = 20
 """)
     result = torchrun(tmp_path, "two", "--data-dir", str(tmp_path / "data"), "--workers", "1")
     assert result.returncode == 0, result.stderr[-6000:]
-    assert (
-        run.main(
-            [
-                str(tmp_path / "exp.toml"),
-                "--out",
-                str(tmp_path / "one"),
-                "--no-progress",
-                "--no-figures",
-                "--deterministic",
-                "--device",
-                "cpu",
-                "--data-dir",
-                str(tmp_path / "data"),
-                "--workers",
-                "0",
-            ]
-        )
-        == 0
-    )
+    one_process = [str(tmp_path / "exp.toml"), "--out", str(tmp_path / "one"), "--data-dir", str(tmp_path / "data")]
+    assert run.main([*one_process, *"--no-progress --no-figures --deterministic --device cpu --workers 0".split()]) == 0
     one, two = (rows(tmp_path / d / "exp" / "resnet8" / "metrics.csv") for d in ("one", "two"))
     assert (
         [(r["epoch"], r["iteration"]) for r in two]
@@ -170,4 +153,12 @@ eval_batch_size = 20
     # the first epoch, after which the losses are too small to compare)
     assert float(two[0]["train_loss"]) == pytest.approx(float(one[0]["train_loss"]), rel=0.05)
     ten = [json.loads((tmp_path / d / "exp" / "resnet8" / "evaluation.json").read_text()) for d in ("one", "two")]
-    assert ten[0]["images"] == ten[1]["images"] == 12 and ten[1]["top5_err"] == 0.0
+    assert ten[0]["images"] == ten[1]["images"] == 12
+    # the 2-process 10-crop test (each process a shard, rank 0's BN statistics) is the final weights' on all 12 images
+    ds = stream.load(str(tmp_path / "jpeg"), tmp_path / "data", crop=32, test_resize=36, scale=(36, 64))
+    model = build_model("resnet8", ds.num_classes)
+    model.load_state_dict(torch.load(tmp_path / "two" / "exp" / "resnet8" / "final.pt", weights_only=True)["model"])
+    loss, top1, _ = train.evaluate(
+        model, ds.test, ds.mean, TrainSpec(model="resnet8", eval_batch_size=20), "cpu", views=10
+    )
+    assert ten[1]["top1_err"] == pytest.approx(top1, abs=1e-3) and ten[1]["test_loss"] == pytest.approx(loss, rel=1e-4)
