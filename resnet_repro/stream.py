@@ -15,6 +15,7 @@ Data: a directory `train/<class>/<image>` with `val/` (ImageNet's layout) or `te
 """
 
 import hashlib
+import multiprocessing
 import os
 import shutil
 import tarfile
@@ -134,11 +135,20 @@ class _EvalItems(torch.utils.data.Dataset):
         return eval_crops(read_image(self.split.files[i]), self.split, self.views), self.split.labels[i]
 
 
+def _worker_context():
+    """Workers start from a fork server, not by forking this process: a fork while another thread holds one of
+    CPython's locks hangs the child for good (seen under torchrun, whose processes run threads)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["resnet_repro.stream"])  # the server imports torch once; forks from it are quick
+    return ctx
+
+
 def _loader(items, batches, workers, device):
     return torch.utils.data.DataLoader(
         items,
         batch_sampler=batches,
         num_workers=workers,
+        multiprocessing_context=_worker_context() if workers else None,
         pin_memory=torch.device(device).type == "cuda",
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
