@@ -239,54 +239,61 @@ def _run(args, exp, rank, world_size, dist_device):
             f"note: no GPU; {first.iterations:,} iterations per run take many hours on a CPU (--quick runs the demo in minutes)"
         )
     parallel = (args.jobs > 1 or len(devices) > 1) and len(exp.runs) > 1
-    datasets, results = {}, []
+    # in parallel mode this checks the data once and fills the cache the runs read
+    datasets = load_datasets(exp, args, "cpu" if parallel else device, say)
+    if parallel:
+        results = run_parallel(args, exp, exp_dir, devices)
+        return 130 if results is None else finish(args, exp, exp_dir, results)
+    results = run_serial(args, exp, exp_dir, datasets, device, rank, world_size)
+    if results is None:
+        return 130
+    if rank:
+        return 1 if any(r.state == "failed" for r in results) else 0
+    return finish(args, exp, exp_dir, results)
+
+
+def load_datasets(exp, args, device, say):
+    """{data_key: Dataset} for the experiment's runs, each loaded once."""
+    datasets = {}
     for spec in exp.runs.values():
         key = data_key(spec)
-        if key not in datasets:  # in parallel mode this checks the data once and fills the cache the runs read
+        if key not in datasets:
             t = time.perf_counter()
-            datasets[key] = datamod.load_for(spec, args.data_dir, "cpu" if parallel else device, workers(args))
-            ds = datasets[key]
+            datasets[key] = ds = datamod.load_for(spec, args.data_dir, device, workers(args))
             say(
                 f"data: {ds.name}, {len(ds.train):,} train / {len(ds.test):,} test images, {ds.num_classes} classes "
                 f"({time.perf_counter() - t:.1f}s)"
             )
-    if parallel:
-        results = run_parallel(args, exp, exp_dir, devices)
-        return 130 if results is None else finish(args, exp, exp_dir, results)
+    return datasets
+
+
+def run_serial(args, exp, exp_dir, datasets, device, rank, world_size):
+    """Train the runs one after another in this process (under torchrun: each process a shard of every run).
+    Returns the RunResults, or None if interrupted (a checkpoint is written; --resume continues)."""
+    results = []
+    options = dict(quick=exp.quick, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite)
+    options |= dict(progress=not args.no_progress, deterministic=args.deterministic, device=device)
     for run, spec in exp.runs.items():
         try:
             result = trainer.train(
-                spec,
-                datasets[data_key(spec)],
-                exp_dir / run,
-                experiment=exp.name,
-                run=run,
-                device=device,
-                quick=exp.quick,
-                data_dir=args.data_dir,
-                resume=args.resume,
-                overwrite=args.overwrite,
-                progress=not args.no_progress,
-                deterministic=args.deterministic,
+                spec, datasets[data_key(spec)], exp_dir / run, experiment=exp.name, run=run, **options
             )
         except trainer.Interrupted as e:
             if rank == 0:
                 print(f"{run}: {e}", file=sys.stderr)  # says how to resume
-            return 130
+            return None
         if result.state == "failed" and rank == 0:
             print(f"{run}: FAILED: {result.message}", file=sys.stderr)
         results.append(result)
         if result.stop_signal and world_size == 1 and run != list(exp.runs)[-1]:  # torchrun: ranks must agree, not done
             if rank == 0:
                 print(
-                    f"{result.stop_signal}: {run} finished, the next runs were not started; continue with the same command "
-                    f"plus --resume",
+                    f"{result.stop_signal}: {run} finished, the next runs were not started; continue with the same "
+                    "command plus --resume",
                     file=sys.stderr,
                 )
-            return 130
-    if rank:
-        return 1 if any(r.state == "failed" for r in results) else 0
-    return finish(args, exp, exp_dir, results)
+            return None
+    return results
 
 
 def data_key(spec):

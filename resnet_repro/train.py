@@ -149,34 +149,20 @@ def train(
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
     with rundir.RunLock(run_dir) if main else contextlib.nullcontext():
-        plan, state = None, None
-        if main:
-            try:
-                if not overwrite and rundir.read_status(run_dir)["state"] == "done":
-                    rundir.prepare(run_dir, config, True, False, DEFAULTS)  # still refuses a changed config
-                    plan = "skip"
-                else:
-                    state = rundir.prepare(run_dir, config, resume, overwrite, DEFAULTS)
-                    rundir.write_status(run_dir, "running")
-                    plan = "train" if state is None else "resume"
-            except RunDirError as e:
-                plan = e
-        plan = from_rank0(plan)
+        plan, state = _plan(run_dir, config, resume, overwrite) if main else (None, None)
+        plan = from_rank0(plan)  # the checkpoint itself is read from the file by each process
         if isinstance(plan, RunDirError):
             raise plan
         if plan == "skip":
             return rundir.result(run_dir, "skipped", "done already; --overwrite (or another --out) trains it again")
-        if plan == "resume" and not main:
-            state = rundir.load_checkpoint(run_dir / "checkpoint.pt")
+        if plan == "resume":  # rank 0 read it already; the others read it too
+            state = state if main else rundir.load_checkpoint(run_dir / "checkpoint.pt")
 
         def mark(status, message):
             if main:
                 try:
                     rundir.write_status(run_dir, status, message)
-                except (
-                    rundir.DiskFull,
-                    OSError,
-                ):  # a full disk may refuse even this; the message still reaches the summary
+                except (rundir.DiskFull, OSError):  # a full disk may refuse even this; the summary still says why
                     pass
 
         if deterministic:
@@ -240,6 +226,20 @@ def train_step(forward, optimizer, x, labels, spec, device):
     loss.backward()
     optimizer.step()
     return loss.detach() * len(labels), (logits.argmax(1) != labels).sum()
+
+
+def _plan(run_dir, config, resume, overwrite):
+    """("skip" | "train" | "resume", the checkpoint to resume from); a RunDirError (not raised) for a run directory
+    that cannot be used, so that under torchrun every process learns it from rank 0."""
+    try:
+        if not overwrite and rundir.read_status(run_dir)["state"] == "done":
+            rundir.prepare(run_dir, config, True, False, DEFAULTS)  # still refuses a changed config
+            return "skip", None
+        state = rundir.prepare(run_dir, config, resume, overwrite, DEFAULTS)
+        rundir.write_status(run_dir, "running")
+        return ("train" if state is None else "resume"), state
+    except RunDirError as e:
+        return e, None
 
 
 @dataclass
