@@ -106,3 +106,13 @@ def test_resnet1202_is_its_own_experiment():
     assert models.num_params(models.build_model("resnet1202")) == pytest.approx(19.4e6, rel=0.01)
     quick = config.load_experiment("resnet1202", quick=True).runs["resnet1202"]
     assert (quick.data, quick.batch_size, quick.iterations) == ("mini", 8, 4)
+
+
+def test_constant_lr_is_degradations_quick_data_with_lr_0_1_throughout():
+    from resnet_repro.train import lr_at
+
+    spec = config.load_experiment("constant_lr", quick=True).runs["resnet56"]
+    demo = config.load_experiment("degradation", quick=True).runs["resnet56"]
+    assert (spec.data, spec.train_size, spec.batch_size) == (demo.data, demo.train_size, demo.batch_size)
+    assert {lr_at(it, spec) for it in range(spec.iterations)} == {0.1}
+    assert lr_at(0, demo) < 0.1  # the demo ramps
