@@ -161,6 +161,8 @@ def load_finished(run_dir):
     path = Path(run_dir) / "final.pt"
     if not path.exists():
         state = rundir.read_status(run_dir, absent="not started")["state"]
+        if state == "done":  # committed results keep the CSV and config, not always the weights
+            raise CannotDraw(f"{run_dir} has no final.pt: the run is done but its weights are not here; train it again")
         raise CannotDraw(f"{run_dir} has no final.pt: the run is not finished (state: {state})")
     try:
         final = torch.load(path, map_location="cpu", weights_only=True)

@@ -126,3 +126,12 @@ def test_cli_says_when_the_data_cannot_be_loaded(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: data not found:") and "nowhere" in err
+
+
+def test_cli_says_when_a_done_run_has_no_weights(tmp_path, capsys):
+    run_dir, _ = write_finished_run(tmp_path, tmp_path / "images", final=False)
+    (run_dir / "status.json").write_text(json.dumps({"state": "done"}))
+    with pytest.raises(SystemExit):
+        analysis.main(["predictions", str(run_dir)])
+    err = capsys.readouterr().err
+    assert "done but its weights are not here" in err and "not finished" not in err
