@@ -29,6 +29,7 @@ class SpecError(Exception):
 
 @dataclass(frozen=True)
 class TrainSpec:
+    # fmt: off
     model: str = "resnet20"  # plain<depth> or resnet<depth>, see resnet_repro.models.available()
     shortcut: str | None = None  # "A", "B" or "C"; None: the family's default (A for CIFAR nets, B for 18..152)
     stem: str | None = None  # "cifar" or "imagenet"; None: the family's default
@@ -36,40 +37,24 @@ class TrainSpec:
     loader: str = "memory"  # "memory": decoded once, resident on the device, CIFAR's pad-crop-flip (resnet_repro.data);
     # "stream": decoded per step by DataLoader workers with the paper's ImageNet augmentation (resnet_repro.stream)
     train_size: int = 0  # >0: train on a fixed random subset of this many training images (the same for every seed)
-    val_size: int = (
-        0  # >0: hold out this many training images and evaluate on them (the paper chose its schedule on 45k/5k)
-    )
+    val_size: int = 0  # >0: hold out this many training images and evaluate on them (the paper chose its schedule on 45k/5k)
     image_size: int = 32  # images must be this size (CIFAR: 32) ... (stream: the side of the crops, 224)
     resize: bool = False  # ... unless resized to it when decoded (ImageFolder data, e.g. 224 for fine-tuning)
-    scale: tuple[int, ...] = (
-        256,
-        480,
-    )  # stream: a training image's shorter side is resized to a random value in this range
-    test_resize: int = (
-        256  # stream: an evaluation image's shorter side is resized to this, then the centre crop is taken
-    )
+    scale: tuple[int, ...] = (256, 480)  # stream: a training image's shorter side is resized to a random value in this range
+    test_resize: int = 256  # stream: an evaluation image's shorter side is resized to this, then the centre crop is taken
     lighting: float = 0.1  # stream: std of AlexNet's PCA colour augmentation (0: none)
     ten_crop: bool = False  # stream: after the last iteration also test with 10 crops (Table 2), into evaluation.json
-    init_weights: str = (
-        ""  # "": He init; "torchvision": its ImageNet weights (torch cache or download); or a weights file
-    )
+    init_weights: str = ""  # "": He init; "torchvision": its ImageNet weights (torch cache or download); or a weights file
     batch_size: int = 128  # the paper's mini-batch (it was split over 2 GPUs)
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4  # applied to every parameter, BN included
     iterations: int = 64_000  # the paper stops at 64k iterations (about 164 epochs of 50k)
-    schedule: str = (
-        "step"  # "step": lr x lr_decay at each milestone (the paper); "linear": lr falls linearly to 0 at the end
-    )
-    milestones: tuple[int, ...] = (
-        32_000,
-        48_000,
-    )  # schedule = "step": lr multiplied by lr_decay at each of these iterations
+    schedule: str = "step"  # "step": lr x lr_decay at each milestone (the paper); "linear": lr falls linearly to 0 at the end
+    milestones: tuple[int, ...] = (32_000, 48_000)  # schedule = "step": lr multiplied by lr_decay at each of these iterations
     lr_decay: float = 0.1
     ramp: int = 0  # >0: the lr rises linearly from lr/ramp to lr over the first `ramp` iterations
-    warmup_lr: float = (
-        0.0  # >0: train at this lr until the training error falls below warmup_until_err (ResNet-110: 0.01)
-    )
+    warmup_lr: float = 0.0  # >0: train at this lr until the training error falls below warmup_until_err (ResNet-110: 0.01)
     warmup_until_err: float = 80.0  # % training error, measured over the mini-batches since the last check
     seed: int = 0  # model init, data order and augmentation
     log_every: int = 0  # 0: one CSV row (and test) per epoch; N > 0: one every N iterations (short runs on small data)
@@ -77,6 +62,7 @@ class TrainSpec:
     precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; or "bf16", "fp32"
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
+    # fmt: on
 
     def __post_init__(self):
         from resnet_repro.models import SHORTCUTS, STEMS, parse_name

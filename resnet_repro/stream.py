@@ -179,9 +179,8 @@ def load(source, data_dir="data", device="cpu", crop=224, test_resize=256, scale
     listing = hashlib.md5()
     for f in (*train_files, *test_files):
         listing.update(f"{Path(f).relative_to(root).as_posix()}\t{os.path.getsize(f)}\n".encode())
-    checksum = (
-        listing.hexdigest()
-    )  # of the file names and sizes: hashing ImageNet's 150 GB would take longer than an epoch
+    # of the file names and sizes: hashing ImageNet's 150 GB would take longer than an epoch
+    checksum = listing.hexdigest()
     common = dict(crop=crop, test_resize=test_resize, workers=workers)
     train = JpegSplit(train_files, train_labels, scale=tuple(scale), lighting=lighting, **common)
     test = JpegSplit(test_files, test_labels, **common)

@@ -1,9 +1,10 @@
-"""The training engine: one run of the paper's recipe, one CSV row per epoch, resumable exactly.
+"""The training engine: one run of the paper's recipe, a CSV row per epoch (or per `log_every` iterations),
+resumable exactly.
 
 Iteration based like the paper: an epoch is one pass over a fresh permutation of the training split
 in full batches (the remainder is left out, a different one each epoch); the run stops at
 `spec.iterations`, possibly inside an epoch, which then gets its row too. The training error of a row is
-over that epoch's augmented mini-batches in train mode, as the paper's curves; the test error is over
+over the augmented mini-batches since the previous row, in train mode, as the paper's curves; the test error is over
 the whole evaluation split. Metrics are summed on the device and read once per log interval, not per step.
 """
 
@@ -90,10 +91,8 @@ def _data_errors(batches):
     """A bad image met by a DataLoader worker ends the run with its one-line message, not a worker traceback."""
     try:
         yield from batches
-    except DataError as e:
-        raise RunFailed(
-            str(e).strip().splitlines()[-1].split("DataError: ")[-1]
-        ) from None  # a worker's is "...DataError: msg"
+    except DataError as e:  # a worker's arrives as "...DataError: <message>" after its traceback
+        raise RunFailed(str(e).strip().splitlines()[-1].split("DataError: ")[-1]) from None
 
 
 @torch.no_grad()
@@ -205,9 +204,8 @@ def setup_model(spec, num_classes, device):
         fused=True if device.type == "cuda" else None,
     )
     forward = model
-    if (
-        dist.is_initialized()
-    ):  # gradients averaged over the processes; BN statistics stay per process, as on the paper's 2 GPUs
+    # under torchrun gradients are averaged over the processes; BN statistics stay per process (the paper's 2 GPUs)
+    if dist.is_initialized():
         forward = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
@@ -386,9 +384,8 @@ class Engine:
             stopped = self.stopping()
             row_due = spec.log_every > 0 and p.iteration % spec.log_every == 0
         self.check_finite()
-        self.totals = all_sum(
-            p.sums.clone()
-        ).tolist()  # (loss sum, errors); a sync: the interval's training time is complete here
+        # (loss sum, errors) over the processes; a sync: the interval's training time is complete here
+        self.totals = all_sum(p.sums.clone()).tolist()
         p.train_seconds += time.perf_counter() - start
         return stopped, row_due
 
