@@ -1,0 +1,67 @@
+"""The run directory's own contract: what the engine writes, run and the analysis read back the same way."""
+
+import json
+import math
+
+import pytest
+
+from resnet_repro import rundir
+
+
+def row(it, train_err, test_err, seconds=1.5):
+    return {"experiment": "e", "run": "resnet8", "model": "resnet8", "depth": 8, "residual": True, "epoch": it // 10,
+            "iteration": it, "lr": 0.1, "train_loss": 1.0, "train_err": train_err, "test_loss": 1.0,
+            "test_err": test_err, "epoch_seconds": seconds, "images_per_second": 100.0}  # fmt: skip
+
+
+def test_rows_read_back_typed_and_truncate_to_the_checkpoints_count(tmp_path):
+    path = tmp_path / "metrics.csv"
+    for it, (train_err, test_err) in zip((10, 20, 30), ((50.0, 60.0), (40.0, 45.0), (30.0, 50.0))):
+        rundir.append_row(path, row(it, train_err, test_err))
+    rows = rundir.read_metrics(path)
+    assert [r["iteration"] for r in rows] == [10, 20, 30] and rows[0]["residual"] is True
+    assert rundir.outcome(rows) == {"iterations": 30, "final_train_err": 30.0, "final_test_err": 50.0,
+                                    "best_test_err": 45.0, "minutes": 4.5 / 60}  # fmt: skip
+    rundir.truncate_rows(path, 2)
+    assert [r["iteration"] for r in rundir.read_metrics(path)] == [10, 20]
+    assert path.read_text().splitlines()[0].split(",") == list(rundir.COLUMNS)
+
+
+def test_a_row_being_written_is_an_error_to_the_reader_and_zero_to_the_progress_bar(tmp_path):
+    rundir.append_row(tmp_path / "metrics.csv", row(10, 50.0, 60.0))
+    with open(tmp_path / "metrics.csv", "a") as f:
+        f.write("e,resnet8,resnet8,8,True,2,20,0.1")  # cut off
+    with pytest.raises(rundir.RunDirError, match="line 3: cut off"):
+        rundir.read_metrics(tmp_path / "metrics.csv")
+    assert rundir.last_iteration(tmp_path) == 0
+    assert math.isnan(rundir.outcome([])["final_train_err"])  # a run with no row yet
+
+
+def test_prepare_accepts_the_same_config_and_refuses_a_changed_one(tmp_path):
+    d = tmp_path / "run"
+    config = {"run": "r", "lr": 0.1, "milestones": (2, 3), "device": "cpu"}
+    assert rundir.prepare(d, config, resume=False, overwrite=False, defaults={}) is None
+    with pytest.raises(rundir.RunDirError, match="already holds a run; pass --resume"):
+        rundir.prepare(d, config, resume=False, overwrite=False, defaults={})
+    moved = {**config, "device": "cuda"}  # where it runs may change on --resume
+    assert rundir.prepare(d, moved, resume=True, overwrite=False, defaults={}) is None  # no checkpoint yet
+    added = {**config, "ramp": 0}  # a key added since the run started, at its default
+    assert rundir.prepare(d, added, resume=True, overwrite=False, defaults={"ramp": 0}) is None
+    with pytest.raises(rundir.RunDirError, match=r"different config \(lr: 0.1 -> 0.2\)"):
+        rundir.prepare(d, {**config, "lr": 0.2}, resume=True, overwrite=False, defaults={})
+    assert rundir.prepare(d, {**config, "lr": 0.2}, resume=False, overwrite=True, defaults={}) is None
+    assert json.loads((d / "config.json").read_text())["lr"] == 0.2
+
+
+def test_status_and_unfinished_runs(tmp_path):
+    for name, state in (("a", "done"), ("b", "interrupted"), ("c", "running")):
+        (tmp_path / name).mkdir()
+        rundir.write_json({"run": name}, tmp_path / name / "config.json")
+        rundir.write_status(tmp_path / name, state)
+    assert rundir.read_status(tmp_path / "c")["state"] == "stopped"  # "running", but nobody holds its lock
+    with rundir.RunLock(tmp_path / "c"):
+        assert rundir.read_status(tmp_path / "c")["state"] == "running"
+        with pytest.raises(rundir.RunDirError, match="in use by another process"):
+            rundir.RunLock(tmp_path / "c").__enter__()
+    assert rundir.unfinished(tmp_path, ["a", "b", "c", "d"]) == ["b", "c"]
+    assert rundir.read_status(tmp_path / "d", absent="not started")["state"] == "not started"
