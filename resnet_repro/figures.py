@@ -5,6 +5,7 @@
 Figures of a finished model (Fig. 7, predictions) are in resnet_repro.inspection.
 """
 
+import math
 import textwrap
 
 import pandas as pd
@@ -54,8 +55,10 @@ def _legend(ax, train_style=None, train="train", test="test"):
 
 
 def _ylim(ax, runs, paper):
-    # The paper's range, except for quick runs whose errors sit far above it.
-    ax.set_ylim(*((0, None) if any(rows.quick.any() for rows in runs.values()) else paper))
+    """The paper's range, or 0 to a round 1.5x the highest final error where the runs end above it (short
+    schedules, quick runs): like the paper's, early epochs may leave the top, the ends never do."""
+    last = max(rows[["train_err", "test_err"]].iloc[-1].max() for rows in runs.values())
+    ax.set_ylim(*(paper if last < 0.9 * paper[1] else (0, min(100, 10 * math.ceil(1.5 * last / 10)))))
 
 
 def finish(fig, title):
@@ -84,14 +87,16 @@ def fig1(df):
 
 def fig6(df):
     """Fig. 6: plain (left), residual (middle) and ResNet-110/1202 (right); dashed training error,
-    bold test error. Panels hold the runs that exist; CannotDraw if none does."""
+    bold test error. Panels hold the runs that exist, a panel without any is left out; CannotDraw if none
+    does."""
     names = list(dict.fromkeys(n for panel in FIG6_PANELS for n in panel))
     runs = select(df, names, prefer=DEPTH_EXPERIMENTS)
     require(runs, names, least="one")
-    fig = Figure(figsize=(13, 3.4))
-    axes = fig.subplots(1, 3)
+    panels = [(p, ylim) for p, ylim in zip(FIG6_PANELS, ((0, 20), (0, 20), (5, 20))) if any(n in runs for n in p)]
+    fig = Figure(figsize=(13 * len(panels) / 3 + 0.5, 3.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
     scale, xlabel = iteration_axis(runs)
-    for ax, panel, ylim in zip(axes, FIG6_PANELS, ((0, 20), (0, 20), (5, 20))):
+    for ax, (panel, ylim) in zip(axes, panels):
         for name in panel:
             if name in runs:
                 rows = runs[name]

@@ -1,6 +1,7 @@
 import csv
 import json
 import re
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -222,7 +223,7 @@ def test_compare_matches_by_run_name_and_gives_differences(tmp_path):
 
 
 def test_fig1_plots_the_csv_against_iterations(tmp_path):
-    curves = {run: write_run(tmp_path, run) for run in ("plain20", "plain56", "resnet20")}
+    curves = {run: write_run(tmp_path, run, offset=-10) for run in ("plain20", "plain56", "resnet20")}  # end < 20%
     fig = figures.fig1(load_runs(tmp_path))
     left, right = fig.axes
     assert left.get_xlabel() == right.get_xlabel() == "iterations"  # runs shorter than 10k: plain iterations
@@ -249,7 +250,7 @@ def test_curves_of_runs_of_10k_iterations_or_more_use_the_papers_axis(tmp_path):
 
 
 def test_fig6_draws_the_runs_that_exist_dashed_train_bold_test(tmp_path):
-    curves = {run: write_run(tmp_path, run) for run in ("plain20", "plain56", "resnet20", "resnet110")}
+    curves = {run: write_run(tmp_path, run, offset=-15) for run in ("plain20", "plain56", "resnet20", "resnet110")}
     left, middle, right = figures.fig6(load_runs(tmp_path)).axes
     assert set(lines_by_gid(left)) == {"plain20:train", "plain20:test", "plain56:train", "plain56:test"}
     assert set(lines_by_gid(middle)) == {"resnet20:train", "resnet20:test", "resnet110:train", "resnet110:test"}
@@ -261,6 +262,9 @@ def test_fig6_draws_the_runs_that_exist_dashed_train_bold_test(tmp_path):
     assert (left.get_ylim(), middle.get_ylim(), right.get_ylim()) == ((0, 20), (0, 20), (5, 20))
     assert "not run: ResNet-1202" in [t.get_text() for t in right.texts]
     assert "not run: plain-32, plain-44" in [t.get_text() for t in left.texts]
+    shutil.rmtree(tmp_path / "degradation" / "resnet110")  # no run of the right panel: it is left out
+    left, middle = figures.fig6(load_runs(tmp_path)).axes
+    assert set(lines_by_gid(middle)) == {"resnet20:train", "resnet20:test"}
 
 
 def test_fig4_is_labelled_cifar_variant_and_draws_thin_train_bold_test(tmp_path):
@@ -280,6 +284,13 @@ def test_quick_runs_are_labelled_and_not_clipped_to_the_papers_range(tmp_path):
     fig = figures.fig1(load_runs(tmp_path))
     assert fig._suptitle.get_text() == f"quick run: {MINI}, short schedule"
     assert fig.axes[0].get_ylim()[1] > 40
+
+
+def test_runs_ending_above_the_papers_range_get_a_range_that_holds_their_ends(tmp_path):
+    curves = {run: write_run(tmp_path, run, offset=20) for run in ("plain20", "plain56")}  # a short schedule
+    for ax in figures.fig1(load_runs(tmp_path)).axes:
+        highest = max(c[-1][k] for c in curves.values() for k in ("train_err", "test_err"))
+        assert highest == pytest.approx(43.6) and ax.get_ylim() == (0, 70)  # 1.5 x 43.6, rounded up to tens
 
 
 def test_fig_depth_plots_final_errors_against_depth(tmp_path):
@@ -432,7 +443,7 @@ def test_runs_of_several_experiments_are_taken_from_the_one_each_figure_belongs_
     df = load_runs(tmp_path)
     left, _ = figures.fig1(df).axes  # Fig. 1 is degradation's
     assert list(lines_by_gid(left)["plain20:train"].get_ydata()) == [r["train_err"] for r in degradation["plain20"]]
-    plain, residual, _ = figures.fig6(df).axes  # Fig. 6 is the depth study's
+    plain, residual = figures.fig6(df).axes  # Fig. 6 is the depth study's
     assert list(lines_by_gid(plain)["plain20:train"].get_ydata()) == [r["train_err"] for r in depth["plain20"]]
     assert "plain56:train" in lines_by_gid(plain)  # what depth lacks comes from degradation
     assert tables.table6(df).set_index("depth").loc[20, "test_err"] == depth["resnet20"][-1]["test_err"]
