@@ -128,6 +128,7 @@ def final_metrics(df):
         "final_test_err",
         "best_test_err",
         "minutes",
+        "images_per_second",
         "iterations",
         "epochs",
         "state",

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,7 @@ class RunResult:
     final_test_err: float = math.nan
     best_test_err: float = math.nan
     minutes: float = 0.0
+    images_per_second: float = math.nan  # training throughput, the median of the rows'
     message: str = ""
     stop_signal: str = ""  # a SIGINT/SIGTERM that came while the run was finishing: start no further run
 
@@ -298,19 +300,22 @@ def last_iteration(run_dir):
 
 
 def outcome(rows):
-    """A run's numbers from its metrics rows: the last row's iteration, training and test error, the best test error and
-    the minutes (sum of the rows' times)."""
+    """A run's numbers from its metrics rows: the last row's iteration, training and test error, the best test error,
+    the minutes (sum of the rows' times) and the training images/s (the median of the rows': a row slowed by
+    other work on the machine moves it little)."""
     if not rows:
         return {
             "final_train_err": math.nan,
             "final_test_err": math.nan,
             "best_test_err": math.nan,
             "minutes": 0.0,
+            "images_per_second": math.nan,
             "iterations": 0,
         }
     return {
         "iterations": rows[-1]["iteration"], "final_train_err": rows[-1]["train_err"], "final_test_err": rows[-1]["test_err"],
         "best_test_err": min(r["test_err"] for r in rows), "minutes": sum(r["epoch_seconds"] for r in rows) / 60,
+        "images_per_second": statistics.median(r["images_per_second"] for r in rows),
     }  # fmt: skip
 
 

@@ -16,7 +16,8 @@ PAPER_TABLE6 = {
 }
 PAPER_TABLE2 = {18: (27.94, 27.88), 34: (28.54, 25.03)}  # layers: (plain, ResNet)
 TABLE2_RUNS = ("plain18", "plain34", "resnet18", "resnet34")
-SUMMARY_COLUMNS = ["experiment", "run", "params", "final_train_err", "final_test_err", "best_test_err", "minutes", "iterations", "state"]  # fmt: skip
+SUMMARY_NOTE = "errors in %; final = last row; minutes = sum of row times; images/s: training, median of rows"
+SUMMARY_COLUMNS = ["experiment", "run", "params", "final_train_err", "final_test_err", "best_test_err", "minutes", "images_per_second", "iterations", "state"]  # fmt: skip
 
 
 def summary_table(runs):
@@ -25,9 +26,9 @@ def summary_table(runs):
     if isinstance(runs, pd.DataFrame):
         if runs.empty:
             raise CannotDraw("missing: any run")
-        final, note = final_metrics(runs), title_of(runs, "errors in %; final = last row; minutes = sum of row times")
+        final, note = final_metrics(runs), title_of(runs, SUMMARY_NOTE)
     else:
-        final, note = pd.DataFrame([vars(r) for r in runs]), "errors in %; final = last row; minutes = sum of row times"
+        final, note = pd.DataFrame([vars(r) for r in runs]), SUMMARY_NOTE
     table = final[SUMMARY_COLUMNS].reset_index(drop=True)
     table.attrs["note"] = note
     return table
@@ -102,13 +103,15 @@ def table2(df):
 
 
 def to_markdown(table):
-    """A GitHub Markdown table; errors with 2 decimals, params in millions, NaN as a dash."""
+    """A GitHub Markdown table; errors with 2 decimals, params in millions, images/s whole, NaN as a dash."""
 
     def cell(column, v):
         if pd.isna(v):
             return "—"
         if "params" in column:
             return f"{v / 1e6:.2f}M"
+        if column == "images_per_second":
+            return f"{v:.0f}" if v >= 10 else f"{v:.1f}"
         return f"{v:.2f}" if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]

@@ -402,7 +402,8 @@ def test_draw_writes_what_it_can_and_names_what_is_missing(tmp_path, capsys):
     summary = pd.read_csv(out / "summary.csv").set_index("run")
     assert summary.loc["plain56", "final_train_err"] == curves["plain56"][-1]["train_err"]
     assert summary.loc["plain56", "minutes"] == pytest.approx(sum(r["epoch_seconds"] for r in curves["plain56"]) / 60)
-    assert "| plain56 |" in (out / "summary.md").read_text()
+    assert summary.loc["plain56", "images_per_second"] == 5000.0  # the median of the rows'
+    assert "| plain56 |" in (out / "summary.md").read_text() and "| 5000 |" in (out / "summary.md").read_text()
 
 
 def test_draw_reports_everything_missing_without_raising(tmp_path):

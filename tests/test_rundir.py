@@ -21,7 +21,9 @@ def test_rows_read_back_typed_and_truncate_to_the_checkpoints_count(tmp_path):
     rows = rundir.read_metrics(path)
     assert [r["iteration"] for r in rows] == [10, 20, 30] and rows[0]["residual"] is True
     assert rundir.outcome(rows) == {"iterations": 30, "final_train_err": 30.0, "final_test_err": 50.0,
-                                    "best_test_err": 45.0, "minutes": 4.5 / 60}  # fmt: skip
+                                    "best_test_err": 45.0, "minutes": 4.5 / 60, "images_per_second": 100.0}  # fmt: skip
+    slowed = [dict(r, images_per_second=ips) for r, ips in zip(rows, (100.0, 10.0, 90.0))]  # one row slowed down
+    assert rundir.outcome(slowed)["images_per_second"] == 90.0
     rundir.truncate_rows(path, 2)
     assert [r["iteration"] for r in rundir.read_metrics(path)] == [10, 20]
     assert path.read_text().splitlines()[0].split(",") == list(rundir.COLUMNS)
