@@ -29,7 +29,11 @@ CONFIG_COLUMNS = {
     "device": "object",
     "torch": "object",
     "commit": "object",
+    "schedule": "Int64",  # config.json's "iterations": the length the run was set to train
 }
+# The paper's schedule of each experiment that reproduces one of its figures (Section 4.2; Section 3.4 for ImageNet)
+PAPER_ITERATIONS = {"degradation": 64_000, "depth": 64_000, "resnet1202": 64_000, "cifar100": 64_000,
+                    "degradation18_34": 64_000, "imagenet18_34": 600_000}  # fmt: skip
 # evaluation.json (the 10-crop test at the end of a run with ten_crop) joined onto every row; NaN without one
 EVALUATION_COLUMNS = {"top1_err_10crop": "top1_err", "top5_err_10crop": "top5_err"}
 DTYPES = {c: {str: "object", int: "int64", bool: "bool", float: "float64"}[t] for c, t in rundir.COLUMNS.items()}
@@ -72,6 +76,7 @@ def _load_run(run_dir):
         return None  # a config.json that is not a run's (say an experiment's spec)
     rows = rundir.read_metrics(csv_path)
     state = rundir.read_status(run_dir)["state"]
+    config["schedule"] = config.get("iterations")
     for key, kind in CONFIG_COLUMNS.items():
         value = config.get(key)
         expected = {"Int64": int, "bool": bool}.get(kind)
@@ -215,8 +220,13 @@ def require(found, names, least="all"):
 
 
 def title_of(df, *parts):
-    """The figure's title: `parts`, and a warning that quick runs are not the paper's setting."""
+    """The figure's title: `parts`, and a warning where runs are not the paper's setting: quick runs, and
+    runs set to a shorter schedule than the paper's (with their data and length)."""
     quick = df[df.quick]
     if len(quick):
         parts += (f"quick run: {', '.join(quick.dataset.dropna().unique()) or 'small data'}, short schedule",)
+    full = df[~df.quick].assign(paper=df[~df.quick].experiment.map(PAPER_ITERATIONS).to_numpy())
+    short = full[(full.schedule < full.paper).fillna(False)].drop_duplicates(["schedule", "paper", "dataset"])
+    for schedule, paper, dataset in zip(short.schedule, short.paper, short.dataset):
+        parts += (f"{dataset}, {schedule:,} iterations (1/{paper / schedule:.3g} of the paper's {paper:,.0f})",)
     return "; ".join(parts)

@@ -17,8 +17,20 @@ COLUMNS = list(rundir.COLUMNS)
 FULL, MINI = "CIFAR-10 (JPEG q75 copy)", "CIFAR-10 mini (JPEG q75 copy, 500+100 per class)"
 
 
-def write_run(root, run, experiment="degradation", epochs=4, quick=False, stem=None, seed=0, offset=0.0, state="done"):
-    """A run directory as the engine writes it, with known curves; returns the CSV rows as dicts."""
+def write_run(
+    root,
+    run,
+    experiment="degradation",
+    epochs=4,
+    quick=False,
+    stem=None,
+    seed=0,
+    offset=0.0,
+    state="done",
+    schedule=None,
+):
+    """A run directory as the engine writes it, with known curves; returns the CSV rows as dicts. Its config's
+    schedule (`iterations`) is the paper's unless given or quick: the curves stand for a part of the run."""
     kind, depth = models.parse_name(run)
     run_dir = root / experiment / run
     run_dir.mkdir(parents=True)
@@ -68,7 +80,7 @@ def write_run(root, run, experiment="degradation", epochs=4, quick=False, stem=N
         "commit": "1234abc",
         "params": 1000 * depth,
         "batch_size": 128,
-        "iterations": 391 * epochs,
+        "iterations": schedule or (391 * epochs if quick else 64_000),
         "lr": 0.1,
         "milestones": [2, 3],
         "something_new": [1],
@@ -291,6 +303,18 @@ def test_runs_ending_above_the_papers_range_get_a_range_that_holds_their_ends(tm
     for ax in figures.fig1(load_runs(tmp_path)).axes:
         highest = max(c[-1][k] for c in curves.values() for k in ("train_err", "test_err"))
         assert highest == pytest.approx(43.6) and ax.get_ylim() == (0, 70)  # 1.5 x 43.6, rounded up to tens
+
+
+def test_runs_of_a_shorter_schedule_than_the_papers_say_so_in_the_title(tmp_path):
+    for run in ("plain20", "plain56"):
+        write_run(tmp_path, run, schedule=8000)
+    assert (
+        figures.fig1(load_runs(tmp_path))._suptitle.get_text()
+        == f"{FULL}, 8,000 iterations (1/8 of the paper's 64,000)"
+    )
+    write_run(tmp_path, "resnet20", experiment="finetune", schedule=2000)  # not one of the paper's experiments
+    summary = tables.summary_table(load_runs(tmp_path))
+    assert summary.attrs["note"].count("iterations (1/") == 1
 
 
 def test_fig_depth_plots_final_errors_against_depth(tmp_path):
