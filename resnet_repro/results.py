@@ -29,8 +29,9 @@ CONFIG_COLUMNS = {
     "device": "object",
     "torch": "object",
     "commit": "object",
-    "schedule": "Int64",  # config.json's "iterations": the length the run was set to train
+    "schedule": "Int64",  # the length the run was set to train
 }
+CONFIG_KEYS = {"schedule": "iterations"}  # columns named apart from their config.json key
 # The paper's schedule of each experiment that reproduces one of its figures (Section 4.2; Section 3.4 for ImageNet)
 PAPER_ITERATIONS = {"degradation": 64_000, "depth": 64_000, "resnet1202": 64_000, "cifar100": 64_000,
                     "degradation18_34": 64_000, "imagenet18_34": 600_000}  # fmt: skip
@@ -76,8 +77,8 @@ def _load_run(run_dir):
         return None  # a config.json that is not a run's (say an experiment's spec)
     rows = rundir.read_metrics(csv_path)
     state = rundir.read_status(run_dir)["state"]
-    config["schedule"] = config.get("iterations")
-    for key, kind in CONFIG_COLUMNS.items():
+    for column, kind in CONFIG_COLUMNS.items():
+        key = CONFIG_KEYS.get(column, column)
         value = config.get(key)
         expected = {"Int64": int, "bool": bool}.get(kind)
         if value is not None and expected and (type(value) is not expected):
@@ -88,8 +89,8 @@ def _load_run(run_dir):
         warnings.warn(f"{run_dir}: no epoch in metrics.csv yet (state: {state}); left out", stacklevel=3)
         return None
     df = pd.DataFrame(rows, columns=list(rundir.COLUMNS))
-    for key in CONFIG_COLUMNS:
-        df[key] = config.get(key, False if key == "quick" else None)
+    for column in CONFIG_COLUMNS:
+        df[column] = config.get(CONFIG_KEYS.get(column, column), False if column == "quick" else None)
     evaluation = rundir.read_json(run_dir / "evaluation.json") if (run_dir / "evaluation.json").exists() else {}
     for column, key in EVALUATION_COLUMNS.items():
         df[column] = evaluation.get(key, math.nan)

@@ -175,6 +175,7 @@ def analysed_run(tmp_path, tiny):
     ("metrics.csv", lambda b: b + b"\xff\xfe\n", "metrics.csv: not UTF-8 text"),
     ("config.json", lambda b: json.dumps({**json.loads(b), "params": 1.5}).encode(), "params must be an integer, not 1.5"),
     ("config.json", lambda b: json.dumps({**json.loads(b), "seed": "zero"}).encode(), "seed must be an integer, not 'zero'"),
+    ("config.json", lambda b: json.dumps({**json.loads(b), "iterations": "8k"}).encode(), "iterations must be an integer, not '8k'"),
 ])  # fmt: skip
 def test_analysis_names_the_damaged_file(tmp_path, tiny, file, change, match, capsys):
     d = analysed_run(tmp_path, tiny)
