@@ -226,7 +226,7 @@ def title_of(df, *parts):
     quick = df[df.quick]
     if len(quick):
         parts += (f"quick run: {', '.join(quick.dataset.dropna().unique()) or 'small data'}, short schedule",)
-    full = df[~df.quick].assign(paper=df[~df.quick].experiment.map(PAPER_ITERATIONS).to_numpy())
+    full = df[~df.quick].assign(paper=lambda d: d.experiment.map(PAPER_ITERATIONS))
     short = full[(full.schedule < full.paper).fillna(False)].drop_duplicates(["schedule", "paper", "dataset"])
     for schedule, paper, dataset in zip(short.schedule, short.paper, short.dataset):
         parts += (f"{dataset}, {schedule:,} iterations (1/{paper / schedule:.3g} of the paper's {paper:,.0f})",)
