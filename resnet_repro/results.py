@@ -29,9 +29,9 @@ CONFIG_COLUMNS = {
     "device": "object",
     "torch": "object",
     "commit": "object",
-    "schedule": "Int64",  # the length the run was set to train
+    "planned_iterations": "Int64",  # the length the run was set to train (config's `iterations`)
 }
-CONFIG_KEYS = {"schedule": "iterations"}  # columns named apart from their config.json key
+CONFIG_KEYS = {"planned_iterations": "iterations"}  # columns named apart from their config.json key
 # The paper's schedule of each experiment that reproduces one of its figures (Section 4.2; Section 3.4 for ImageNet)
 PAPER_ITERATIONS = {"degradation": 64_000, "depth": 64_000, "resnet1202": 64_000, "cifar100": 64_000,
                     "degradation18_34": 64_000, "imagenet18_34": 600_000}  # fmt: skip
@@ -227,7 +227,8 @@ def title_of(df, *parts):
     if len(quick):
         parts += (f"quick run: {', '.join(quick.dataset.dropna().unique()) or 'small data'}, short schedule",)
     full = df[~df.quick].assign(paper=lambda d: d.experiment.map(PAPER_ITERATIONS))
-    short = full[(full.schedule < full.paper).fillna(False)].drop_duplicates(["schedule", "paper", "dataset"])
-    for schedule, paper, dataset in zip(short.schedule, short.paper, short.dataset):
-        parts += (f"{dataset}, {schedule:,} iterations (1/{paper / schedule:.3g} of the paper's {paper:,.0f})",)
+    short = full[(full.planned_iterations < full.paper).fillna(False)]
+    short = short.drop_duplicates(["planned_iterations", "paper", "dataset"])
+    for planned, paper, dataset in zip(short.planned_iterations, short.paper, short.dataset):
+        parts += (f"{dataset}, {planned:,} iterations (1/{paper / planned:.3g} of the paper's {paper:,.0f})",)
     return "; ".join(parts)

@@ -27,10 +27,10 @@ def write_run(
     seed=0,
     offset=0.0,
     state="done",
-    schedule=None,
+    planned_iterations=None,
 ):
     """A run directory as the engine writes it, with known curves; returns the CSV rows as dicts. Its config's
-    schedule (`iterations`) is the paper's unless given or quick: the curves stand for a part of the run."""
+    `iterations` (planned_iterations) is the paper's unless given or quick: the curves stand for a part of the run."""
     kind, depth = models.parse_name(run)
     run_dir = root / experiment / run
     run_dir.mkdir(parents=True)
@@ -80,7 +80,7 @@ def write_run(
         "commit": "1234abc",
         "params": 1000 * depth,
         "batch_size": 128,
-        "iterations": schedule or (391 * epochs if quick else 64_000),
+        "iterations": planned_iterations or (391 * epochs if quick else 64_000),
         "lr": 0.1,
         "milestones": [2, 3],
         "something_new": [1],
@@ -307,12 +307,13 @@ def test_runs_ending_above_the_papers_range_get_a_range_that_holds_their_ends(tm
 
 def test_runs_of_a_shorter_schedule_than_the_papers_say_so_in_the_title(tmp_path):
     for run in ("plain20", "plain56"):
-        write_run(tmp_path, run, schedule=8000)
+        write_run(tmp_path, run, planned_iterations=8000)
     assert (
         figures.fig1(load_runs(tmp_path))._suptitle.get_text()
         == f"{FULL}, 8,000 iterations (1/8 of the paper's 64,000)"
     )
-    write_run(tmp_path, "resnet20", experiment="finetune", schedule=2000)  # not one of the paper's experiments
+    # finetune is not one of the paper's experiments: no schedule to compare with
+    write_run(tmp_path, "resnet20", experiment="finetune", planned_iterations=2000)
     summary = tables.summary_table(load_runs(tmp_path))
     assert summary.attrs["note"].count("iterations (1/") == 1
 
