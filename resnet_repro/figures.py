@@ -196,5 +196,6 @@ def fig_compare(sets):
         )
         ax.set(xlabel="epochs", ylabel="error (%)", title=title)
         ax.set_ylim(0, None)
-        ax.legend(fontsize="x-small", frameon=False)
+    axes[0].get_legend().remove()  # one legend, beside the right panel, off the curves
+    sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1), fontsize="small", frameon=False)
     return finish(fig, "")

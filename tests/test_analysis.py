@@ -570,9 +570,10 @@ def test_compare_draws_the_curves_of_several_result_folders_with_seaborn(tmp_pat
     printed = capsys.readouterr().out
     assert "final_train_err_a" in printed and "plain20" in printed
     fig = figures.fig_compare({"a": load_runs(tmp_path / "a"), "b": load_runs(tmp_path / "b")})
-    left, _ = fig.axes
+    left, right = fig.axes
     curves = sorted(tuple(line.get_ydata()) for line in left.lines if len(line.get_ydata()) > 1)
     expected = sorted(tuple(r["train_err"] for r in rows) for rows in [*a.values(), *b.values()])
     assert curves == expected  # one line per run and folder, the CSV's values
-    labels = [t.get_text() for t in left.get_legend().get_texts()]
+    assert left.get_legend() is None  # one legend for both panels
+    labels = [t.get_text() for t in right.get_legend().get_texts()]
     assert {"plain-20", "ResNet-20", "a", "b"} <= set(labels)
