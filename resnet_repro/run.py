@@ -242,8 +242,9 @@ def _run(args, exp, rank, world_size, dist_device):
     # in parallel mode this checks the data once and fills the cache the runs read
     datasets = load_datasets(exp, args, "cpu" if parallel else device, say)
     if parallel:
-        results = run_parallel(args, exp, exp_dir, devices)
-        return 130 if results is None else finish(args, exp, exp_dir, results)
+        skipped = skip_done(args, exp, exp_dir, datasets)
+        results = run_parallel(args, exp, exp_dir, devices, [run for run in exp.runs if run not in skipped])
+        return 130 if results is None else finish(args, exp, exp_dir, [skipped.get(r.run, r) for r in results])
     results = run_serial(args, exp, exp_dir, datasets, device, rank, world_size)
     if results is None:
         return 130
@@ -294,6 +295,19 @@ def run_serial(args, exp, exp_dir, datasets, device, rank, world_size):
                 )
             return None
     return results
+
+
+def skip_done(args, exp, exp_dir, datasets):
+    """{run: its RunResult} for the runs done already, checked here against their config (a changed one is
+    refused, as in a run's own process) so that no process starts just to find them done."""
+    skipped = {}
+    for run, spec in exp.runs.items():
+        if not args.overwrite and rundir.read_status(exp_dir / run)["state"] == "done":
+            dataset = datasets[data_key(spec)]
+            skipped[run] = trainer.train(
+                spec, dataset, exp_dir / run, experiment=exp.name, run=run, quick=exp.quick, data_dir=args.data_dir
+            )
+    return skipped
 
 
 def data_key(spec):
@@ -396,14 +410,14 @@ def child_env(args, devices):
     return env
 
 
-def run_parallel(args, exp, exp_dir, devices):
-    """Train the runs in up to args.jobs processes, runs spread over `devices`; one progress bar over all
-    of them, read from their CSVs. Each process logs to <run dir>/output.log. Returns the RunResults,
-    or None if interrupted."""
+def run_parallel(args, exp, exp_dir, devices, runs):
+    """Train `runs` in up to args.jobs processes, spread over `devices`; one progress bar over all of the
+    experiment's runs, read from their CSVs. Each process logs to <run dir>/output.log. Returns the RunResults
+    of the experiment's runs, or None if interrupted."""
     from tqdm import tqdm
 
     # longest runs first, so the last one to start is a short one (cost ~ iterations x depth)
-    pending = sorted(exp.runs, key=lambda run: -exp.runs[run].iterations * parse_name(exp.runs[run].model)[1])
+    pending = sorted(runs, key=lambda run: -exp.runs[run].iterations * parse_name(exp.runs[run].model)[1])
     device_of = {run: devices[i % len(devices)] for i, run in enumerate(pending)}
     running, codes = {}, {}
     total = sum(spec.iterations for spec in exp.runs.values())

@@ -65,6 +65,21 @@ def test_runs_a_pair_prints_a_summary_then_never_redoes_or_overwrites(tmp_path, 
     assert "different config (iterations: 4 -> 3" in capsys.readouterr().err
 
 
+def test_parallel_mode_checks_done_runs_itself_and_starts_no_process_for_them(tmp_path, tiny_dir, capsys, monkeypatch):
+    exp = experiment(tmp_path, tiny_dir)
+    assert cli(exp, "--out", tmp_path / "res", "--no-figures") == 0
+    capsys.readouterr()
+
+    def no_process(args, name, device):
+        raise AssertionError(f"a process was started for {name}, done already")
+
+    monkeypatch.setattr(run, "child_command", no_process)
+    assert cli(exp, "--out", tmp_path / "res", "--no-figures", "--jobs", "2", "--resume") == 0
+    assert capsys.readouterr().out.count("| skipped |") == 2
+    assert cli(exp, "--out", tmp_path / "res", "--no-figures", "--jobs", "2", "--iterations", "3") == 2
+    assert "different config (iterations: 4 -> 3" in capsys.readouterr().err
+
+
 def test_overrides_reach_the_runs(tmp_path, tiny_dir):
     exp = experiment(tmp_path, tiny_dir)
     assert (
