@@ -42,7 +42,10 @@ def iteration_axis(runs):
 
 def _curve(ax, rows, column, style, label=None, scale=1e4):
     kind, depth = models.parse_name(rows.run.iloc[0])
-    (line,) = ax.plot(rows.iteration / scale, rows[column], color=COLORS.get(depth), label=label, **style)
+    marker = "o" if len(rows) == 1 else None  # a line of one point draws nothing
+    (line,) = ax.plot(
+        rows.iteration / scale, rows[column], color=COLORS.get(depth), label=label, marker=marker, **style
+    )
     line.set_gid(f"{rows.run.iloc[0]}:{column.split('_')[0]}")  # "plain20:train", read back by the tests
 
 
@@ -103,10 +106,8 @@ def fig6(df):
                 _curve(ax, rows, "train_err", TRAIN_DASHED, scale=scale)
                 _curve(ax, rows, "test_err", TEST_BOLD, net_label(name, rows.state.iloc[0]), scale)
         absent = [net_label(n) for n in panel if n not in runs]
-        if absent:
-            ax.text(
-                0.03, 0.03, "not run: " + ", ".join(absent), transform=ax.transAxes, fontsize="x-small", color="gray"
-            )
+        if absent:  # above the panel, where no curve or legend can be
+            ax.set_title("not run: " + ", ".join(absent), loc="left", fontsize="x-small", color="gray")
         if len(absent) < len(panel):
             _legend(ax, TRAIN_DASHED)
         ax.set(xlabel=xlabel, ylabel="error (%)")

@@ -272,8 +272,8 @@ def test_fig6_draws_the_runs_that_exist_dashed_train_bold_test(tmp_path):
     assert test.get_linewidth() > train.get_linewidth()
     assert list(test.get_ydata()) == [r["test_err"] for r in curves["resnet110"]]
     assert (left.get_ylim(), middle.get_ylim(), right.get_ylim()) == ((0, 20), (0, 20), (5, 20))
-    assert "not run: ResNet-1202" in [t.get_text() for t in right.texts]
-    assert "not run: plain-32, plain-44" in [t.get_text() for t in left.texts]
+    assert right.get_title(loc="left") == "not run: ResNet-1202"
+    assert left.get_title(loc="left") == "not run: plain-32, plain-44"
     shutil.rmtree(tmp_path / "degradation" / "resnet110")  # no run of the right panel: it is left out
     left, middle = figures.fig6(load_runs(tmp_path)).axes
     assert set(lines_by_gid(middle)) == {"resnet20:train", "resnet20:test"}
@@ -296,6 +296,14 @@ def test_quick_runs_are_labelled_and_not_clipped_to_the_papers_range(tmp_path):
     fig = figures.fig1(load_runs(tmp_path))
     assert fig._suptitle.get_text() == f"quick run: {MINI}, short schedule"
     assert fig.axes[0].get_ylim()[1] > 40
+
+
+def test_a_run_of_one_row_is_drawn_as_a_point(tmp_path):
+    write_run(tmp_path, "resnet1202", experiment="resnet1202", epochs=1)  # as the 1202-layer quick check
+    write_run(tmp_path, "resnet110", experiment="depth")
+    right = figures.fig6(load_runs(tmp_path)).axes[-1]
+    lines = lines_by_gid(right)
+    assert lines["resnet1202:test"].get_marker() == "o" and lines["resnet110:test"].get_marker() == "None"
 
 
 def test_runs_ending_above_the_papers_range_get_a_range_that_holds_their_ends(tmp_path):
