@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from resnet_repro import data, figures, inspection
-from resnet_repro.results import CannotDraw, compare, final_metrics, load_runs, title_of
+from resnet_repro.results import PAPER_ITERATIONS, CannotDraw, compare, final_metrics, load_runs, title_of
 from resnet_repro.tables import summary_table, table2, table6, to_markdown
 
 __all__ = ["load_runs", "final_metrics", "compare", "draw", "main"]
@@ -30,7 +30,8 @@ def draw(paths, out_dir="figures", fig7=True, device=None):
     """Draw every figure and table the runs allow into out_dir (`<name>.png/.pdf`, `<table>.md/.csv`).
 
     paths: a path, a list of paths (see load_runs) or a frame from load_runs. Quick runs go to
-    out_dir/quick, with keys "quick/<name>". Returns {name: [written paths]} for what was
+    out_dir/quick, with keys "quick/<name>", and runs set shorter than the paper's schedule to
+    out_dir/<N>-iterations ("8000-iterations/<name>"). Returns {name: [written paths]} for what was
     drawn and {name: "missing: ..."} (or "ambiguous: ...", "skipped") for the rest; prints both.
     fig7=False skips Fig. 7, which loads final.pt and the test set. device: for Fig. 7 (default cuda if any).
     """
@@ -44,8 +45,15 @@ def draw(paths, out_dir="figures", fig7=True, device=None):
 
 
 def _result_sets(df, out_dir):
-    """Full runs into out_dir; quick runs, not the paper's setting, always apart into out_dir/quick."""
-    sets = [("", df[~df.quick], out_dir)] if df.empty or (~df.quick).any() else []
+    """(prefix, runs, folder): runs at the paper's schedule into out_dir; runs set shorter than it apart, one
+    folder per length (out_dir/8000-iterations), so that a figure never mixes lengths; quick runs, not the
+    paper's setting, apart into out_dir/quick."""
+    short = ~df.quick & (df.planned_iterations < df.experiment.map(PAPER_ITERATIONS)).fillna(False)
+    planned = df.planned_iterations.where(short)
+    full = ~df.quick & ~short
+    sets = [("", df[full], out_dir)] if df.empty or full.any() else []
+    for n in sorted(planned.dropna().unique()):
+        sets.append((f"{n}-iterations/", df[planned == n], out_dir / f"{n}-iterations"))
     return sets + ([("quick/", df[df.quick], out_dir / "quick")] if df.quick.any() else [])
 
 
@@ -110,7 +118,8 @@ Figures (PNG and PDF): fig1 (plain-20 vs plain-56), fig6 (plain, ResNet, ResNet-
 fig4 (18 vs 34 layers), fig7 (std of layer responses, needs final.pt and the test data), depth
 (final error against depth). Tables (Markdown and CSV): table6, table2, summary.
 A figure whose runs are missing is listed with their names. Quick runs (config "quick") are
-always drawn apart, into <out>/quick.
+always drawn apart, into <out>/quick, and runs set shorter than the paper's schedule (--iterations)
+apart by length, into <out>/<N>-iterations: a figure never mixes lengths.
 `predictions RUN_DIR` draws one finished run's predictions instead (see `predictions --help`);
 `compare A B ...` draws the error curves of several result folders together (see `compare --help`).
 """

@@ -29,8 +29,9 @@ examples:
   uv run python -m resnet_repro.run --list
 
 Each run writes results/<experiment>/<run>/ (metrics.csv, config.json, status.json, checkpoint.pt,
-final.pt); figures go to figures/ (quick runs: figures/quick/), or OUT/figures/ with --out OUT. A finished run is skipped, an unfinished
-one needs --resume, and nothing is overwritten unless --overwrite is given.
+final.pt); figures go to figures/, or OUT/figures/ with --out OUT (quick runs into its quick/, runs shorter than
+the paper's schedule into its <N>-iterations/). A finished run is skipped, an unfinished one needs --resume, and
+nothing is overwritten unless --overwrite is given.
 """
 
 

@@ -461,6 +461,19 @@ def test_draw_puts_quick_runs_apart_and_labels_them(tmp_path):
     assert only_quick["quick/fig1"][0] == tmp_path / "q" / "quick" / "fig1.png" and "fig1" not in only_quick
 
 
+def test_draw_puts_runs_of_a_shorter_schedule_apart_by_length(tmp_path):
+    for run in ("plain20", "plain56", "resnet20"):
+        write_run(tmp_path / "short", run, planned_iterations=8000)
+    write_run(tmp_path / "full", "resnet20")  # the paper's 64,000
+    result = draw(tmp_path, tmp_path / "figs", fig7=False)
+    short = tmp_path / "figs" / "8000-iterations"
+    assert result["8000-iterations/fig1"] == [short / "fig1.png", short / "fig1.pdf"]
+    assert result["fig1"] == "missing: plain20, plain56"  # the paper's schedule has no plain run
+    assert result["table6"] == [tmp_path / "figs" / "table6.md", tmp_path / "figs" / "table6.csv"]
+    assert "1/8 of the paper's" in (short / "table6.md").read_text()
+    assert "1/8" not in (tmp_path / "figs" / "table6.md").read_text()
+
+
 def test_draw_reports_ambiguous_run_names(tmp_path):
     write_run(tmp_path / "a", "plain20")
     write_run(tmp_path / "b", "plain20")
