@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from resnet_repro import data, figures, inspection
-from resnet_repro.results import PAPER_ITERATIONS, CannotDraw, compare, final_metrics, load_runs, title_of
+from resnet_repro.results import CannotDraw, compare, final_metrics, load_runs, shorter_than_paper, title_of
 from resnet_repro.tables import summary_table, table2, table6, to_markdown
 
 __all__ = ["load_runs", "final_metrics", "compare", "draw", "main"]
@@ -48,7 +48,7 @@ def _result_sets(df, out_dir):
     """(prefix, runs, folder): runs at the paper's schedule into out_dir; runs set shorter than it apart, one
     folder per length (out_dir/8000-iterations), so that a figure never mixes lengths; quick runs, not the
     paper's setting, apart into out_dir/quick."""
-    short = ~df.quick & (df.planned_iterations < df.experiment.map(PAPER_ITERATIONS)).fillna(False)
+    short = shorter_than_paper(df)
     planned = df.planned_iterations.where(short)
     full = ~df.quick & ~short
     sets = [("", df[full], out_dir)] if df.empty or full.any() else []

@@ -220,14 +220,18 @@ def require(found, names, least="all"):
         raise CannotDraw(f"missing: {', '.join(missing)}")
 
 
+def shorter_than_paper(df):
+    """Per row: not quick, and set to fewer iterations than the paper's schedule of its experiment."""
+    return ~df.quick & (df.planned_iterations < df.experiment.map(PAPER_ITERATIONS)).fillna(False)
+
+
 def title_of(df, *parts):
     """The figure's title: `parts`, and a warning where runs are not the paper's setting: quick runs, and
     runs set to a shorter schedule than the paper's (with their data and length)."""
     quick = df[df.quick]
     if len(quick):
         parts += (f"quick run: {', '.join(quick.dataset.dropna().unique()) or 'small data'}, short schedule",)
-    full = df[~df.quick].assign(paper=lambda d: d.experiment.map(PAPER_ITERATIONS))
-    short = full[(full.planned_iterations < full.paper).fillna(False)]
+    short = df[shorter_than_paper(df)].assign(paper=lambda d: d.experiment.map(PAPER_ITERATIONS))
     short = short.drop_duplicates(["planned_iterations", "paper", "dataset"])
     for planned, paper, dataset in zip(short.planned_iterations, short.paper, short.dataset):
         parts += (f"{dataset}, {planned:,} iterations (1/{paper / planned:.3g} of the paper's {paper:,.0f})",)
