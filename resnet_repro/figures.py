@@ -60,7 +60,9 @@ def _legend(ax, train_style=None, train="train", test="test"):
 def _ylim(ax, runs, paper):
     """The paper's range, or 0 to a round 1.5x the highest final error where the runs end above it (short
     schedules, quick runs): like the paper's, early epochs may leave the top, the ends never do."""
-    last = max((v for rows in runs.values() for v in rows[["train_err", "test_err"]].iloc[-1] if v == v), default=0)
+    last = max(
+        (v for rows in runs.values() for v in rows[["train_err", "test_err"]].iloc[-1] if pd.notna(v)), default=0
+    )
     ax.set_ylim(*(paper if last < 0.9 * paper[1] else (0, min(100, 10 * math.ceil(1.5 * last / 10)))))
 
 

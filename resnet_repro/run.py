@@ -244,8 +244,11 @@ def _run(args, exp, rank, world_size, dist_device):
     datasets = load_datasets(exp, args, "cpu" if parallel else device, say)
     if parallel:
         skipped = skip_done(args, exp, exp_dir, datasets)
-        results = run_parallel(args, exp, exp_dir, devices, [run for run in exp.runs if run not in skipped])
-        return 130 if results is None else finish(args, exp, exp_dir, [skipped.get(r.run, r) for r in results])
+        trained = run_parallel(args, exp, exp_dir, devices, [run for run in exp.runs if run not in skipped])
+        if trained is None:
+            return 130
+        results = skipped | trained
+        return finish(args, exp, exp_dir, [results[run] for run in exp.runs if run in results])
     results = run_serial(args, exp, exp_dir, datasets, device, rank, world_size)
     if results is None:
         return 130
@@ -413,8 +416,8 @@ def child_env(args, devices):
 
 def run_parallel(args, exp, exp_dir, devices, runs):
     """Train `runs` in up to args.jobs processes, spread over `devices`; one progress bar over all of the
-    experiment's runs, read from their CSVs. Each process logs to <run dir>/output.log. Returns the RunResults
-    of the experiment's runs, or None if interrupted."""
+    experiment's runs, read from their CSVs. Each process logs to <run dir>/output.log. Returns {run: RunResult}
+    for `runs`, or None if interrupted."""
     from tqdm import tqdm
 
     # longest runs first, so the last one to start is a short one (cost ~ iterations x depth)
@@ -461,7 +464,7 @@ def run_parallel(args, exp, exp_dir, devices, runs):
     if usage:
         tail = (exp_dir / usage[0] / "output.log").read_text().strip().splitlines()[-1:]
         raise rundir.RunDirError(f"run {usage[0]} refused to start: {tail[0] if tail else 'see its output.log'}")
-    return [rundir.result(exp_dir / run) for run in exp.runs if (exp_dir / run / "config.json").exists()]
+    return {run: rundir.result(exp_dir / run) for run in runs if (exp_dir / run / "config.json").exists()}
 
 
 def draw_figures(exp_dir, out):
