@@ -474,6 +474,18 @@ def test_draw_puts_runs_of_a_shorter_schedule_apart_by_length(tmp_path):
     assert "1/8" not in (tmp_path / "figs" / "table6.md").read_text()
 
 
+def test_tables_name_the_runs_that_are_not_done(tmp_path):
+    write_run(tmp_path, "resnet20", state="running")  # its process is gone: read as stopped
+    write_run(tmp_path, "resnet56")
+    for run in ("plain18", "resnet34"):
+        write_run(tmp_path, run, state="interrupted", planned_iterations=8000)
+    df = load_runs(tmp_path)
+    note = tables.table6(df).attrs["note"]
+    assert note.endswith("; not done: resnet20 (stopped, iteration 1,564 of 64,000)")
+    assert "not done: plain18 (interrupted, iteration 1,564 of 8,000), resnet34 (" in tables.table2(df).attrs["note"]
+    assert "not done" not in tables.table6(df[df.run != "resnet20"]).attrs["note"]
+
+
 def test_draw_reports_ambiguous_run_names(tmp_path):
     write_run(tmp_path / "a", "plain20")
     write_run(tmp_path / "b", "plain20")
