@@ -31,7 +31,7 @@ TEST_BOLD = dict(linestyle="-", linewidth=2.2)
 def net_label(name, state=None):
     kind, depth = models.parse_name(name)
     label = f"{'ResNet' if kind == 'resnet' else 'plain'}-{depth}"
-    return f"{label} ({state})" if state in ("running", "failed", "interrupted") else label
+    return label if state in (None, "done") else f"{label} ({state})"
 
 
 def iteration_axis(runs):

@@ -480,6 +480,8 @@ def test_tables_name_the_runs_that_are_not_done(tmp_path):
     for run in ("plain18", "resnet34"):
         write_run(tmp_path, run, state="interrupted", planned_iterations=8000)
     df = load_runs(tmp_path)
+    (residual,) = figures.fig6(df).axes  # no plain net: the residual panel alone
+    assert [t.get_text() for t in residual.get_legend().get_texts()][:2] == ["ResNet-20 (stopped)", "ResNet-56"]
     note = tables.table6(df).attrs["note"]
     assert note.endswith("; not done: resnet20 (stopped, iteration 1,564 of 64,000)")
     assert "not done: plain18 (interrupted, iteration 1,564 of 8,000), resnet34 (" in tables.table2(df).attrs["note"]
