@@ -35,14 +35,14 @@ def summary_table(runs):
 
 
 def unfinished(runs):
-    """A note naming the runs of {name: rows} that are not done, with how far they got; "" when all are."""
+    """The note naming the runs of {name: rows} that are not done, with how far they got: [] when all are."""
     late = []
     for name, rows in runs.items():
         last = rows.iloc[-1]
         if last.state != "done":
             planned = f" of {last.planned_iterations:,}" if pd.notna(last.planned_iterations) else ""
             late.append(f"{name} ({last.state}, iteration {last.iteration:,}{planned})")
-    return f"not done: {', '.join(late)}" if late else ""
+    return [f"not done: {', '.join(late)}"] if late else []
 
 
 def table6(df):
@@ -71,7 +71,7 @@ def table6(df):
         sample,
         f"CIFAR-10 test error (%); ours: final epoch of one run on {', '.join(sample.dataset.dropna().unique())}; "
         "diff = ours - paper; the paper's 110 is the best of 5 runs (mean 6.61±0.16)",
-        *filter(None, [unfinished(runs)]),
+        *unfinished(runs),
     )
     return table
 
@@ -110,7 +110,7 @@ def table2(df):
     else:
         what = f"ours: final test error (%) on {datasets}, single view (centre crop); the paper's: ImageNet val top-1, 10-crop"
     table = pd.DataFrame(rows)
-    table.attrs["note"] = title_of(sample, what, *filter(None, [unfinished(runs)]))
+    table.attrs["note"] = title_of(sample, what, *unfinished(runs))
     return table
 
 
