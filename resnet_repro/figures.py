@@ -154,6 +154,8 @@ def fig_depth(df):
         raise CannotDraw(f"ambiguous: several runs named {', '.join(twice)}; draw one result set at a time")
     final = final.drop_duplicates("run").sort_values("depth")  # a run of several experiments: the preferred one
     depths = sorted(final.depth.unique())
+    if len(depths) < 2:
+        raise CannotDraw(f"missing: a second depth (only {depths[0]} has run)")
     fig = Figure(figsize=(8, 3.2))
     axes = fig.subplots(1, 2, sharex=True, sharey=True)
     for ax, residual, name in zip(axes, (False, True), ("plain", "ResNet")):
@@ -162,6 +164,8 @@ def fig_depth(df):
         for column, style, label in (("final_train_err", TRAIN_DASHED, "train"), ("final_test_err", TEST_BOLD, "test")):
             (line,) = ax.plot(x, rows[column], marker="o", color="k", label=label, **style)
             line.set_gid(f"{'resnet' if residual else 'plain'}:{label}")
+        if rows.empty:
+            ax.text(0.5, 0.5, f"no {name} run", transform=ax.transAxes, ha="center", color="0.5")
         ax.set(xlabel="depth (layers)", ylabel="final error (%)", title=name)
         ax.set_xticks(range(len(depths)), labels=depths)
         ax.set_xlim(-0.5, len(depths) - 0.5)

@@ -344,6 +344,16 @@ def test_fig_depth_plots_final_errors_against_depth(tmp_path):
     assert right.get_ylim()[1] > highest and left.get_ylim() == right.get_ylim()  # no point cut off in either panel
 
 
+def test_fig_depth_needs_two_depths_and_names_an_empty_panel(tmp_path):
+    write_run(tmp_path, "resnet20")
+    with pytest.raises(results.CannotDraw, match=r"a second depth \(only 20 has run\)"):
+        figures.fig_depth(load_runs(tmp_path))
+    write_run(tmp_path, "resnet56")
+    left, right = figures.fig_depth(load_runs(tmp_path)).axes
+    assert [t.get_text() for t in left.texts] == ["no plain run"] and not right.texts
+    assert list(lines_by_gid(right)["resnet:test"].get_xdata()) == [0, 1]
+
+
 def test_fig7_draws_network_order_and_sorted(tmp_path):
     stds = {"plain20": [0.5, 2.0, 1.0], "resnet20": [1.0, 0.2, 0.7]}
     top, bottom = inspection.fig7(stds).axes
