@@ -3,7 +3,7 @@
 (a) "usual": how CIFAR is commonly trained in PyTorch: a torchvision-style dataset of PIL images with
     RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor and Normalize, a DataLoader with workers,
     fp32, eager, and `.item()` on every step for the running loss and accuracy.
-(b) "engine": resnet_repro.train.train_step on uint8 data resident on the device, batched augmentation
+(b) "engine": resnet_repro.recipe.train_step on uint8 data resident on the device, batched augmentation
     there, bf16 autocast on CUDA, channels_last, fused SGD, no host sync inside the loop.
 Same model, batch and number of iterations, in one process; warm-up iterations are not timed.
 
@@ -27,8 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from resnet_repro import data as datamod
-from resnet_repro import provenance
-from resnet_repro import train as trainer
+from resnet_repro import provenance, recipe
 from resnet_repro.config import TrainSpec
 from resnet_repro.models import build_model
 
@@ -170,7 +169,8 @@ def run_usual(spec, ds, iterations, warmup, device, workers):
 
 def run_engine(spec, ds, iterations, warmup, device):
     """Train with the engine's step; returns (images/s over the timed iterations, model)."""
-    model, forward, optimizer = trainer.setup_model(spec, ds.num_classes, device)
+    model = recipe.new_model(spec, ds.num_classes)
+    forward, optimizer = recipe.prepare(model, spec, device)
     generator = torch.Generator(device=device).manual_seed(spec.seed)
     model.train()
     source, start = engine_batches(ds, spec, device, generator), None
@@ -179,7 +179,7 @@ def run_engine(spec, ds, iterations, warmup, device):
             sync(device)
             start = time.perf_counter()
         x, labels = next(source)
-        trainer.train_step(forward, optimizer, x, labels, spec, device)
+        recipe.train_step(forward, optimizer, x, labels, spec, device)
     sync(device)
     return spec.batch_size * iterations / (time.perf_counter() - start), forward
 
@@ -200,7 +200,7 @@ def check_training(ds, spec, iterations, device, workers):
     _, (usual_model, normalize) = run_usual(spec, ds, iterations, 0, device, workers)
     usual_err = test_error(usual_model, normalize(ds.test.images.float() / 255), ds.test.labels, device)
     _, engine_model = run_engine(spec, ds, iterations, 0, device)
-    _, engine_err, _ = trainer.evaluate(engine_model, ds.test, ds.mean, spec, device)
+    _, engine_err, _ = recipe.evaluate(engine_model, ds.test, ds.mean, spec, device)
     p = (usual_err + engine_err) / 200
     bound = 300 * (2 * p * (1 - p) / len(ds.test)) ** 0.5
     return usual_err, engine_err, bound

@@ -13,6 +13,7 @@ a shorter schedule keeps the paper's shape (lr steps at 50% and 75%).
 """
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -21,6 +22,8 @@ from pathlib import Path
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 EXPERIMENT_KEYS = ("description", "runs", "train", "quick", "run")
+FLOAT32_MAX = 3.4e38
+MAX_ITERATIONS = 10**9
 
 
 class SpecError(Exception):
@@ -65,61 +68,71 @@ class TrainSpec:
     # fmt: on
 
     def __post_init__(self):
-        from resnet_repro.models import SHORTCUTS, STEMS, parse_name
+        from resnet_repro.models import parse_name
 
         try:
             parse_name(self.model)
         except ValueError as e:
             raise SpecError(str(e)) from None
-        checks = [
-            (
-                self.shortcut in (None, *SHORTCUTS),
-                f"shortcut must be one of {', '.join(SHORTCUTS)}, not {self.shortcut!r}",
-            ),
-            (self.stem in (None, *STEMS), f"stem must be one of {', '.join(STEMS)}, not {self.stem!r}"),
-            (self.batch_size > 0 and self.eval_batch_size > 0, "batch sizes must be positive"),
-            (self.iterations > 0, f"iterations must be positive, not {self.iterations}"),
-            (self.lr > 0 and 0 < self.lr_decay <= 1, "lr must be positive and lr_decay in (0, 1]"),
-            (list(self.milestones) == sorted(self.milestones), f"milestones must increase: {list(self.milestones)}"),
-            (self.val_size >= 0 and self.warmup_lr >= 0, "val_size and warmup_lr must not be negative"),
-            (0 <= self.seed < 2**63, f"seed must be between 0 and 2**63 - 1, not {self.seed}"),
-            (
-                self.train_size >= 0 and self.ramp >= 0 and self.log_every >= 0,
-                "train_size, ramp and log_every must not be negative",
-            ),
-            (self.schedule in ("step", "linear"), f"schedule must be step or linear, not {self.schedule!r}"),
-            (self.ramp < self.iterations, f"ramp ({self.ramp}) must be shorter than iterations ({self.iterations})"),
-            (self.loader == "memory" or self.train_size == 0, 'train_size applies to loader = "memory"'),
-            (self.image_size >= 8, f"image_size must be at least 8, not {self.image_size}"),
-            (
-                self.precision in ("auto", "bf16", "fp32"),
-                f"precision must be auto, bf16 or fp32, not {self.precision!r}",
-            ),
-            (self.loader in ("memory", "stream"), f"loader must be memory or stream, not {self.loader!r}"),
-            (
-                len(self.scale) == 2 and (self.loader == "memory" or self.image_size <= self.scale[0] <= self.scale[1]),
-                f"scale must be [low, high] with image_size ({self.image_size}) <= low <= high, not {list(self.scale)}",
-            ),
-            (
-                self.loader == "memory" or self.test_resize >= self.image_size,
-                f"test_resize ({self.test_resize}) must be at least image_size ({self.image_size})",
-            ),
-            (self.lighting >= 0, "lighting must not be negative"),
-            (
-                self.loader == "stream" or not self.ten_crop,
-                'ten_crop needs loader = "stream" (crops of a larger image)',
-            ),
-            (
-                self.loader == "memory" or self.val_size == 0,
-                'val_size applies to loader = "memory"; the stream loader evaluates on val/ (or test/)',
-            ),
-        ]
-        for ok, message in checks:
+        for ok, message in (*_value_checks(self), *_choice_checks(self)):
             if not ok:
                 raise SpecError(message)
 
 
+def _value_checks(s):
+    """(holds, what to say) of the numbers: finite, in range, consistent."""
+    floats = {f.name: getattr(s, f.name) for f in fields(s) if f.type is float}
+    return [
+        *((math.isfinite(v), f"{k} must be a finite number, not {v}") for k, v in floats.items()),
+        (s.lr <= FLOAT32_MAX and s.warmup_lr <= FLOAT32_MAX,
+         f"lr and warmup_lr must be at most {FLOAT32_MAX:.3g} (the optimizer applies them in float32)"),
+        (0 <= s.momentum <= 1, f"momentum must be between 0 and 1, not {s.momentum}"),
+        (s.weight_decay >= 0, f"weight_decay must not be negative, not {s.weight_decay}"),
+        (s.warmup_until_err >= 0, f"warmup_until_err must not be negative, not {s.warmup_until_err}"),
+        (s.iterations <= MAX_ITERATIONS,
+         f"iterations must be at most {MAX_ITERATIONS:,} (the paper's longest run takes 600,000), not {s.iterations:,}"),
+        (s.batch_size > 0 and s.eval_batch_size > 0, "batch sizes must be positive"),
+        (s.iterations > 0, f"iterations must be positive, not {s.iterations}"),
+        (s.lr > 0 and 0 < s.lr_decay <= 1, "lr must be positive and lr_decay in (0, 1]"),
+        (list(s.milestones) == sorted(s.milestones), f"milestones must increase: {list(s.milestones)}"),
+        (s.val_size >= 0 and s.warmup_lr >= 0, "val_size and warmup_lr must not be negative"),
+        (0 <= s.seed < 2**63, f"seed must be between 0 and 2**63 - 1, not {s.seed}"),
+        (s.train_size >= 0 and s.ramp >= 0 and s.log_every >= 0, "train_size, ramp and log_every must not be negative"),
+        (s.ramp < s.iterations, f"ramp ({s.ramp}) must be shorter than iterations ({s.iterations})"),
+        (s.image_size >= 8, f"image_size must be at least 8, not {s.image_size}"),
+        (s.lighting >= 0, "lighting must not be negative"),
+    ]  # fmt: skip
+
+
+def _choice_checks(s):
+    """(holds, what to say) of the named choices and of what applies to which loader."""
+    from resnet_repro.models import SHORTCUTS, STEMS
+
+    return [
+        (s.shortcut in (None, *SHORTCUTS), f"shortcut must be one of {', '.join(SHORTCUTS)}, not {s.shortcut!r}"),
+        (s.stem in (None, *STEMS), f"stem must be one of {', '.join(STEMS)}, not {s.stem!r}"),
+        (s.schedule in ("step", "linear"), f"schedule must be step or linear, not {s.schedule!r}"),
+        (s.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, not {s.precision!r}"),
+        (s.loader in ("memory", "stream"), f"loader must be memory or stream, not {s.loader!r}"),
+        (s.loader == "memory" or s.train_size == 0, 'train_size applies to loader = "memory"'),
+        (len(s.scale) == 2 and (s.loader == "memory" or s.image_size <= s.scale[0] <= s.scale[1]),
+         f"scale must be [low, high] with image_size ({s.image_size}) <= low <= high, not {list(s.scale)}"),
+        (s.loader == "memory" or s.test_resize >= s.image_size,
+         f"test_resize ({s.test_resize}) must be at least image_size ({s.image_size})"),
+        (s.loader == "stream" or not s.ten_crop, 'ten_crop needs loader = "stream" (crops of a larger image)'),
+        (s.loader == "memory" or s.val_size == 0,
+         'val_size applies to loader = "memory"; the stream loader evaluates on val/ (or test/)'),
+    ]  # fmt: skip
+
+
 SPEC_FIELDS = {f.name: f for f in fields(TrainSpec)}
+# as config.json records them (tuples as lists): a key added since a run started counts as its default
+SPEC_DEFAULTS = {k: list(f.default) if isinstance(f.default, tuple) else f.default for k, f in SPEC_FIELDS.items()}
+
+
+def spec_from_config(config):
+    """The TrainSpec a run's config.json (or a Job's JSON) records; other keys are ignored."""
+    return TrainSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in SPEC_FIELDS})
 
 
 @dataclass(frozen=True)
@@ -219,6 +232,31 @@ def load_experiment(name, quick=False, overrides=None, runs=None):
     overrides: {key: value} from the command line, applied to every run; runs: a subset of run names."""
     path = experiment_path(name)
     doc = read_toml(path)
+    names, quick_table, quick_runs = _check_document(path, doc)
+    if quick and quick_runs and not runs:
+        names = [n for n in names if n in quick_runs]
+    if runs:
+        unknown = [r for r in runs if r not in names]
+        if unknown:
+            raise SpecError(f"unknown run(s) {', '.join(unknown)} in experiment {path.stem}; its runs are {', '.join(names)}")  # fmt: skip
+        names = [n for n in names if n in runs]
+    specs = {}
+    for run in names:
+        table = doc.get("run", {}).get(run, {})
+        layers = [(doc.get("train", {}), f"{path}: [train]"), *([(quick_table, f"{path}: [quick]")] if quick else []),
+                  (table, f"{path}: [run.{run}]"), (overrides or {}, "command line")]  # fmt: skip
+        if not _is_model(table.get("model", run)):
+            raise SpecError(f'{path}: run {run!r} is not a model name; give it one in [run.{run}], e.g. model = "resnet110"')  # fmt: skip
+        spec = TrainSpec(model=table.get("model", run))
+        for changes, where in layers:
+            spec = apply(spec, changes, where)
+        specs[run] = spec
+    stem = path.stem + ("-quick" if quick else "")
+    return Experiment(stem, str(doc.get("description", "")), specs, quick)
+
+
+def _check_document(path, doc):
+    """The experiment file's shape: (its run names, its [quick] table without `runs`, [quick]'s runs or None)."""
     for key in doc:
         if key not in EXPERIMENT_KEYS:
             raise SpecError(f"{path}: unknown key {key!r}; valid top-level keys are {', '.join(EXPERIMENT_KEYS)}")
@@ -227,51 +265,17 @@ def load_experiment(name, quick=False, overrides=None, runs=None):
             raise SpecError(f"{path}: {key} must be a table ([{key}] followed by key = value lines), not {doc[key]!r}")
     for run, table in doc.get("run", {}).items():
         if not isinstance(table, dict):
-            raise SpecError(
-                f"{path}: run.{run} must be a table ([run.{run}] followed by key = value lines), not {table!r}"
-            )
+            raise SpecError(f"{path}: run.{run} must be a table ([run.{run}] followed by key = value lines), not {table!r}")  # fmt: skip
     names = doc.get("runs")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise SpecError(f'{path}: \'runs\' must be a non-empty list of run names, e.g. runs = ["plain20", "resnet20"]')
     quick_table = dict(doc.get("quick", {}))
     quick_runs = quick_table.pop("runs", None)
-    if quick_runs is not None and (
-        not isinstance(quick_runs, list) or not quick_runs or not set(quick_runs) <= set(names)
-    ):
-        raise SpecError(
-            f"{path}: [quick] runs must be a non-empty list of names from runs = {names}, not {quick_runs!r}"
-        )
-    per_run = doc.get("run", {})
-    for extra in set(per_run) - set(names):
+    if quick_runs is not None and (not isinstance(quick_runs, list) or not quick_runs or not set(quick_runs) <= set(names)):  # fmt: skip
+        raise SpecError(f"{path}: [quick] runs must be a non-empty list of names from runs = {names}, not {quick_runs!r}")  # fmt: skip
+    for extra in set(doc.get("run", {})) - set(names):
         raise SpecError(f"{path}: [run.{extra}] names no run in runs = {names}")
-    if quick and quick_runs and not runs:
-        names = [n for n in names if n in quick_runs]
-    if runs:
-        unknown = [r for r in runs if r not in names]
-        if unknown:
-            raise SpecError(
-                f"unknown run(s) {', '.join(unknown)} in experiment {path.stem}; its runs are {', '.join(names)}"
-            )
-        names = [n for n in names if n in runs]
-
-    specs = {}
-    for run in names:
-        layers = [(doc.get("train", {}), f"{path}: [train]")]
-        if quick:
-            layers.append((quick_table, f"{path}: [quick]"))
-        layers.append((per_run.get(run, {}), f"{path}: [run.{run}]"))
-        layers.append((overrides or {}, "command line"))
-        model = per_run.get(run, {}).get("model", run)
-        if not _is_model(model):
-            raise SpecError(
-                f'{path}: run {run!r} is not a model name; give it one in [run.{run}], e.g. model = "resnet110"'
-            )
-        spec = TrainSpec(model=model)
-        for table, where in layers:
-            spec = apply(spec, table, where)
-        specs[run] = spec
-    stem = path.stem + ("-quick" if quick else "")
-    return Experiment(stem, str(doc.get("description", "")), specs, quick)
+    return names, quick_table, quick_runs
 
 
 def _is_model(name):

@@ -1,259 +1,136 @@
-"""CIFAR-style datasets as uint8 tensors on the training device, and batched augmentation there.
+"""Which dataset a run trains on: the one owner of that question for the whole suite.
 
-Sources (`load(source, ...)`):
-- "cifar10", "cifar100": torchvision's download into `data_dir`, its checksums verified.
-- "mini": the bundled mini CIFAR-10 (500 train + 100 test images per class, built by assets/make_mini.py).
-- a directory with `train/` and `test/` ImageFolder trees (class per subfolder), or a `.tar.gz` of one.
-  Archives are decoded once into `data_dir/cache/` and reused.
+- `data_key(spec)`: the spec fields that decide a run's dataset; runs with equal keys share one load.
+- `load_for(spec, ...)`: that dataset, by spec.loader: "memory" (resnet_repro.memory: decoded once, resident on
+  the device) or "stream" (resnet_repro.stream: JPEGs decoded per batch by DataLoader workers).
+- What both loaders share: the Dataset they return, DataError, where a --data source is, archive checksums
+  and the caches under data_dir/cache/, ImageFolder trees, the per-pixel mean subtraction.
 
-Every split is decoded once to a uint8 tensor (N, 3, 32, 32: other sizes with image_size/resize) and moved to the device whole: training
-then needs no DataLoader workers and no per-batch host-to-device copies.
+A Dataset's `train` and `test` are batch sources with one interface, whatever the loader:
+    len(split)
+    split.train_batches(perm, pos, batch, mean, generator, seed, epoch, device, rank, world_size)
+        the epoch's batches from position `pos` of the permutation `perm`, as (normalized augmented float
+        images, labels): this process's shard of each global batch under torchrun
+    split.eval_batches(mean, batch_size, device, rank, world_size, views=1)
+        this process's shard of the split in order, as (normalized float images, labels); views=10: AlexNet's
+        10 crops, (B, 10, 3, H, W) (stream splits)
+    split.sample(index)
+        (uint8 images, labels) of the given indices on the CPU, as the test sees them
 """
 
 import hashlib
-import io
-import re
-import tarfile
-import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from resnet_repro import stream
-from resnet_repro.files import DiskFull, save
-from resnet_repro.sources import DataError, Dataset, archive_name, image_tree, local_path, md5_file, normalize
+from resnet_repro.files import DiskFull, NotLoadable, load_tensors, save
 
-__all__ = ["DataError", "Dataset", "Split", "load", "load_for", "normalize", "augment"]
+MINI = Path(__file__).with_name("assets") / "cifar10-mini.tar.gz"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
+# md5 of known archives -> the name results must carry
+KNOWN_ARCHIVES = {
+    "bd13d151ab7039c1ed6fe37948a1e90a": "CIFAR-10 (JPEG q75 copy)",
+    "fcc84df82c0aa682cc6c958aa0102ddc": "CIFAR-10 mini (JPEG q75 copy, 500+100 per class)",
+}
+# the TrainSpec fields that decide what a run's dataset holds (see data_key)
+DATA_FIELDS = ("data", "loader", "val_size", "train_size", "image_size", "resize", "scale", "test_resize", "lighting")
 
-CACHE_VERSION = 1
+
+class DataError(Exception):
+    """Missing, unreachable or malformed data; the message says what was tried and what to do."""
 
 
 @dataclass
-class Split:
-    """A split in device memory, a batch source (see resnet_repro.sources)."""
+class Dataset:
+    name: str  # what results must call it, e.g. "CIFAR-10 (JPEG q75 copy)"
+    classes: list
+    train: object  # a batch source (see the module doc)
+    test: object  # the test split, or the held-out validation split with val_size > 0
+    mean: torch.Tensor  # float32 (3, H, W): per-pixel mean of the training images, in [0, 1]
+    checksum: str  # of the images and labels of both splits (stream: of the file names and sizes)
+    source: str
 
-    images: torch.Tensor  # uint8 (N, 3, H, W)
-    labels: torch.Tensor  # int64 (N,)
-
-    def __len__(self):
-        return len(self.labels)
-
-    def train_batches(self, perm, pos, batch, mean, generator, seed, epoch, device, rank=0, world_size=1):
-        # augmented on the device; every process draws for the whole batch, so the draws match one process
-        for p in range(pos, len(self) // batch):
-            idx = perm[p * batch : (p + 1) * batch]
-            x, labels = augment(normalize(self.images[idx], mean), generator), self.labels[idx]
-            yield x[rank::world_size], labels[rank::world_size]
-
-    def eval_batches(self, mean, batch_size, device, rank=0, world_size=1, views=1):
-        if views != 1:
-            raise DataError("multi-crop testing needs the stream loader (JPEG folders)")
-        images, labels = self.images[rank::world_size], self.labels[rank::world_size]
-        for i in range(0, len(labels), batch_size):
-            yield normalize(images[i : i + batch_size], mean), labels[i : i + batch_size]
-
-    def sample(self, index):
-        return self.images[index].cpu(), self.labels[index].cpu()
+    @property
+    def num_classes(self):
+        return len(self.classes)
 
 
-def load(source="cifar10", data_dir="data", device="cpu", val_size=0, image_size=32, resize=False, train_size=0):
-    """Load `source` (see module doc) onto `device`. val_size > 0 holds out that many training images
-    (the same ones for every seed) and returns them as `test`; train_size > 0 then keeps a fixed random
-    subset of that many training images (again the same for every seed). Images must be image_size x image_size;
-    with `resize`, ImageFolder images of any size are resized to that when decoded (e.g. 224 for fine-tuning)."""
-    data_dir = Path(data_dir)
-    if source in ("cifar10", "cifar100"):
-        if resize and image_size != 32:
-            raise DataError(
-                f"{source} is 32x32; resizing it to {image_size} is not supported (pass an ImageFolder --data instead)"
-            )
-        name, classes, train, test = _load_torchvision(source, data_dir)
-    else:
-        name, classes, train, test = _load_folder_or_archive(source, data_dir, image_size if resize else None)
-    _check(name, classes, train, test, image_size)
-    checksum = _checksum(train, test)
-    if val_size:
-        if not 0 < val_size < len(train):
-            raise DataError(f"val_size must be between 1 and {len(train) - 1}, not {val_size}")
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-        val = Split(train.images[order[:val_size]], train.labels[order[:val_size]])
-        train = Split(train.images[order[val_size:]], train.labels[order[val_size:]])
-        test, name = val, f"{name}, {len(train)}/{len(val)} train/val split"
-    if train_size:
-        if not 0 < train_size <= len(train):
-            raise DataError(f"train_size must be between 1 and {len(train)}, not {train_size}")
-        keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(1))[:train_size].sort().values
-        train, name = Split(train.images[keep], train.labels[keep]), f"{name}, {train_size:,}-image training subset"
-    mean = train.images.float().mean(0) / 255
-    move = lambda s: Split(s.images.to(device), s.labels.to(device))  # noqa: E731
-    return Dataset(name, classes, move(train), move(test), mean.to(device), checksum, str(source))
+def data_key(spec):
+    """What decides a run's dataset: runs with equal keys share one load (see load_for)."""
+    return tuple(tuple(v) if isinstance(v, list) else v for v in (getattr(spec, f) for f in DATA_FIELDS))
 
 
 def load_for(spec, data_dir="data", device="cpu", workers=0):
-    """The dataset a TrainSpec asks for: `load` for loader = "memory", resnet_repro.stream's for "stream"
-    (decoded by `workers` DataLoader processes)."""
+    """The dataset a TrainSpec asks for, on `device`: resnet_repro.memory's for loader = "memory",
+    resnet_repro.stream's for "stream" (decoded by `workers` DataLoader processes)."""
     if spec.loader == "stream":
+        from resnet_repro import stream
+
         return stream.load(
             spec.data, data_dir, device, spec.image_size, spec.test_resize, spec.scale, spec.lighting, workers
         )
-    return load(spec.data, data_dir, device, spec.val_size, spec.image_size, spec.resize, spec.train_size)
+    from resnet_repro import memory
+
+    return memory.load(spec.data, data_dir, device, spec.val_size, spec.image_size, spec.resize, spec.train_size)
 
 
-def augment(x, generator, pad=None):
-    """Pad by `pad` (zeros, i.e. the mean pixel after normalize; default 1/8 of the size: 4 for 32x32),
-    random crop back to size and random horizontal flip, drawn independently for every image of the batch."""
-    b, c, h, w = x.shape
-    pad = w // 8 if pad is None else pad
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dev = x.device
-    dy = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=generator)
-    flip = torch.rand(b, 1, device=dev, generator=generator) < 0.5
-    rows = dy + torch.arange(h, device=dev)  # (b, h)
-    cols = dx + torch.arange(w, device=dev)  # (b, w)
-    cols = torch.where(flip, cols.flip(1), cols)  # a flip is the crop's columns read backwards
-    batch = torch.arange(b, device=dev)[:, None, None, None]
-    chan = torch.arange(c, device=dev)[None, :, None, None]
-    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+def normalize(images, mean):
+    """uint8 images -> float32 in [0, 1] minus the per-pixel mean, as the paper."""
+    return images.float().div_(255).sub_(mean)
 
 
-# --- torchvision's CIFAR ---------------------------------------------------------------------------
+def local_path(source, hint):
+    """The file or folder a --data source names ("mini": the bundled archive); DataError if it does not exist."""
+    path = MINI if source == "mini" else Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"data not found: {path} does not exist. {hint}")
+    return path
 
 
-def _load_torchvision(source, data_dir):
-    from torchvision import datasets
-
-    cls = datasets.CIFAR10 if source == "cifar10" else datasets.CIFAR100
-    pretty = "CIFAR-10" if source == "cifar10" else "CIFAR-100"
-    try:
-        train = cls(str(data_dir), train=True, download=True)
-        test = cls(str(data_dir), train=False, download=False)
-    except (urllib.error.URLError, OSError, RuntimeError) as e:
-        reason = str(e).strip() or type(e).__name__
-        if "corrupted" in reason or "md5" in reason.lower() or "integrity" in reason.lower():
-            reason = f"checksum mismatch ({reason}); delete {data_dir / cls.base_folder} and {data_dir / cls.filename} and try again"
-        raise DataError(
-            f"could not get {pretty}: tried torchvision's download from {cls.url} into {data_dir}/ ({reason}). "
-            f"Without network, pass --data PATH (an ImageFolder directory with train/ and test/, or a .tar.gz "
-            f"of one, such as a cifar10-jpeg.tar.gz), or --quick for the bundled mini CIFAR-10."
-        ) from None
-    to_split = lambda d: Split(  # noqa: E731
-        torch.from_numpy(np.ascontiguousarray(d.data.transpose(0, 3, 1, 2))), torch.tensor(d.targets, dtype=torch.int64)
-    )
-    return pretty, list(train.classes), to_split(train), to_split(test)
+def md5_file(path):
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
-# --- ImageFolder trees and archives of them -------------------------------------------------------
-
-
-def _load_folder_or_archive(source, data_dir, size):
-    path = local_path(
-        source,
-        "Pass --data cifar10 (download), --data PATH (an ImageFolder directory with train/ and test/, "
-        "or a .tar.gz of one), or --quick.",
-    )
-    if path.is_dir():
-        files = {p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*")) if p.is_file()}
-        classes, train, test = _decode_tree({k: v.read_bytes for k, v in files.items()}, str(path), size)
-        return path.name, classes, train, test
-
+def archive_cache(path, data_dir, tag=""):
+    """(md5 of the archive, what results call it, where its decoded or extracted copy lives under data_dir/cache/).
+    The cache is named by the archive's content, so a changed archive is never read from a stale copy."""
     md5 = md5_file(path)
-    resized = f"-{size}px" if size else ""
-    cache = data_dir / "cache" / f"{path.name.split('.')[0]}-{md5[:12]}{resized}-v{CACHE_VERSION}.pt"
-    if cache.exists():
+    name = KNOWN_ARCHIVES.get(md5, Path(path).name)
+    return md5, name, Path(data_dir) / "cache" / f"{Path(path).name.split('.')[0]}-{md5[:12]}{tag}"
+
+
+def cached(path, compute, what):
+    """torch.load(path) (tensors and plain data only), or compute() saved there first; a damaged copy is
+    recomputed, never trusted. DataError naming `what` when it cannot be written (a full disk, no permission)."""
+    if path.exists():
         try:
-            c = torch.load(cache, weights_only=True)
-            return (
-                c["name"],
-                c["classes"],
-                Split(c["train_images"], c["train_labels"]),
-                Split(c["test_images"], c["test_labels"]),
-            )
-        except Exception:  # a damaged cache is rebuilt, never trusted
+            return load_tensors(path)
+        except NotLoadable:
             pass
+    value = compute()
     try:
-        with tarfile.open(path, "r:*") as tar:
-            members = {m.name: m for m in tar.getmembers() if m.isfile()}
-            readers = {name: (lambda m=m, t=tar: t.extractfile(m).read()) for name, m in members.items()}
-            classes, train, test = _decode_tree(readers, str(path), size)
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        why = (
-            "not a tar archive (plain, gzip, bz2 and xz tried)"
-            if isinstance(e, tarfile.ReadError)
-            else str(e).strip().splitlines()[0]
-        )
-        raise DataError(
-            f"corrupt or unreadable archive {path}: {why}. Get a fresh copy (expected a .tar.gz of an ImageFolder tree with train/ and test/)."
-        ) from None
-    name = archive_name(md5, path)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        splits = {"train_images": train.images, "train_labels": train.labels}
-        splits |= {"test_images": test.images, "test_labels": test.labels}
-        save({"name": name, "classes": classes, **splits}, cache)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save(value, path)
     except DiskFull:
         raise DataError(
-            f"disk full while caching the decoded {path.name} in {cache.parent}: free space there or pass --data-dir elsewhere"
+            f"disk full while caching {what} in {path.parent}: free space there or pass --data-dir elsewhere"
         ) from None
-    return name, classes, train, test
+    except OSError as e:
+        raise DataError(f"cannot cache {what} in {path.parent} ({e.strerror}): pass --data-dir elsewhere") from None
+    return value
 
 
-def _decode_tree(readers, where, size=None):
-    """readers: relative path -> callable returning the file's bytes. Finds <root>/train/<class>/<image>
-    and <root>/test/<class>/<image> at any depth; returns classes, train Split, test Split. With `size`,
-    every image is resized to size x size."""
-    from PIL import Image
-
-    splits = image_tree(readers, ("train", "test"))  # split -> class -> [path]
-    for split, by_class in splits.items():
-        if not by_class:
-            raise DataError(
-                f"{where} has no {split}/<class>/<image> files: expected an ImageFolder tree with train/ and test/ (e.g. train/cat/0001.jpg)."
-            )
-    classes = sorted(splits["train"])
-    if sorted(splits["test"]) != classes:
-        raise DataError(f"{where}: test/ classes {sorted(splits['test'])} differ from train/ classes {classes}.")
-
-    def decode(by_class):
-        images, labels = [], []
-        for label, cls in enumerate(classes):
-            for rel in sorted(by_class[cls]):
-                try:
-                    img = Image.open(io.BytesIO(readers[rel]())).convert("RGB")
-                    img = np.asarray(img.resize((size, size), Image.BILINEAR) if size else img)
-                except Exception as e:  # PIL names the in-memory buffer, not the file: leave that out
-                    why = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e))
-                    raise DataError(f"{where}: cannot decode image {rel}: {why}") from None
-                if images and img.shape != images[0].shape:
-                    raise DataError(
-                        f"{where}: images must all have one size; {rel} is {img.shape[1]}x{img.shape[0]}, not {images[0].shape[1]}x{images[0].shape[0]}."
-                    )
-                images.append(img)
-                labels.append(label)
-        return Split(
-            torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels, dtype=torch.int64)
-        )
-
-    return classes, decode(splits["train"]), decode(splits["test"])
-
-
-def _check(name, classes, train, test, size):
-    if len(classes) < 2:
-        raise DataError(f"{name}: found {len(classes)} class(es) {classes}; a classification dataset needs at least 2.")
-    for split in (train, test):
-        if tuple(split.images.shape[1:]) != (3, size, size):
-            h, w = split.images.shape[2:]
-            raise DataError(
-                f"{name}: images are {w}x{h}; this experiment needs {size}x{size} RGB images "
-                f"(--set resize=true resizes them, --set image_size=N sets the size)."
-            )
-
-
-def _checksum(train, test):
-    h = hashlib.md5()
-    for t in (train.images, train.labels, test.images, test.labels):
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()
+def image_tree(paths, splits):
+    """Group relative POSIX paths laid out as ImageFolder trees, `<split>/<class>/<image>` at any depth:
+    {split: {class: [path, ...]}} for each of `splits`, image files only, in the order given."""
+    tree = {split: {} for split in splits}
+    for rel in paths:
+        parts = rel.split("/")
+        if len(parts) >= 3 and parts[-3] in tree and parts[-1].lower().endswith(IMAGE_SUFFIXES):
+            tree[parts[-3]].setdefault(parts[-2], []).append(rel)
+    return tree

@@ -1,4 +1,5 @@
-"""Atomic file writes, shared by the run directory and the data caches."""
+"""Atomic file writes, and the one way .pt files are read, shared by the run directory, the data caches and the
+weights a user passes in."""
 
 import errno
 import io
@@ -40,3 +41,21 @@ def save(obj, path):
     buf = io.BytesIO()
     torch.save(obj, buf)
     write_atomic(path, lambda f: f.write(buf.getbuffer()))
+
+
+class NotLoadable(ValueError):
+    """A .pt file that cannot be read as tensors and plain data; the message is one line."""
+
+
+def load_tensors(path):
+    """torch.load of tensors and plain data only (weights_only): a pickle that would run code, as a file someone
+    handed over may hold, is refused, never executed. NotLoadable saying why in one line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a cut-off, foreign or code-carrying file fails inside the unpickler in many ways
+        text = str(e).strip()
+        if "weights_only" in text or "Unsupported global" in text or "Unsupported operand" in text:
+            why = "it holds Python objects other than tensors and plain data, which are not loaded"
+        else:
+            why = f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+        raise NotLoadable(f"{path}: not readable as weights ({why})") from None

@@ -15,8 +15,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from resnet_repro import data, models, rundir
-from resnet_repro.config import SPEC_FIELDS, TrainSpec
+from resnet_repro.config import spec_from_config
 from resnet_repro.figures import COLORS, finish, net_label
+from resnet_repro.files import NotLoadable, load_tensors
 from resnet_repro.results import CannotDraw, require, select
 
 FIG7_RUNS = ("plain20", "plain56", "resnet20", "resnet56", "resnet110")
@@ -73,9 +74,7 @@ def response_stds(df, device=None, runs=FIG7_RUNS):
     stds, images = {}, {}
     for name, path in have.items():
         model, config = load_finished(path.parent)
-        source = tuple(
-            str(config.get(k)) for k in ("data", "data_dir", "loader", "val_size", "train_size", "image_size", "resize")
-        )
+        source = (data.data_key(spec_from_config(config)), config.get("data_dir", "data"))
         if source not in images:
             try:
                 ds = test_data(config, device)
@@ -165,9 +164,9 @@ def load_finished(run_dir):
             raise CannotDraw(f"{run_dir} has no final.pt: the run is done but its weights are not here; train it again")
         raise CannotDraw(f"{run_dir} has no final.pt: the run is not finished (state: {state})")
     try:
-        final = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CannotDraw(f"cannot read {path}: {e}") from None
+        final = load_tensors(path)
+    except NotLoadable as e:
+        raise CannotDraw(str(e)) from None
     config = final["config"]
     model = models.build_model(config["model"], config["num_classes"], config.get("shortcut"), config.get("stem"))
     model.load_state_dict(final["model"])
@@ -176,8 +175,7 @@ def load_finished(run_dir):
 
 def test_data(config, device="cpu"):
     """The test data a finished run was evaluated on, as its config says (DataError if it cannot be loaded)."""
-    spec = TrainSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in SPEC_FIELDS})
-    return data.load_for(spec, config.get("data_dir", "data"), device)
+    return data.load_for(spec_from_config(config), config.get("data_dir", "data"), device)
 
 
 def predictions(run_dir, n=32, seed=0, device="cpu"):

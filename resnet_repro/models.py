@@ -207,8 +207,7 @@ def build_model(name, num_classes=10, shortcut=None, stem=None):
     """
     kind, depth = parse_name(name)
     imagenet = depth in IMAGENET_LAYERS
-    shortcut = shortcut or ("B" if imagenet else "A")
-    stem = stem or ("imagenet" if imagenet else "cifar")
+    shortcut, stem = resolve(name, shortcut, stem)
     if shortcut not in SHORTCUTS:
         raise ValueError(f"unknown shortcut {shortcut!r}: valid choices are {', '.join(SHORTCUTS)}")
     if stem not in STEMS:
@@ -221,6 +220,13 @@ def build_model(name, num_classes=10, shortcut=None, stem=None):
         raise ValueError(f"{name} is a CIFAR-family net: its stem is 'cifar' only, not {stem!r}")
     n = (depth - 2) // 6
     return ResNet(BasicBlock, (n, n, n), (16, 32, 64), num_classes, residual, shortcut, stem)
+
+
+def resolve(name, shortcut=None, stem=None):
+    """(shortcut, stem) of `name` with the family's defaults for the ones not given: "A" and "cifar" for the
+    CIFAR family, "B" and "imagenet" for 18..152."""
+    imagenet = is_imagenet_family(name)
+    return shortcut or ("B" if imagenet else "A"), stem or ("imagenet" if imagenet else "cifar")
 
 
 def available():
@@ -300,7 +306,9 @@ def pretrained_state_dict(name, source):
     path = Path(source).expanduser()
     if not path.is_file():
         raise ValueError(f"weights file {path} not found; pass a file or 'torchvision'")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from resnet_repro.files import load_tensors
+
+    state = load_tensors(path)  # NotLoadable (a ValueError) for a file that is not plain weights
     state = state.get("model", state.get("state_dict", state))  # our final.pt / checkpoint layouts
     return convert_cifar_state_dict(state)
 

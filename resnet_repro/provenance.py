@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from resnet_repro.distributed import world
-from resnet_repro.models import build_model, num_params, parse_name
+from resnet_repro.models import num_params, parse_name, resolve
 
 
 def git_commit():
@@ -29,31 +29,34 @@ def device_name(device):
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
-def run_config(spec, dataset, *, experiment, run, quick, device, data_dir):
-    """What config.json records: the resolved spec, the model's facts, the data and the environment."""
+def run_config(job, dataset, model=None):
+    """What config.json records: the resolved spec, the model's facts, the data and the environment. `model`:
+    the run's model, whose parameters it counts (without it, as when a parent checks a finished run's config,
+    `params` is left out; it follows from the keys that are there)."""
+    spec = job.spec
     kind, depth = parse_name(spec.model)
-    model = build_model(spec.model, dataset.num_classes, spec.shortcut, spec.stem)
+    shortcut, stem = resolve(spec.model, spec.shortcut, spec.stem)
     return {
-        "experiment": experiment,
-        "run": run,
+        "experiment": job.experiment,
+        "run": job.run,
         **asdict(spec),
-        "shortcut": model.shortcut,
-        "stem": model.stem,
+        "shortcut": shortcut,
+        "stem": stem,
         "depth": depth,
         "residual": kind == "resnet",
-        "params": num_params(model),
+        **({"params": num_params(model)} if model is not None else {}),
         "num_classes": dataset.num_classes,
         "dataset": dataset.name,
         "dataset_checksum": dataset.checksum,
         "train_images": len(dataset.train),
         "test_images": len(dataset.test),
-        "quick": quick,
-        "device": device_name(device),
+        "quick": job.quick,
+        "device": device_name(job.device),
         "torch": str(torch.__version__),
         "commit": git_commit(),
         "python": sys.version.split()[0],
         "world_size": world()[1],  # processes under torchrun, each training a shard of every batch
         "threads": torch.get_num_threads(),  # CPU threads of this process (run --jobs sets them)
-        "data_dir": str(data_dir),
+        "data_dir": str(job.data_dir),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -11,12 +11,13 @@ experiments ran, the one a figure or table prefers.
 """
 
 import math
+import statistics
 import warnings
 from pathlib import Path
 
 import pandas as pd
 
-from resnet_repro import rundir
+from resnet_repro import metrics, rundir
 
 # config.json keys joined onto every row; seed and params may be absent (nullable ints)
 CONFIG_COLUMNS = {
@@ -37,7 +38,7 @@ PAPER_ITERATIONS = {"degradation": 64_000, "depth": 64_000, "resnet1202": 64_000
                     "degradation18_34": 64_000, "imagenet18_34": 600_000}  # fmt: skip
 # evaluation.json (the 10-crop test at the end of a run with ten_crop) joined onto every row; NaN without one
 EVALUATION_COLUMNS = {"top1_err_10crop": "top1_err", "top5_err_10crop": "top5_err"}
-DTYPES = {c: {str: "object", int: "int64", bool: "bool", float: "float64"}[t] for c, t in rundir.COLUMNS.items()}
+DTYPES = {c: {str: "object", int: "int64", bool: "bool", float: "float64"}[t] for c, t in metrics.COLUMNS.items()}
 DTYPES |= CONFIG_COLUMNS | {c: "float64" for c in EVALUATION_COLUMNS} | {"state": "object", "path": "object"}
 DEPTH_EXPERIMENTS = ("depth", "resnet1202", "degradation")  # where Fig. 6, Table 6 and the depth figure take a run from
 
@@ -75,7 +76,7 @@ def _load_run(run_dir):
     config = rundir.read_json(config_path)
     if "run" not in config:
         return None  # a config.json that is not a run's (say an experiment's spec)
-    rows = rundir.read_metrics(csv_path)
+    rows = metrics.read_metrics(csv_path, cut_off_ok=True)  # a run killed mid-row: the rows before it
     state = rundir.read_status(run_dir)["state"]
     for column, kind in CONFIG_COLUMNS.items():
         key = CONFIG_KEYS.get(column, column)
@@ -88,7 +89,7 @@ def _load_run(run_dir):
     if not rows:
         warnings.warn(f"{run_dir}: no epoch in metrics.csv yet (state: {state}); left out", stacklevel=3)
         return None
-    df = pd.DataFrame(rows, columns=list(rundir.COLUMNS))
+    df = pd.DataFrame(rows, columns=list(metrics.COLUMNS))
     for column in CONFIG_COLUMNS:
         df[column] = config.get(CONFIG_KEYS.get(column, column), False if column == "quick" else None)
     evaluation = rundir.read_json(run_dir / "evaluation.json") if (run_dir / "evaluation.json").exists() else {}
@@ -99,63 +100,38 @@ def _load_run(run_dir):
     return df
 
 
+FINAL_COLUMNS = {
+    "experiment": "object", "run": "object", "model": "object", "depth": "int64", "residual": "bool",
+    "params": "Int64", "final_train_err": "float64", "final_test_err": "float64", "best_test_err": "float64",
+    "minutes": "float64", "images_per_second": "float64", "iterations": "int64", "epochs": "float64",
+    "state": "object", "quick": "bool", "seed": "Int64", "device": "object", "commit": "object", "path": "object",
+}  # fmt: skip
+
+
 def final_metrics(df):
-    """One row per run: its last epoch's training and test error, its best test error, wall time."""
+    """One row per run: its last epoch's training and test error, its best test error, wall time (see outcome)."""
     rows = []
     for path, run in df.groupby("path", sort=False):
         run = run.sort_values("epoch")
         last = run.iloc[-1]
-        rows.append(
-            {
-                "experiment": last.experiment,
-                "run": last.run,
-                "model": last.model,
-                "depth": last.depth,
-                "residual": last.residual,
-                "params": last.params,
-                **rundir.outcome(run.to_dict("records")),
-                "epochs": last.epoch,
-                "state": last.state,
-                "quick": last.quick,
-                "seed": last.seed,
-                "device": last.device,
-                "commit": last.commit,
-                "path": path,
-            }
-        )
-    columns = [
-        "experiment",
-        "run",
-        "model",
-        "depth",
-        "residual",
-        "params",
-        "final_train_err",
-        "final_test_err",
-        "best_test_err",
-        "minutes",
-        "images_per_second",
-        "iterations",
-        "epochs",
-        "state",
-        "quick",
-        "seed",
-        "device",
-        "commit",
-        "path",
-    ]
-    dtypes = {
-        "depth": "int64",
-        "residual": "bool",
-        "params": "Int64",
-        "iterations": "int64",
-        "epochs": "float64",
-        "quick": "bool",
-        "seed": "Int64",
-    }
-    for c in ("final_train_err", "final_test_err", "best_test_err", "minutes"):
-        dtypes[c] = "float64"
-    return pd.DataFrame(rows, columns=columns).astype(dtypes)
+        rows.append({**last[["experiment", "run", "model", "depth", "residual", "params", "state", "quick", "seed",
+                             "device", "commit"]].to_dict(), **outcome(run.to_dict("records")), "epochs": last.epoch,
+                     "path": path})  # fmt: skip
+    return pd.DataFrame(rows, columns=list(FINAL_COLUMNS)).astype(FINAL_COLUMNS)
+
+
+def outcome(rows):
+    """A run's numbers from its metrics rows: the last row's iteration, training and test error, the best test error,
+    the minutes (sum of the rows' times) and the training images/s (the median of the rows': a row slowed by
+    other work on the machine moves it little)."""
+    if not rows:
+        return {"iterations": 0, "final_train_err": math.nan, "final_test_err": math.nan, "best_test_err": math.nan,
+                "minutes": 0.0, "images_per_second": math.nan}  # fmt: skip
+    return {
+        "iterations": rows[-1]["iteration"], "final_train_err": rows[-1]["train_err"], "final_test_err": rows[-1]["test_err"],
+        "best_test_err": min(r["test_err"] for r in rows), "minutes": sum(r["epoch_seconds"] for r in rows) / 60,
+        "images_per_second": statistics.median(r["images_per_second"] for r in rows),
+    }  # fmt: skip
 
 
 def compare(a, b):

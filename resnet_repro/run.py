@@ -1,8 +1,12 @@
-"""python -m resnet_repro.run EXPERIMENT: train every run of an experiment, then summarise and draw."""
+"""python -m resnet_repro.run EXPERIMENT: train every run of an experiment, then summarise and draw.
+
+The path of a run: the experiment file -> config.load_experiment (a TrainSpec per run) -> plan.plan_jobs (a Job
+per run: the data every process receives) -> launch (in this process, or a child per job) -> train.train ->
+the run directory -> report.summary (from results.load_runs) -> analysis.draw -> figures/.
+"""
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -10,10 +14,7 @@ from pathlib import Path
 import torch
 
 from resnet_repro import config as cfg
-from resnet_repro import data as datamod
-from resnet_repro import distributed, provenance, rundir
-from resnet_repro import train as trainer
-from resnet_repro.models import parse_name
+from resnet_repro import data, distributed, launch, plan, provenance, report, rundir
 
 EPILOG = """\
 examples:
@@ -35,7 +36,7 @@ nothing is overwritten unless --overwrite is given.
 """
 
 
-def build_parser():
+def get_args_parser():
     p = argparse.ArgumentParser(
         prog="python -m resnet_repro.run",
         description="Train the paired plain and residual networks of an experiment (experiments/*.toml), "
@@ -114,7 +115,7 @@ def build_parser():
 
 
 def parse_args(argv):
-    p = build_parser()
+    p = get_args_parser()
     args = p.parse_args(argv)
     if not args.list and not args.experiment:
         p.error("name an experiment (see --list), e.g. python -m resnet_repro.run degradation --quick")
@@ -122,6 +123,8 @@ def parse_args(argv):
         p.error("--resume and --overwrite exclude each other")
     if args.jobs is not None and args.jobs < 1:
         p.error("--jobs must be at least 1")
+    if args.workers is not None and args.workers < 0:
+        p.error(f"--workers must be 0 (decode in the training process) or more, not {args.workers}")
     if args.runs is not None and not [r for r in args.runs.split(",") if r.strip()]:
         p.error("--runs names no run; give a comma-separated list such as plain20,resnet20 (or leave it out for all)")
     if args.seed is not None and not 0 <= args.seed < 2**63:
@@ -172,16 +175,17 @@ def overrides_from(args):
 
 def main(argv=None, make_experiment=None):
     """The command line. make_experiment(args) -> Experiment replaces reading experiments/<name>.toml
-    (resnet_repro.finetune builds its experiment from its own options)."""
+    (resnet_repro.finetune builds its experiment from its own options). Exit status: 0 when every run is done,
+    1 when one failed (or its data is missing), 2 for a usage error, 128 + signal when interrupted."""
     args = parse_args(argv)
     try:
-        return _main(args, make_experiment or experiment_from)
+        return run(args, make_experiment or experiment_from)
     except (cfg.SpecError, rundir.RunDirError) as e:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (datamod.DataError, rundir.DiskFull) as e:
+    except data.DataError as e:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
@@ -196,75 +200,77 @@ def experiment_from(args):
     return cfg.load_experiment(args.experiment, quick=args.quick, overrides=overrides_from(args), runs=runs)
 
 
-def _main(args, make_experiment):
+def run(args, make_experiment):
     if args.list:
         list_experiments()
         return 0
     rank, world_size, dist_device = distributed.init()
     try:
-        return _run(args, make_experiment(args), rank, world_size, dist_device)
+        exp = make_experiment(args)
+        devices = [dist_device] if world_size > 1 else chosen_devices(args)
+        at_once = args.jobs or plan.default_jobs(devices, len(exp.runs), world_size)
+        if world_size > 1 and (at_once > 1 or args.device and "," in args.device):
+            raise cfg.SpecError("under torchrun each process trains a shard of every run: --jobs and several --device don't apply")  # fmt: skip
+        parallel = (at_once > 1 or len(devices) > 1) and len(exp.runs) > 1
+        jobs = distributed.from_rank0(plan.plan_jobs(exp, args.out, devices, job_options(args, devices, at_once, parallel)))  # fmt: skip
+        plan.check_unfinished(jobs)
+        say = print if rank == 0 else (lambda *a, **k: None)  # under torchrun only rank 0 talks
+        announce(exp, jobs, devices, world_size, say)
+        # in parallel mode the parent checks the data once and fills the cache the children read
+        datasets = load_datasets(jobs, "cpu" if parallel else devices[0], say)
+        skipped = launch.done_already(jobs, datasets)  # checked here: no process starts, no model is built for them
+        todo = [job for job in jobs if job.run not in skipped]
+        if parallel:
+            codes, stopped = launch.in_children(todo, at_once, not args.no_progress)
+        else:
+            launch.setup_process(jobs[0])
+            outcomes, stopped = launch.in_this_process(todo, datasets, say)
+            codes = {run: 1 if outcome.state == "failed" else 0 for run, outcome in outcomes.items()}
+        if stopped:
+            say("interrupted; the runs wrote checkpoints: continue with the same command plus --resume", file=sys.stderr)  # fmt: skip
+            return launch.exit_code(stopped)
+        if rank == 0:
+            finish(args, exp, jobs, skipped)
+        return 0 if all(code == 0 for code in codes.values()) else 1
     finally:
         distributed.finish()
 
 
-def _run(args, exp, rank, world_size, dist_device):
-    say = print if rank == 0 else (lambda *a, **k: None)  # under torchrun only rank 0 talks
-    devices = [
-        torch.device(d.strip()) for d in (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).split(",")
-    ]
-    if args.jobs is None:
-        args.jobs = default_jobs(devices, len(exp.runs), world_size)
-    if world_size > 1:
-        if args.jobs > 1 or len(devices) > 1:
-            raise cfg.SpecError(
-                "under torchrun each process trains a shard of every run: --jobs and several --device don't apply"
-            )
-        devices = [dist_device]
-    device = devices[0]
-    exp_dir = Path(args.out) / exp.name
-    if not (args.resume or args.overwrite):
-        unfinished = rundir.unfinished(exp_dir, exp.runs)  # finished runs are skipped
-        if unfinished:
-            raise rundir.RunDirError(
-                f"{exp_dir} already holds unfinished runs {', '.join(unfinished)}; pass --resume to continue them, "
-                f"--overwrite to start them again, or --out elsewhere."
-            )
+def chosen_devices(args):
+    return [torch.device(d.strip()) for d in (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).split(",")]  # fmt: skip
 
-    first = next(iter(exp.runs.values()))
+
+def job_options(args, devices, at_once, parallel):
+    """The Job fields every run of this invocation shares."""
+    cpu = all(d.type == "cpu" for d in devices)
+    return dict(
+        data_dir=str(args.data_dir), resume=args.resume, overwrite=args.overwrite, deterministic=args.deterministic,
+        progress=not args.no_progress and not parallel,  # in parallel mode the parent's bar covers every run
+        workers=args.workers if args.workers is not None else plan.default_workers(at_once),
+        # on a CPU the runs at once share its cores (measured on 2 cores: two 1-thread processes train more
+        # images/s in all than one 2-thread process, and two 2-thread ones fewer)
+        threads=max(1, (os.cpu_count() or 1) // at_once) if parallel and cpu else 0,
+    )  # fmt: skip
+
+
+def announce(exp, jobs, devices, world_size, say):
+    first = jobs[0].spec
     say(
-        f"{exp.name}: {len(exp.runs)} runs ({', '.join(exp.runs)}), {first.iterations:,} iterations of batch {first.batch_size}, "
-        f"on {', '.join(map(provenance.device_name, devices))}{f' x {world_size} processes' if world_size > 1 else ''} -> {exp_dir}/"
-    )
-    if device.type == "cpu" and first.iterations > 5000:
-        say(
-            f"note: no GPU; {first.iterations:,} iterations per run take many hours on a CPU (--quick runs the demo in minutes)"
-        )
-    parallel = (args.jobs > 1 or len(devices) > 1) and len(exp.runs) > 1
-    # in parallel mode this checks the data once and fills the cache the runs read
-    datasets = load_datasets(exp, args, "cpu" if parallel else device, say)
-    if parallel:
-        skipped = skip_done(args, exp, exp_dir, datasets)
-        trained = run_parallel(args, exp, exp_dir, devices, [run for run in exp.runs if run not in skipped])
-        if trained is None:
-            return 130
-        results = skipped | trained
-        return finish(args, exp, exp_dir, [results[run] for run in exp.runs if run in results])
-    results = run_serial(args, exp, exp_dir, datasets, device, rank, world_size)
-    if results is None:
-        return 130
-    if rank:
-        return 1 if any(r.state == "failed" for r in results) else 0
-    return finish(args, exp, exp_dir, results)
+        f"{exp.name}: {len(jobs)} runs ({', '.join(exp.runs)}), {first.iterations:,} iterations of batch {first.batch_size}, "
+        f"on {', '.join(map(provenance.device_name, devices))}{f' x {world_size} processes' if world_size > 1 else ''} -> {Path(jobs[0].run_dir).parent}/"
+    )  # fmt: skip
+    if devices[0].type == "cpu" and first.iterations > 5000:
+        say(f"note: no GPU; {first.iterations:,} iterations per run take many hours on a CPU (--quick runs the demo in minutes)")  # fmt: skip
 
 
-def load_datasets(exp, args, device, say):
-    """{data_key: Dataset} for the experiment's runs, each loaded once."""
+def load_datasets(jobs, device, say):
+    """{data_key: Dataset} for the jobs, each dataset loaded once."""
     datasets = {}
-    for spec in exp.runs.values():
-        key = data_key(spec)
+    for job in jobs:
+        key = data.data_key(job.spec)
         if key not in datasets:
             t = time.perf_counter()
-            datasets[key] = ds = datamod.load_for(spec, args.data_dir, device, workers(args))
+            datasets[key] = ds = data.load_for(job.spec, job.data_dir, device, job.workers)
             say(
                 f"data: {ds.name}, {len(ds.train):,} train / {len(ds.test):,} test images, {ds.num_classes} classes "
                 f"({time.perf_counter() - t:.1f}s)"
@@ -272,87 +278,11 @@ def load_datasets(exp, args, device, say):
     return datasets
 
 
-def run_serial(args, exp, exp_dir, datasets, device, rank, world_size):
-    """Train the runs one after another in this process (under torchrun: each process a shard of every run).
-    Returns the RunResults, or None if interrupted (a checkpoint is written; --resume continues)."""
-    results = []
-    options = dict(quick=exp.quick, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite)
-    options |= dict(progress=not args.no_progress, deterministic=args.deterministic, device=device)
-    for run, spec in exp.runs.items():
-        try:
-            result = trainer.train(
-                spec, datasets[data_key(spec)], exp_dir / run, experiment=exp.name, run=run, **options
-            )
-        except trainer.Interrupted as e:
-            if rank == 0:
-                print(f"{run}: {e}", file=sys.stderr)  # says how to resume
-            return None
-        if result.state == "failed" and rank == 0:
-            print(f"{run}: FAILED: {result.message}", file=sys.stderr)
-        results.append(result)
-        if result.stop_signal and world_size == 1 and run != list(exp.runs)[-1]:  # torchrun: ranks must agree, not done
-            if rank == 0:
-                print(
-                    f"{result.stop_signal}: {run} finished, the next runs were not started; continue with the same "
-                    "command plus --resume",
-                    file=sys.stderr,
-                )
-            return None
-    return results
-
-
-def skip_done(args, exp, exp_dir, datasets):
-    """{run: its RunResult} for the runs done already, checked here against their config (a changed one is
-    refused, as in a run's own process) so that no process starts just to find them done."""
-    skipped = {}
-    for run, spec in exp.runs.items():
-        if not args.overwrite and rundir.read_status(exp_dir / run)["state"] == "done":
-            dataset = datasets[data_key(spec)]
-            skipped[run] = trainer.train(
-                spec, dataset, exp_dir / run, experiment=exp.name, run=run, quick=exp.quick, data_dir=args.data_dir
-            )
-    return skipped
-
-
-def data_key(spec):
-    """What decides a run's dataset: runs that share it load it once (see datamod.load_for)."""
-    return (
-        spec.data,
-        spec.loader,
-        spec.val_size,
-        spec.train_size,
-        spec.image_size,
-        spec.resize,
-        spec.scale,
-        spec.test_resize,
-        spec.lighting,
-    )
-
-
-def default_jobs(devices, runs, world_size):
-    """Runs at once without --jobs: 2 on a CPU of 2+ cores (measured there, see README "Speed"), else 1."""
-    cpu = all(d.type == "cpu" for d in devices)
-    return 2 if cpu and world_size == 1 and runs > 1 and (os.cpu_count() or 1) >= 2 else 1
-
-
-def workers(args):
-    """DataLoader workers per run for the stream loader: the CPU cores shared by the runs at once, at most 8."""
-    if args.workers is not None:
-        return args.workers
-    return max(1, min(8, (os.cpu_count() or 2) // max(1, args.jobs)))
-
-
-def finish(args, exp, exp_dir, results):
-    from resnet_repro.tables import summary_table, to_markdown
-
+def finish(args, exp, jobs, skipped):
     print()
-    print(to_markdown(summary_table(results)), end="")
-    for r in results:
-        if r.message and r.state != "done":
-            print(f"{r.run}: {r.state}: {r.message}")
+    print(report.summary(jobs, skipped), end="")
     if not args.no_figures:
-        draw_figures(exp_dir, figures_dir(args))  # quick runs land in <figures>/quick
-    return 1 if any(r.state == "failed" for r in results) else 0
+        report.draw_figures(Path(args.out) / exp.name, figures_dir(args))  # quick runs land in <figures>/quick
 
 
 def figures_dir(args):
@@ -360,117 +290,6 @@ def figures_dir(args):
     if args.figures:
         return Path(args.figures)
     return Path("figures") if Path(args.out) == Path("results") else Path(args.out) / "figures"
-
-
-PARENT_ONLY = (
-    "runs",
-    "device",
-    "jobs",
-    "figures",
-    "no_figures",
-    "no_progress",
-)  # the parent spreads runs, draws, shows progress
-
-
-def child_command(args, run, device):
-    """The command that trains one run of this invocation in a process of its own: the same options, but
-    this run on this device, with no figures or progress bar."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "resnet_repro.run",
-        args.experiment,
-        "--runs",
-        run,
-        "--device",
-        str(device),
-        "--no-figures",
-        "--no-progress",
-    ]
-    for action in build_parser()._actions:
-        value = getattr(args, action.dest, None)
-        if (
-            not action.option_strings
-            or action.dest in PARENT_ONLY
-            or value in (None, False, [])
-            or value == action.default
-        ):
-            continue
-        flag = action.option_strings[-1]
-        cmd += (
-            [flag]
-            if value is True
-            else [x for v in (value if isinstance(value, list) else [value]) for x in (flag, str(v))]
-        )
-    return cmd
-
-
-def child_env(args, devices):
-    """On a CPU the runs at once share its cores: each process gets cores / jobs threads (measured on 2 cores:
-    two 1-thread processes train more images/s in all than one 2-thread process, and two 2-thread ones fewer)."""
-    env = dict(os.environ)
-    if all(d.type == "cpu" for d in devices):
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
-    return env
-
-
-def run_parallel(args, exp, exp_dir, devices, runs):
-    """Train `runs` in up to args.jobs processes, spread over `devices`; one progress bar over all of the
-    experiment's runs, read from their CSVs. Each process logs to <run dir>/output.log. Returns {run: RunResult}
-    for `runs`, or None if interrupted."""
-    from tqdm import tqdm
-
-    # longest runs first, so the last one to start is a short one (cost ~ iterations x depth)
-    pending = sorted(runs, key=lambda run: -exp.runs[run].iterations * parse_name(exp.runs[run].model)[1])
-    device_of = {run: devices[i % len(devices)] for i, run in enumerate(pending)}
-    running, codes = {}, {}
-    total = sum(spec.iterations for spec in exp.runs.values())
-    bar = tqdm(
-        total=total, desc=f"{exp.name} ({args.jobs} at once)", unit="it", disable=args.no_progress, dynamic_ncols=True
-    )
-    try:
-        while pending or running:
-            while pending and len(running) < args.jobs:
-                run = pending.pop(0)
-                (exp_dir / run).mkdir(parents=True, exist_ok=True)
-                log = open(exp_dir / run / "output.log", "a")
-                running[run] = (
-                    subprocess.Popen(
-                        child_command(args, run, device_of[run]),
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        env=child_env(args, devices),
-                    ),
-                    log,
-                )
-            for run, (proc, log) in list(running.items()):
-                if proc.poll() is not None:
-                    codes[run] = proc.returncode
-                    log.close()
-                    del running[run]
-                    bar.write(
-                        f"{run}: {rundir.read_status(exp_dir / run)['state']} (exit {proc.returncode}, log: {exp_dir / run / 'output.log'})"
-                    )
-            bar.update(sum(rundir.last_iteration(exp_dir / run) for run in exp.runs) - bar.n)
-            time.sleep(1)
-    except KeyboardInterrupt:  # Ctrl-C reached the runs too: they finish their step and write a checkpoint
-        for proc, _ in running.values():
-            proc.wait()
-        print("interrupted; the runs wrote checkpoints: continue with the same command plus --resume", file=sys.stderr)
-        return None
-    finally:
-        bar.close()
-    usage = [run for run, code in codes.items() if code == 2]
-    if usage:
-        tail = (exp_dir / usage[0] / "output.log").read_text().strip().splitlines()[-1:]
-        raise rundir.RunDirError(f"run {usage[0]} refused to start: {tail[0] if tail else 'see its output.log'}")
-    return {run: rundir.result(exp_dir / run) for run in runs if (exp_dir / run / "config.json").exists()}
-
-
-def draw_figures(exp_dir, out):
-    from resnet_repro import analysis
-
-    analysis.draw([exp_dir], out, fig7=False)  # prints what it drew and what it could not
 
 
 if __name__ == "__main__":

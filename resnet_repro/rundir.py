@@ -1,60 +1,59 @@
 """The run directory: its files, the metrics.csv schema with its one writer and one reader, the lock,
-the status, and a run's result. The engine, `run` and the analysis all go through here.
+the status, and `claim`, which holds a run directory while a process trains into it. The engine, `run`
+and the analysis all go through here.
 
 results/<experiment>/<run>/
     config.json      the resolved spec plus where and on what it ran
     metrics.csv      one row per epoch or log interval (COLUMNS), flushed and fsynced as it is written
     status.json      {"state": running | done | failed | interrupted, "message": ...}; a "running" run whose
                      process is gone (no lock held) reads as "stopped"
-    checkpoint.pt    the latest training state, written atomically (not committed to git)
+    checkpoint.pt    the latest training state, written atomically (committed only for campaign runs)
     final.pt         {"model": state_dict, "config": config} once the run is done
     evaluation.json  the 10-crop test at the end of a run with ten_crop
+    output.log       what the run printed, when a parent process (--jobs) started it
 """
 
-import csv
-import errno
+import contextlib
 import fcntl
-import io
 import json
-import math
 import os
 import shutil
-import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from resnet_repro.config import SPEC_DEFAULTS
+from resnet_repro.distributed import from_rank0, world
+from resnet_repro.files import DiskFull, NotLoadable, load_tensors, write_atomic
 
-from resnet_repro.files import DiskFull, save, write_atomic  # noqa: F401  (save: the run directory's .pt files)
-
-# metrics.csv: its columns, in order, and their types
-COLUMNS = {
-    "experiment": str, "run": str, "model": str, "depth": int, "residual": bool, "epoch": float,
-    "iteration": int, "lr": float, "train_loss": float, "train_err": float, "test_loss": float,
-    "test_err": float, "epoch_seconds": float, "images_per_second": float,
-}  # fmt: skip
-# config.json keys that may differ on --resume (where and when it runs, not what it computes)
-ENVIRONMENT_KEYS = ("device", "torch", "commit", "python", "data_dir", "started", "world_size", "threads")
+# config.json keys that may differ on --resume (where and when it runs, not what it computes); the data is
+# compared by what it is (dataset_checksum), not by the path that named it
+ENVIRONMENT_KEYS = (
+    "device",
+    "torch",
+    "commit",
+    "python",
+    "data_dir",
+    "started",
+    "world_size",
+    "threads",
+    "data",
+    "dataset",
+)
 
 
 class RunDirError(ValueError):
     """The run directory cannot be used as asked (exists, locked, different config, a damaged file)."""
 
 
-@dataclass
-class RunResult:
-    experiment: str
-    run: str
-    state: str  # done | failed | interrupted | stopped | skipped
-    params: int
-    iterations: int = 0
-    final_train_err: float = math.nan
-    final_test_err: float = math.nan
-    best_test_err: float = math.nan
-    minutes: float = 0.0
-    images_per_second: float = math.nan  # training throughput, the median of the rows'
-    message: str = ""
-    stop_signal: str = ""  # a SIGINT/SIGTERM that came while the run was finishing: start no further run
+class RunFailed(Exception):
+    """The run cannot go on (non-finite loss, out of memory, full disk, a bad image); status.json says why."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM: the step finished and a checkpoint was written. `signal` names it."""
+
+    def __init__(self, message, signal="SIGINT"):
+        super().__init__(message)
+        self.signal = signal
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -91,14 +90,18 @@ def read_json(path):
 
 
 def load_checkpoint(path):
-    """checkpoint.pt as written by the engine; RunDirError naming the file if it is damaged (e.g. cut off)."""
+    """checkpoint.pt as written by the engine: tensors and plain data only (a pickle that would run code is
+    refused, as any file a user may have received); RunDirError naming the file if it is damaged or foreign."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a cut-off or foreign file fails inside the unpickler in many ways
+        state = load_tensors(path)
+    except NotLoadable as e:
+        raise RunDirError(f"{e}; damaged or not a checkpoint of this suite: --overwrite starts the run again") from None
+    missing = [k for k in ("model", "optimizer", "rng", "iteration") if not isinstance(state, dict) or k not in state]
+    if missing:
         raise RunDirError(
-            f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            f"--overwrite starts the run again"
-        ) from None
+            f"{path} is not a checkpoint of this suite (no {', '.join(missing)}); --overwrite starts the run again"
+        )
+    return state
 
 
 # --- status and lock -----------------------------------------------------------------------------
@@ -141,7 +144,10 @@ class RunLock:
         self.file = None
 
     def __enter__(self):
-        self.file = open(self.path, "a+")
+        try:
+            self.file = open(self.path, "a+")
+        except OSError as e:
+            raise RunDirError(f"cannot use {self.path.parent}: {e.strerror}; pass --out elsewhere") from None
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -160,13 +166,75 @@ class RunLock:
         self.file.close()
 
 
-# --- creating and checking -----------------------------------------------------------------------
+# --- claiming, creating and checking ---------------------------------------------------------------
 
 
-def prepare(run_dir, config, resume, overwrite, defaults):
-    """Create the run directory, or check an existing one against `config` (a key missing from the old
-    config.json counts as its value in `defaults`, a key added since the run started). Returns the checkpoint
-    to resume from (or None). Never overwrites results unless asked."""
+@contextlib.contextmanager
+def claim(run_dir, config, resume, overwrite):
+    """Hold `run_dir` while this process trains into it: take its lock, remove what a killed write left
+    (`*.tmp`), check it against `config`, and mark it running. Yields ("skip" | "train" | "resume",
+    the checkpoint to resume from or None); a finished run with the same config is "skip", never trained
+    again unless `overwrite`. On the way out it is marked done, interrupted or failed, by how the block ended
+    (a full disk or out of memory raise RunFailed). Under torchrun rank 0 alone touches the directory and the
+    others learn its plan from it."""
+    run_dir = Path(run_dir)
+    main = world()[0] == 0
+    if main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a read-only or otherwise unusable --out
+            raise RunDirError(f"cannot create {run_dir}: {e.strerror}; pass --out elsewhere") from None
+    with RunLock(run_dir) if main else contextlib.nullcontext():
+        plan = from_rank0(_plan(run_dir, config, resume, overwrite) if main else None)  # a RunDirError too
+        if isinstance(plan, RunDirError):
+            raise plan
+        checkpoint = load_checkpoint(run_dir / "checkpoint.pt") if plan == "resume" else None
+        mark = (lambda state, message="": _mark(run_dir, state, message)) if main else (lambda *a: None)
+        try:
+            yield plan, checkpoint
+        except Interrupted as e:
+            mark("interrupted", str(e))
+            raise
+        except KeyboardInterrupt:
+            mark("interrupted", "stopped at once by a second Ctrl-C; --resume continues from the last checkpoint")
+            raise
+        except (RunFailed, DiskFull) as e:
+            mark("failed", str(e))
+            raise RunFailed(str(e)) from None
+        except Exception as e:  # not a known failure: the run directory still says what happened
+            mark("failed", f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+            raise
+        if plan != "skip":
+            mark("done")
+
+
+def _plan(run_dir, config, resume, overwrite):
+    """ "skip" | "train" | "resume", or a RunDirError (returned, so that under torchrun every process learns it)."""
+    try:
+        for tmp in run_dir.glob("*.tmp"):  # a write killed before its rename; we hold the lock: nobody writes
+            tmp.unlink()
+        if not overwrite and read_status(run_dir)["state"] == "done":
+            prepare(run_dir, config, resume=True, overwrite=False)  # still refuses a changed config
+            return "skip"
+        resuming = prepare(run_dir, config, resume, overwrite)
+        write_status(run_dir, "running")
+        return "resume" if resuming else "train"
+    except RunDirError as e:
+        return e
+    except OSError as e:  # a read-only or vanished --out
+        return RunDirError(f"cannot write to {run_dir}: {e.strerror}; pass --out elsewhere")
+
+
+def _mark(run_dir, state, message):
+    try:
+        write_status(run_dir, state, message)
+    except (DiskFull, OSError):  # a full disk may refuse even this; the summary still says why
+        pass
+
+
+def prepare(run_dir, config, resume, overwrite):
+    """Create the run directory, or check an existing one against `config` (see config_changes). Returns
+    whether there is a checkpoint to resume from. Never overwrites results unless asked."""
     run_dir = Path(run_dir)
     exists = (run_dir / "config.json").exists()
     if exists and overwrite:
@@ -176,21 +244,37 @@ def prepare(run_dir, config, resume, overwrite, defaults):
         exists = False
     if exists and not resume:
         raise RunDirError(
-            f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to start it again."
+            f"{run_dir} already holds a run; pass --resume to continue it, or --overwrite to delete it and start again."
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     if not exists:
         write_json(config, run_dir / "config.json")
-        return None
-    old = read_json(run_dir / "config.json")
-    diffs = [f"{k}: {_json(old.get(k))!r} -> {_json(v)!r}" for k, v in config.items() if k not in ENVIRONMENT_KEYS
-             and _json(old.get(k, defaults.get(k))) != _json(v)]  # fmt: skip
+        return False
+    check_config(run_dir, config)
+    return (run_dir / "checkpoint.pt").exists()
+
+
+def check_config(run_dir, config):
+    """RunDirError if the run in `run_dir` was started with another config (see config_changes)."""
+    diffs = config_changes(read_json(Path(run_dir) / "config.json"), config)
     if diffs:
         raise RunDirError(
-            f"{run_dir} holds a run with a different config ({'; '.join(diffs)}); pass --overwrite to start it again, or --out elsewhere."
+            f"{run_dir} holds a run with a different config ({'; '.join(diffs)}); to keep it, train the new one "
+            f"elsewhere with --out DIR; --overwrite deletes this run and starts it again."
         )
-    path = run_dir / "checkpoint.pt"
-    return load_checkpoint(path) if path.exists() else None
+
+
+def config_changes(old, new, defaults=None):
+    """What differs between a run's recorded config and a new one, as "key: old -> new" strings: keys that
+    decide what is computed only (not ENVIRONMENT_KEYS). A key the old config lacks counts as its value in
+    `defaults` (from resnet_repro.config: a key added since the run started)."""
+    defaults = SPEC_DEFAULTS if defaults is None else defaults
+    diffs = [f"{k}: {_json(old.get(k))!r} -> {_json(v)!r}" for k, v in new.items() if k not in ENVIRONMENT_KEYS
+             and k != "dataset_checksum" and _json(old.get(k, defaults.get(k))) != _json(v)]  # fmt: skip
+    if "dataset_checksum" in new and old.get("dataset_checksum") != new["dataset_checksum"]:
+        diffs.append(f"data: {old.get('data')!r} -> {new.get('data')!r} (other images: checksum "
+                     f"{str(old.get('dataset_checksum'))[:8]} -> {new['dataset_checksum'][:8]})")  # fmt: skip
+    return diffs
 
 
 def _json(v):
@@ -204,131 +288,3 @@ def unfinished(exp_dir, runs):
         for run in runs
         if (Path(exp_dir) / run / "config.json").exists() and read_status(Path(exp_dir) / run)["state"] != "done"
     ]
-
-
-# --- metrics.csv ---------------------------------------------------------------------------------
-
-
-def append_row(path, row):
-    """Append one CSV row (a dict over COLUMNS), writing the header first for a new file."""
-    path = Path(path)
-    new = not path.exists() or path.stat().st_size == 0
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(COLUMNS), lineterminator="\n")
-    if new:
-        writer.writeheader()
-    writer.writerow(row)
-    try:
-        with open(path, "a") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(f"disk full while writing {path}. Free space and --resume.") from None
-        raise
-
-
-def truncate_rows(path, rows):
-    """Keep the header and the first `rows` rows: rows written after the checkpoint are redone."""
-    path = Path(path)
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    if len(lines) > rows + 1:
-        write_atomic(path, lambda f: f.write("".join(lines[: rows + 1]).encode()))
-
-
-def read_metrics(path):
-    """metrics.csv -> list of typed rows ({column: value}, COLUMNS only). Raises RunDirError naming the
-    file and line for missing columns, a short or unparsable line, a cut-off last line, or epochs out
-    of order. Extra columns are ignored. A missing, empty or header-only file gives []."""
-    if not Path(path).exists():
-        return []
-    text = read_text(path)
-    lines = list(csv.reader(io.StringIO(text)))
-    if not lines:
-        return []
-    header = lines[0]
-    missing = [c for c in COLUMNS if c not in header]
-    if missing:
-        raise RunDirError(f"{path}, line 1: missing columns {', '.join(missing)} (header: {','.join(header)})")
-    if not text.endswith("\n"):
-        raise RunDirError(
-            f"{path}, line {len(lines)}: cut off (no newline at its end); truncated or still being written"
-        )
-    index = {c: header.index(c) for c in COLUMNS}
-    rows, last_epoch = [], None
-    for lineno, fields in enumerate(lines[1:], start=2):
-        if len(fields) != len(header):
-            raise RunDirError(
-                f"{path}, line {lineno}: {len(fields)} fields, expected {len(header)} (truncated or malformed)"
-            )
-        row = {c: _parse(fields[index[c]], t, f"{path}, line {lineno}, column {c}") for c, t in COLUMNS.items()}
-        if last_epoch is not None and row["epoch"] <= last_epoch:
-            raise RunDirError(
-                f"{path}, line {lineno}: epoch {row['epoch']:g} after epoch {last_epoch:g} (expected rows in order)"
-            )
-        last_epoch = row["epoch"]
-        rows.append(row)
-    runs = {r["run"] for r in rows}
-    if len(runs) > 1:
-        raise RunDirError(f"{path}: rows of several runs ({', '.join(sorted(runs))})")
-    return rows
-
-
-def _parse(value, kind, where):
-    try:
-        if kind is bool:
-            return {"true": True, "false": False}[value.strip().lower()]
-        return kind(value)
-    except (KeyError, ValueError):
-        expected = {bool: "True or False", int: "an integer", float: "a number"}.get(kind, kind.__name__)
-        raise RunDirError(f"{where}: {value!r} is not {expected}") from None
-
-
-def last_iteration(run_dir):
-    """The iteration of the last complete row (0 without one, or while a row is being written)."""
-    try:
-        rows = read_metrics(Path(run_dir) / "metrics.csv")
-    except RunDirError:
-        return 0
-    return rows[-1]["iteration"] if rows else 0
-
-
-# --- results -------------------------------------------------------------------------------------
-
-
-def outcome(rows):
-    """A run's numbers from its metrics rows: the last row's iteration, training and test error, the best test error,
-    the minutes (sum of the rows' times) and the training images/s (the median of the rows': a row slowed by
-    other work on the machine moves it little)."""
-    if not rows:
-        return {
-            "final_train_err": math.nan,
-            "final_test_err": math.nan,
-            "best_test_err": math.nan,
-            "minutes": 0.0,
-            "images_per_second": math.nan,
-            "iterations": 0,
-        }
-    return {
-        "iterations": rows[-1]["iteration"], "final_train_err": rows[-1]["train_err"], "final_test_err": rows[-1]["test_err"],
-        "best_test_err": min(r["test_err"] for r in rows), "minutes": sum(r["epoch_seconds"] for r in rows) / 60,
-        "images_per_second": statistics.median(r["images_per_second"] for r in rows),
-    }  # fmt: skip
-
-
-def result(run_dir, state=None, message=None):
-    """A run's RunResult from its directory: config.json, status.json (unless `state` is given), metrics.csv."""
-    run_dir = Path(run_dir)
-    config = read_json(run_dir / "config.json")
-    status = read_status(run_dir)
-    return RunResult(
-        config["experiment"],
-        config["run"],
-        state or status["state"],
-        config["params"],
-        message=status["message"] if message is None else message,
-        **outcome(read_metrics(run_dir / "metrics.csv")),
-    )

@@ -27,8 +27,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.io import ImageReadMode, decode_image
 
-from resnet_repro.files import save
-from resnet_repro.sources import DataError, Dataset, archive_name, image_tree, local_path, md5_file, normalize
+from resnet_repro.data import DataError, Dataset, archive_cache, cached, image_tree, local_path, normalize
 
 # AlexNet's PCA of ImageNet's RGB pixels (values in [0, 1]), as used by the usual ResNet reimplementations
 EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
@@ -40,7 +39,7 @@ CACHE_VERSION = 1
 @dataclass
 class JpegSplit:
     """One split of an image folder: files and labels, decoded when a batch asks for them; a batch source
-    (see resnet_repro.sources)."""
+    (see resnet_repro.data)."""
 
     files: list  # absolute paths, sorted by class then name
     labels: torch.Tensor  # int64 (N,)
@@ -184,7 +183,8 @@ def load(source, data_dir="data", device="cpu", crop=224, test_resize=256, scale
     common = dict(crop=crop, test_resize=test_resize, workers=workers)
     train = JpegSplit(train_files, train_labels, scale=tuple(scale), lighting=lighting, **common)
     test = JpegSplit(test_files, test_labels, **common)
-    mean = _mean(train, data_dir / "cache" / f"mean-{checksum[:12]}-{crop}-{test_resize}-v{CACHE_VERSION}.pt")
+    cache = data_dir / "cache" / f"mean-{checksum[:12]}-{crop}-{test_resize}-v{CACHE_VERSION}.pt"
+    mean = cached(cache, lambda: _mean(train), "the per-pixel mean")
     return Dataset(name, classes, train, test, mean.to(device), checksum, str(source))
 
 
@@ -200,8 +200,7 @@ def _root(source, data_dir):
     )
     if path.is_dir():
         return path, path.name
-    md5 = md5_file(path)
-    out = data_dir / "cache" / f"{path.name.split('.')[0]}-{md5[:12]}"
+    _, name, out = archive_cache(path, data_dir)
     if not (out / ".complete").exists():
         # torchrun's processes may all get here: each extracts into its own folder and renames it into
         # place whole (with .complete inside); whoever comes second throws its copy away.
@@ -222,7 +221,7 @@ def _root(source, data_dir):
             os.replace(tmp, out)
         except OSError:  # another process put a complete copy there first
             shutil.rmtree(tmp, ignore_errors=True)
-    return out, archive_name(md5, path)
+    return out, name
 
 
 def _scan(path):
@@ -250,17 +249,9 @@ def _scan(path):
     return (classes, *flat(splits["train"]), *flat(splits[evaluation]))
 
 
-def _mean(train, cache):
-    if cache.exists():
-        try:
-            return torch.load(cache, weights_only=True)
-        except Exception:  # a damaged cache is rebuilt
-            pass
+def _mean(train):
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:MEAN_IMAGES].sort().values.tolist()
     total = torch.zeros(3, train.crop, train.crop, dtype=torch.float64)
     for x, _ in crops(train, order, 250, "cpu"):
         total += x.double().sum(0)
-    mean = (total / len(order) / 255).float()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    save(mean, cache)
-    return mean
+    return (total / len(order) / 255).float()

@@ -21,16 +21,13 @@ SUMMARY_COLUMNS = ["experiment", "run", "params", "final_train_err", "final_test
 
 
 def summary_table(runs):
-    """One row per run: params, final training and test error, best test error, minutes, iterations, state.
-    runs: a frame from load_runs, or the RunResults of `python -m resnet_repro.run` (same table)."""
-    if isinstance(runs, pd.DataFrame):
-        if runs.empty:
-            raise CannotDraw("missing: any run")
-        final, note = final_metrics(runs), title_of(runs, SUMMARY_NOTE)
-    else:
-        final, note = pd.DataFrame([vars(r) for r in runs]), SUMMARY_NOTE
-    table = final[SUMMARY_COLUMNS].reset_index(drop=True)
-    table.attrs["note"] = note
+    """One row per run of a frame from load_runs, indexed by its run directory: params, final training and test
+    error, best test error, minutes, images/s, iterations, state."""
+    if runs.empty:
+        raise CannotDraw("missing: any run")
+    final = final_metrics(runs)
+    table = final[SUMMARY_COLUMNS].set_axis(final.path)  # indexed by run directory
+    table.attrs["note"] = title_of(runs, SUMMARY_NOTE)
     return table
 
 

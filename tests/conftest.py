@@ -92,3 +92,17 @@ def csv_rows(path, drop=()):
     """metrics.csv as a list of dicts, without the `drop` columns."""
     with open(path) as f:
         return [{k: v for k, v in r.items() if k not in drop} for r in csv.DictReader(f)]
+
+
+def job(spec, run_dir, experiment="exp", run=None, **options):
+    """A plan.Job of `spec` into run_dir (its name is the run's unless `run` is given), on the CPU, no progress bar."""
+    from resnet_repro.plan import Job
+
+    return Job(spec, experiment, run or Path(run_dir).name, str(run_dir), progress=False, **options)
+
+
+def train_run(spec, dataset, run_dir, **options):
+    """train.train of job(spec, run_dir, **options): its Outcome."""
+    from resnet_repro import train
+
+    return train.train(job(spec, run_dir, **options), dataset)

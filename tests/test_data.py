@@ -7,13 +7,13 @@ import torch
 from torchvision import datasets
 
 from conftest import CLASSES, write_cifar10_python_tgz, write_image_folder, write_tar_gz
-from resnet_repro import data
+from resnet_repro import data, memory
 from resnet_repro.data import DataError
 
 
 def test_image_folder_decodes_exact_pixels_and_labels(image_folder):
     root, written = image_folder
-    ds = data.load(str(root))
+    ds = memory.load(str(root))
     assert ds.classes == CLASSES and ds.num_classes == 3
     assert ds.train.images.dtype == torch.uint8 and ds.train.images.shape == (12, 3, 32, 32)
     # Files are read class by class; match each decoded image to the one written (PNG is lossless).
@@ -28,16 +28,16 @@ def test_image_folder_decodes_exact_pixels_and_labels(image_folder):
 def test_nested_tar_gz_is_decoded_once_then_read_from_cache(image_folder, tmp_path, monkeypatch):
     root, _ = image_folder
     archive = write_tar_gz(root, tmp_path / "tiny.tar.gz", arcname="Tiny-Images")
-    first = data.load(str(archive), data_dir=tmp_path / "d")
+    first = memory.load(str(archive), data_dir=tmp_path / "d")
     assert len(list((tmp_path / "d" / "cache").glob("*.pt"))) == 1
-    monkeypatch.setattr(data, "_decode_tree", lambda *a: pytest.fail("decoded again instead of using the cache"))
-    second = data.load(str(archive), data_dir=tmp_path / "d")
+    monkeypatch.setattr(memory, "_decode_tree", lambda *a: pytest.fail("decoded again instead of using the cache"))
+    second = memory.load(str(archive), data_dir=tmp_path / "d")
     assert torch.equal(first.train.images, second.train.images) and first.checksum == second.checksum
     assert first.name == "tiny.tar.gz" and first.classes == CLASSES
 
 
 def test_bundled_mini_cifar10_is_real_and_class_balanced():
-    ds = data.load("mini", data_dir="data")
+    ds = memory.load("mini", data_dir="data")
     assert ds.name.startswith("CIFAR-10 mini (JPEG q75 copy")
     assert ds.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     assert torch.bincount(ds.train.labels).tolist() == [500] * 10
@@ -57,7 +57,7 @@ def test_torchvision_cifar10_path_downloads_verifies_and_loads(tmp_path, monkeyp
     )
     monkeypatch.setattr(datasets.CIFAR10, "test_list", [["test_batch", md5s["test_batch"]]])
     monkeypatch.setattr(datasets.CIFAR10, "meta", {**datasets.CIFAR10.meta, "md5": md5s["batches.meta"]})
-    ds = data.load("cifar10", data_dir=tmp_path / "data")
+    ds = memory.load("cifar10", data_dir=tmp_path / "data")
     assert ds.name == "CIFAR-10" and ds.num_classes == 10
     assert torch.equal(ds.train.images, torch.from_numpy(written["train"][0]).permute(0, 3, 1, 2))
     assert ds.test.labels.tolist() == written["test"][1].tolist()
@@ -69,13 +69,13 @@ def test_torchvision_checksum_mismatch_is_one_clear_error(tmp_path, monkeypatch,
     monkeypatch.setattr(datasets.CIFAR10, "url", f"{url}/cifar-10-python.tar.gz")
     monkeypatch.setattr(datasets.CIFAR10, "tgz_md5", "0" * 32)
     with pytest.raises(DataError, match="checksum mismatch"):
-        data.load("cifar10", data_dir=tmp_path / "data")
+        memory.load("cifar10", data_dir=tmp_path / "data")
 
 
 def test_offline_cifar10_says_what_was_tried_and_what_to_pass(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.CIFAR10, "url", "http://nonexistent.invalid/cifar-10-python.tar.gz")
     with pytest.raises(DataError) as e:
-        data.load("cifar10", data_dir=tmp_path)
+        memory.load("cifar10", data_dir=tmp_path)
     msg = str(e.value)
     assert (
         "could not get CIFAR-10" in msg and "nonexistent.invalid" in msg and "--data PATH" in msg and "--quick" in msg
@@ -84,32 +84,32 @@ def test_offline_cifar10_says_what_was_tried_and_what_to_pass(tmp_path, monkeypa
 
 def test_missing_path_and_corrupt_archive(tmp_path, image_folder):
     with pytest.raises(DataError, match="does not exist"):
-        data.load(str(tmp_path / "nope.tar.gz"))
+        memory.load(str(tmp_path / "nope.tar.gz"))
     root, _ = image_folder
     archive = write_tar_gz(root, tmp_path / "t.tar.gz", arcname="t")
     blob = archive.read_bytes()
     archive.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(DataError, match="corrupt or unreadable archive"):
-        data.load(str(archive), data_dir=tmp_path / "d")
+        memory.load(str(archive), data_dir=tmp_path / "d")
 
 
 def test_wrong_size_too_few_classes_and_mismatched_classes(tmp_path):
     write_image_folder(tmp_path / "big", size=40)
     with pytest.raises(DataError, match="40x40.*32x32.*resize=true"):
-        data.load(str(tmp_path / "big"))
-    assert data.load(str(tmp_path / "big"), image_size=40).train.images.shape[1:] == (3, 40, 40)
-    resized = data.load(str(tmp_path / "big"), image_size=24, resize=True)
+        memory.load(str(tmp_path / "big"))
+    assert memory.load(str(tmp_path / "big"), image_size=40).train.images.shape[1:] == (3, 40, 40)
+    resized = memory.load(str(tmp_path / "big"), image_size=24, resize=True)
     assert resized.train.images.shape[1:] == (3, 24, 24) and resized.mean.shape == (3, 24, 24)
     write_image_folder(tmp_path / "one", classes=["cat"])
     with pytest.raises(DataError, match="at least 2"):
-        data.load(str(tmp_path / "one"))
+        memory.load(str(tmp_path / "one"))
     write_image_folder(tmp_path / "odd")
     shutil.rmtree(tmp_path / "odd" / "test" / "bird")
     with pytest.raises(DataError, match="test/ classes"):
-        data.load(str(tmp_path / "odd"))
+        memory.load(str(tmp_path / "odd"))
     (tmp_path / "empty" / "train").mkdir(parents=True)
     with pytest.raises(DataError, match="no train/"):
-        data.load(str(tmp_path / "empty"))
+        memory.load(str(tmp_path / "empty"))
 
 
 def test_undecodable_image_is_named(image_folder):
@@ -117,15 +117,15 @@ def test_undecodable_image_is_named(image_folder):
     bad = root / "train" / "bird" / "9999.png"
     bad.write_bytes(b"not a png")
     with pytest.raises(DataError, match="9999.png"):
-        data.load(str(root))
+        memory.load(str(root))
 
 
 def test_val_split_is_fixed_and_disjoint(image_folder):
     root, _ = image_folder
-    a, b = data.load(str(root), val_size=4), data.load(str(root), val_size=4)
+    a, b = memory.load(str(root), val_size=4), memory.load(str(root), val_size=4)
     assert len(a.train) == 8 and len(a.test) == 4 and "8/4 train/val" in a.name
     assert torch.equal(a.test.images, b.test.images)
-    full = data.load(str(root))
+    full = memory.load(str(root))
     rows = {tuple(x.flatten().tolist()) for x in full.train.images}
     assert rows == {tuple(x.flatten().tolist()) for x in torch.cat([a.train.images, a.test.images])}
     torch.testing.assert_close(a.mean, a.train.images.float().mean(0) / 255)
@@ -133,14 +133,14 @@ def test_val_split_is_fixed_and_disjoint(image_folder):
 
 def test_train_size_keeps_the_same_subset_for_every_seed(image_folder):
     root, _ = image_folder
-    full, a, b = data.load(str(root)), data.load(str(root), train_size=5), data.load(str(root), train_size=5)
+    full, a, b = memory.load(str(root)), memory.load(str(root), train_size=5), memory.load(str(root), train_size=5)
     assert len(a.train) == 5 and torch.equal(a.train.images, b.train.images) and "5-image training subset" in a.name
     assert torch.equal(a.test.images, full.test.images)  # the test split is whole
     rows = {tuple(x.flatten().tolist()) for x in full.train.images}
     assert {tuple(x.flatten().tolist()) for x in a.train.images} < rows
     torch.testing.assert_close(a.mean, a.train.images.float().mean(0) / 255)
     with pytest.raises(DataError, match="train_size must be between 1 and 12, not 13"):
-        data.load(str(root), train_size=13)
+        memory.load(str(root), train_size=13)
 
 
 def test_normalize_subtracts_the_per_pixel_mean():
@@ -152,7 +152,7 @@ def test_normalize_subtracts_the_per_pixel_mean():
 def test_augment_crops_and_flips_each_image_independently():
     torch.manual_seed(0)
     x = torch.randn(256, 3, 32, 32)
-    out = data.augment(x, torch.Generator().manual_seed(1))
+    out = memory.augment(x, torch.Generator().manual_seed(1))
     assert out.shape == x.shape
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     found = set()
@@ -169,12 +169,12 @@ def test_augment_crops_and_flips_each_image_independently():
     flips = sum(f for _, _, f in found)
     assert len(found) > 100 and 0.3 < flips / len(found) < 0.7
     # Seeded: the same generator state gives the same batch.
-    assert torch.equal(out, data.augment(x, torch.Generator().manual_seed(1)))
+    assert torch.equal(out, memory.augment(x, torch.Generator().manual_seed(1)))
 
 
 def test_augment_pads_an_eighth_of_the_size_by_default():
     x = torch.ones(64, 1, 16, 16)
-    out = data.augment(x, torch.Generator().manual_seed(0))
+    out = memory.augment(x, torch.Generator().manual_seed(0))
     # A crop offset by up to 2 pixels (16 / 8) leaves at most 2 zero rows or columns on a side.
     zero_rows = (out.sum(3) == 0).sum(2).max().item()
     assert zero_rows == 2 and out.shape == x.shape

@@ -14,7 +14,7 @@ import torch
 
 from conftest import TIMING, write_image_folder
 from conftest import csv_rows as rows
-from resnet_repro import data, run, stream, train
+from resnet_repro import memory, recipe, run, stream
 from resnet_repro.config import TrainSpec
 from resnet_repro.models import build_model
 
@@ -108,8 +108,8 @@ def test_two_processes_match_one_within_tolerance(setup, two):
     spec = TrainSpec(model="resnet8", eval_batch_size=8)
     model = build_model("resnet8", 3)
     model.load_state_dict(torch.load(two_dir / "final.pt")["model"])
-    ds = data.load(str(setup / "tiny"))
-    _, test_err, _ = train.evaluate(model, ds.test, ds.mean, spec, "cpu")
+    ds = memory.load(str(setup / "tiny"))
+    _, test_err, _ = recipe.evaluate(model, ds.test, ds.mean, spec, "cpu")
     assert test_err == pytest.approx(float(both[-1]["test_err"]), abs=1e-4)
 
 
@@ -166,7 +166,7 @@ eval_batch_size = 20
     ds = stream.load(str(tmp_path / "jpeg"), tmp_path / "data", crop=32, test_resize=36, scale=(36, 64))
     model = build_model("resnet8", ds.num_classes)
     model.load_state_dict(torch.load(tmp_path / "two" / "exp" / "resnet8" / "final.pt", weights_only=True)["model"])
-    loss, top1, _ = train.evaluate(
+    loss, top1, _ = recipe.evaluate(
         model, ds.test, ds.mean, TrainSpec(model="resnet8", eval_batch_size=20), "cpu", views=10
     )
     assert ten[1]["top1_err"] == pytest.approx(top1, abs=1e-3) and ten[1]["test_loss"] == pytest.approx(loss, rel=1e-4)

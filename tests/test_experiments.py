@@ -109,7 +109,7 @@ def test_resnet1202_is_its_own_experiment():
 
 
 def test_constant_lr_is_degradations_quick_data_with_lr_0_1_throughout():
-    from resnet_repro.train import lr_at
+    from resnet_repro.recipe import lr_at
 
     spec = config.load_experiment("constant_lr", quick=True).runs["resnet56"]
     demo = config.load_experiment("degradation", quick=True).runs["resnet56"]

@@ -6,7 +6,7 @@ from matplotlib.colors import to_rgba
 from PIL import Image
 
 from conftest import CLASSES, write_image_folder
-from resnet_repro import analysis, data, inspection, models
+from resnet_repro import analysis, data, inspection, memory, models
 
 
 def fixed_model(seed=0):
@@ -99,7 +99,7 @@ def test_cli_draws_a_finished_runs_predictions(tmp_path, monkeypatch, capsys):
     assert analysis.main(["predictions", str(run_dir), "--n", "4"]) == 0
     out = tmp_path / "figures" / "predictions-tiny-resnet8.png"
     assert Image.open(out).format == "PNG"
-    ds = data.load(str(tmp_path / "images"))
+    ds = memory.load(str(tmp_path / "images"))
     index = inspection.sample_indices(len(ds.test), 4)
     right = (inspection.predict(model, ds.test.images[index], ds.mean) == ds.test.labels[index]).sum().item()
     assert capsys.readouterr().out.strip() == f"{out.relative_to(tmp_path)}: {right}/4 right"

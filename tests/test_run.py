@@ -1,9 +1,11 @@
 import json
+from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import write_image_folder
-from resnet_repro import run, tables
+from resnet_repro import launch, plan, run, tables
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +72,10 @@ def test_parallel_mode_checks_done_runs_itself_and_starts_no_process_for_them(tm
     assert cli(exp, "--out", tmp_path / "res", "--no-figures") == 0
     capsys.readouterr()
 
-    def no_process(args, name, device):
-        raise AssertionError(f"a process was started for {name}, done already")
+    def no_process(job):
+        raise AssertionError(f"a process was started for {job.run}, done already")
 
-    monkeypatch.setattr(run, "child_command", no_process)
+    monkeypatch.setattr(launch, "start_child", no_process)
     assert cli(exp, "--out", tmp_path / "res", "--no-figures", "--jobs", "2", "--resume") == 0
     assert capsys.readouterr().out.count("| skipped |") == 2
     assert cli(exp, "--out", tmp_path / "res", "--no-figures", "--jobs", "2", "--iterations", "3") == 2
@@ -152,12 +154,12 @@ def test_bad_spec_files_exit_2_with_one_line(tmp_path, capsys, text, match):
 def test_jobs_train_runs_in_parallel_processes_with_the_same_results(tmp_path, tiny_dir, capsys, monkeypatch):
     exp = experiment(tmp_path, tiny_dir)
     monkeypatch.setattr(run.os, "cpu_count", lambda: 2)  # 2 jobs on 2 cores: 1 thread each
-    threads = run.torch.get_num_threads()
-    run.torch.set_num_threads(1)  # as each of the 2 processes on 2 cores: CPU float sums depend on the thread count
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each of the 2 processes on 2 cores: CPU float sums depend on the thread count
     try:
         assert cli(exp, "--out", tmp_path / "seq", "--no-figures", "--deterministic") == 0
     finally:
-        run.torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
     assert cli(exp, "--out", tmp_path / "par", "--no-figures", "--deterministic", "--jobs", "2") == 0
     out = capsys.readouterr().out
     assert out.count(" done") >= 2
@@ -171,64 +173,49 @@ def test_jobs_train_runs_in_parallel_processes_with_the_same_results(tmp_path, t
 
 def test_results_elsewhere_get_their_figures_beside_them_never_in_the_committed_figures():
     figures = lambda *argv: run.figures_dir(run.parse_args(["degradation", *argv]))  # noqa: E731
-    assert figures() == figures("--out", "results") == run.Path("figures")
-    assert figures("--out", "/tmp/x") == run.Path("/tmp/x/figures")
-    assert figures("--out", "/tmp/x", "--figures", "figs") == run.Path("figs")
+    assert figures() == figures("--out", "results") == Path("figures")
+    assert figures("--out", "/tmp/x") == Path("/tmp/x/figures")
+    assert figures("--out", "/tmp/x", "--figures", "figs") == Path("figs")
 
 
 def test_two_runs_at_once_by_default_on_a_cpu_of_two_cores_else_one(monkeypatch):
-    cpu, gpu = [run.torch.device("cpu")], [run.torch.device("cuda")]
-    monkeypatch.setattr(run.os, "cpu_count", lambda: 2)
-    assert run.default_jobs(cpu, 4, 1) == 2
-    assert (
-        run.default_jobs(cpu, 1, 1) == run.default_jobs(gpu, 4, 1) == run.default_jobs(cpu, 4, 2) == 1
-    )  # one run, GPU, torchrun
-    monkeypatch.setattr(run.os, "cpu_count", lambda: 1)
-    assert run.default_jobs(cpu, 4, 1) == 1
+    cpu, gpu = [torch.device("cpu")], [torch.device("cuda")]
+    monkeypatch.setattr(plan.os, "cpu_count", lambda: 2)
+    assert plan.default_jobs(cpu, 4, 1) == 2
+    assert plan.default_jobs(cpu, 1, 1) == plan.default_jobs(gpu, 4, 1) == plan.default_jobs(cpu, 4, 2) == 1
+    monkeypatch.setattr(plan.os, "cpu_count", lambda: 1)
+    assert plan.default_jobs(cpu, 4, 1) == 1
 
 
-def test_a_child_run_gets_the_same_options_but_its_own_run_and_device():
-    args = run.parse_args(
-        [
-            "degradation",
-            "--quick",
-            "--seed",
-            "3",
-            "--set",
-            "lr=0.05",
-            "--set",
-            "ramp=0",
-            "--jobs",
-            "2",
-            "--out",
-            "elsewhere",
-            "--figures",
-            "figs",
-            "--resume",
-            "--workers",
-            "1",
-        ]
-    )
-    cmd = run.child_command(args, "plain20", "cpu")
-    assert cmd[3:11] == [
-        "degradation",
-        "--runs",
-        "plain20",
-        "--device",
-        "cpu",
-        "--no-figures",
-        "--no-progress",
-        "--quick",
-    ]
-    options = cmd[11:]
-    assert ["--seed", "3"] == options[options.index("--seed") :][:2] and options.count("--set") == 2
-    assert (
-        "lr=0.05" in options
-        and "ramp=0" in options
-        and "--resume" in options
-        and ["--out", "elsewhere"] == options[options.index("--out") :][:2]
-    )
-    assert (
-        "--jobs" not in options and "--figures" not in options and "--data-dir" not in options
-    )  # parent-only, or the default
-    assert run.parse_args(cmd[3:]).seed == 3  # and the child parses it
+def test_a_child_process_receives_its_run_as_data_with_the_parents_options(monkeypatch):
+    argv = "degradation --quick --seed 3 --set lr=0.05 --set ramp=0 --out elsewhere --resume --workers 1".split()
+    args = run.parse_args(argv)
+    exp = run.experiment_from(args)
+    gpus = [torch.device("cuda:0"), torch.device("cuda:1")]
+    jobs = plan.plan_jobs(exp, args.out, gpus, run.job_options(args, gpus, 2, parallel=True))
+    assert [j.run for j in jobs] == ["plain20", "plain56", "resnet20", "resnet56"]
+    assert jobs[1].device != jobs[3].device  # spread longest first: the two 56-layer nets on different GPUs
+    monkeypatch.setattr(run.os, "cpu_count", lambda: 4)
+    cpu = [torch.device("cpu")]
+    job = plan.plan_jobs(exp, args.out, cpu, run.job_options(args, cpu, 2, parallel=True))[0]
+    assert (job.spec.seed, job.spec.lr, job.spec.ramp, job.spec.data) == (3, 0.05, 0, "mini")
+    assert (job.resume, job.workers, job.threads, job.progress, job.quick) == (True, 1, 2, False, True)
+    assert job.run_dir == str(Path("elsewhere") / "degradation-quick" / "plain20")
+    assert plan.Job.from_json(job.to_json()) == job  # what the child reads is what the parent planned
+
+
+def test_the_model_is_built_once_per_run_and_not_at_all_for_a_run_done_already(tmp_path, tiny_dir, monkeypatch):
+    from resnet_repro import models
+
+    builds, real = [], models.ResNet.__init__
+
+    def counting(self, *a, **k):
+        builds.append(a)
+        real(self, *a, **k)
+
+    monkeypatch.setattr(models.ResNet, "__init__", counting)
+    exp = experiment(tmp_path, tiny_dir)
+    assert cli(exp, "--out", tmp_path / "res", "--no-figures") == 0
+    assert len(builds) == 2  # plain8 and resnet8: config.json counts the parameters of the model the engine trains
+    assert cli(exp, "--out", tmp_path / "res", "--no-figures") == 0
+    assert len(builds) == 2  # both skipped

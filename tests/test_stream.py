@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TIMING, csv_rows, write_tar_gz
-from resnet_repro import data, stream, train
+from conftest import TIMING, csv_rows, train_run, write_tar_gz
+from resnet_repro import data, recipe, rundir, stream
 from resnet_repro.config import SpecError, TrainSpec
 from resnet_repro.models import build_model
 
@@ -145,7 +145,7 @@ def test_batches_do_not_depend_on_the_number_of_workers(folder, tmp_path):
 def test_the_engine_trains_on_streamed_jpegs_and_tests_with_ten_crops(folder, tmp_path):
     ds = load(folder, tmp_path)
     d = tmp_path / "run"
-    result = train.train(spec(ten_crop=True), ds, d, experiment="exp", run="resnet8", progress=False)
+    result = train_run(spec(ten_crop=True), ds, d, experiment="exp", run="resnet8")
     assert result.state == "done"
     rows = csv_rows(d / "metrics.csv")
     assert [int(r["iteration"]) for r in rows] == [4, 8, 9]  # 24 images / batch 6 = 4 per epoch
@@ -153,7 +153,7 @@ def test_the_engine_trains_on_streamed_jpegs_and_tests_with_ten_crops(folder, tm
     assert evaluation["views"] == 10 and evaluation["images"] == 9 and evaluation["iteration"] == 9
     model = build_model("resnet8", ds.num_classes)
     model.load_state_dict(torch.load(d / "final.pt", weights_only=True)["model"])
-    loss, top1, _ = train.evaluate(model, ds.test, ds.mean, spec(ten_crop=True), "cpu", views=10)  # the final weights
+    loss, top1, _ = recipe.evaluate(model, ds.test, ds.mean, spec(ten_crop=True), "cpu", views=10)  # the final weights
     assert evaluation["top1_err"] == pytest.approx(top1, abs=1e-3) and evaluation["test_loss"] == pytest.approx(
         loss, rel=1e-4
     )
@@ -166,7 +166,7 @@ def test_ten_crop_evaluation_averages_the_views(folder, tmp_path):
     s = spec()
     torch.manual_seed(3)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 8)).eval()  # 8 outputs: top-5 can miss
-    loss, top1, top5 = train.evaluate(model, ds.test, ds.mean, s, "cpu", views=10)
+    loss, top1, top5 = recipe.evaluate(model, ds.test, ds.mean, s, "cpu", views=10)
     probs, labels = [], []
     for f, y in zip(ds.test.files, ds.test.labels):
         x = data.normalize(stream.eval_crops(stream.read_image(f), ds.test, 10), ds.mean)
@@ -182,7 +182,7 @@ def test_ten_crop_evaluation_averages_the_views(folder, tmp_path):
 def test_a_signal_checkpoints_and_resume_is_exact_on_streamed_data(folder, tmp_path, monkeypatch):
     ds = load(folder, tmp_path)
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    train.train(spec(), ds, whole, experiment="exp", run="r", progress=False, deterministic=True)
+    train_run(spec(), ds, whole, experiment="exp", run="r", deterministic=True)
     calls = {"n": 0}
     real = stream.lighting
 
@@ -193,10 +193,10 @@ def test_a_signal_checkpoints_and_resume_is_exact_on_streamed_data(folder, tmp_p
         return real(x, shift)
 
     monkeypatch.setattr(stream, "lighting", lighting)
-    with pytest.raises(train.Interrupted, match="at iteration 6"):
-        train.train(spec(), ds, broken, experiment="exp", run="r", progress=False, deterministic=True)
+    with pytest.raises(rundir.Interrupted, match="at iteration 6"):
+        train_run(spec(), ds, broken, experiment="exp", run="r", deterministic=True)
     monkeypatch.undo()
-    train.train(spec(), ds, broken, experiment="exp", run="r", progress=False, deterministic=True, resume=True)
+    train_run(spec(), ds, broken, experiment="exp", run="r", deterministic=True, resume=True)
     assert csv_rows(broken / "metrics.csv", drop=TIMING) == csv_rows(whole / "metrics.csv", drop=TIMING)
     a, b = torch.load(whole / "final.pt")["model"], torch.load(broken / "final.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -210,7 +210,7 @@ def test_a_corrupt_jpeg_fails_the_run_naming_the_file(tmp_path, workers):
     )  # the mean is cached
     bad = sorted((root / "train" / "n02").iterdir())[0]
     bad.write_bytes(b"\xff\xd8 this is not a JPEG")
-    result = train.train(spec(iterations=4), ds, tmp_path / "run", experiment="exp", run="r", progress=False)
+    result = train_run(spec(iterations=4), ds, tmp_path / "run", experiment="exp", run="r")
     assert result.state == "failed" and result.message.startswith("cannot decode image") and bad.name in result.message
     assert "\n" not in result.message
     assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "failed"
@@ -240,13 +240,12 @@ def test_predictions_of_a_streamed_run_use_the_centre_crops(folder, tmp_path, ca
 
     ds = load(folder, tmp_path)
     d = tmp_path / "run"
-    train.train(
+    train_run(
         spec(iterations=4, data=str(folder)),
         ds,
         d,
         experiment="exp",
         run="resnet8",
-        progress=False,
         data_dir=tmp_path / "data",
     )
     out = tmp_path / "pred.png"

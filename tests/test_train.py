@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TIMING, csv_rows, write_image_folder
-from resnet_repro import data, rundir, train
+from conftest import TIMING, csv_rows, train_run, write_image_folder
+from resnet_repro import memory, metrics, recipe, rundir, train
 from resnet_repro.config import TrainSpec
-from resnet_repro.models import build_model
+from resnet_repro.models import build_model, num_params
 
 VARYING = (*TIMING, "run")  # and the run name, which differs between the two directories
 
@@ -19,7 +19,7 @@ VARYING = (*TIMING, "run")  # and the run name, which differs between the two di
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     write_image_folder(root, n_train=48, n_test=12)
-    return data.load(str(root))
+    return memory.load(str(root))
 
 
 def spec(**kw):
@@ -28,7 +28,7 @@ def spec(**kw):
 
 
 def run(s, ds, run_dir, **kw):
-    return train.train(s, ds, run_dir, experiment="exp", run=run_dir.name, progress=False, **kw)
+    return train_run(s, ds, run_dir, **kw)
 
 
 def rows(run_dir):
@@ -37,11 +37,11 @@ def rows(run_dir):
 
 def test_lr_schedule_is_a_pure_function_of_the_iteration():
     s = TrainSpec(lr=0.1, milestones=(32000, 48000))
-    assert [train.lr_at(i, s) for i in (0, 31999, 32000, 47999, 48000, 63999)] == pytest.approx(
+    assert [recipe.lr_at(i, s) for i in (0, 31999, 32000, 47999, 48000, 63999)] == pytest.approx(
         [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
     )
     w = TrainSpec(lr=0.1, milestones=(32000, 48000), warmup_lr=0.01)
-    assert train.lr_at(100, w, None) == 0.01 and train.lr_at(399, w, 400) == 0.01 and train.lr_at(400, w, 400) == 0.1
+    assert recipe.lr_at(100, w, None) == 0.01 and recipe.lr_at(399, w, 400) == 0.01 and recipe.lr_at(400, w, 400) == 0.1
 
 
 def test_a_run_writes_its_csv_config_status_and_final_weights(tiny, tmp_path):
@@ -49,7 +49,7 @@ def test_a_run_writes_its_csv_config_status_and_final_weights(tiny, tmp_path):
     d = tmp_path / "resnet8"
     r = rows(d)
     with open(d / "metrics.csv") as f:
-        assert f.readline().strip().split(",") == list(rundir.COLUMNS)
+        assert f.readline().strip().split(",") == list(metrics.COLUMNS)
     assert [int(x["epoch"]) for x in r] == [1, 2, 3, 4] and [int(x["iteration"]) for x in r] == [3, 6, 9, 10]
     assert [float(x["lr"]) for x in r] == pytest.approx([0.1, 0.01, 0.001, 0.001])
     assert {x["experiment"] for x in r} == {"exp"} and r[0]["residual"] == "True" and r[0]["depth"] == "8"
@@ -58,14 +58,17 @@ def test_a_run_writes_its_csv_config_status_and_final_weights(tiny, tmp_path):
             0 <= float(x["train_err"]) <= 100 and 0 <= float(x["test_err"]) <= 100 and float(x["images_per_second"]) > 0
         )
     config = json.loads((d / "config.json").read_text())
-    assert config["model"] == "resnet8" and config["seed"] == 0 and config["params"] == result.params
+    assert (
+        config["model"] == "resnet8"
+        and config["seed"] == 0
+        and config["params"] == num_params(build_model("resnet8", 3))
+    )
     assert config["dataset"] == tiny.name and config["dataset_checksum"] == tiny.checksum and config["shortcut"] == "A"
     assert {"torch", "device", "commit", "milestones"} <= set(config)
     assert json.loads((d / "status.json").read_text())["state"] == "done"
     final = torch.load(d / "final.pt", weights_only=False)
     build_model("resnet8", 3).load_state_dict(final["model"], strict=True)
-    assert result.state == "done" and result.final_test_err == float(r[-1]["test_err"])
-    assert result.best_test_err == min(float(x["test_err"]) for x in r)
+    assert result == train.Outcome("done")
 
 
 def test_training_reduces_the_loss(tiny, tmp_path):
@@ -93,7 +96,7 @@ def test_existing_run_is_never_silently_overwritten(tiny, tmp_path):
 def interrupt_at(monkeypatch, step, sig=signal.SIGINT):
     """Send `sig` to ourselves from inside the `step`-th augmentation call (mid-iteration)."""
     calls = {"n": 0}
-    real = data.augment
+    real = memory.augment
 
     def augment(x, g):
         calls["n"] += 1
@@ -101,7 +104,7 @@ def interrupt_at(monkeypatch, step, sig=signal.SIGINT):
             os.kill(os.getpid(), sig)
         return real(x, g)
 
-    monkeypatch.setattr(data, "augment", augment)
+    monkeypatch.setattr(memory, "augment", augment)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +120,7 @@ def whole(tiny, tmp_path_factory):
 def test_a_signal_checkpoints_and_resume_is_exact(tiny, whole, tmp_path, monkeypatch, stop_at, sig):
     broken = tmp_path / "broken"
     interrupt_at(monkeypatch, stop_at, sig)
-    with pytest.raises(train.Interrupted, match=f"{sig.name} at iteration {stop_at}; checkpoint written"):
+    with pytest.raises(rundir.Interrupted, match=f"{sig.name} at iteration {stop_at}; checkpoint written"):
         run(spec(), tiny, broken, deterministic=True)
     assert json.loads((broken / "status.json").read_text())["state"] == "interrupted"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
@@ -140,7 +143,7 @@ def test_rows_newer_than_the_checkpoint_are_dropped_on_resume(tiny, tmp_path):
     whole = rows(d)
     # An extra, stale row beyond the checkpoint must go, not be duplicated.
     with open(d / "metrics.csv", "a") as f:
-        f.write(",".join(["stale"] * len(rundir.COLUMNS)) + "\n")
+        f.write(",".join(["stale"] * len(metrics.COLUMNS)) + "\n")
     run(spec(iterations=6, milestones=()), tiny, d, resume=True)
     assert [r["epoch"] for r in rows(d)] == [r["epoch"] for r in whole]
 
@@ -175,11 +178,11 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path):
 
 def test_linear_schedule_with_a_ramp():
     s = TrainSpec(lr=0.1, iterations=600, schedule="linear", ramp=120)
-    assert [train.lr_at(i, s) for i in (0, 59, 119, 120, 360, 599)] == pytest.approx(
+    assert [recipe.lr_at(i, s) for i in (0, 59, 119, 120, 360, 599)] == pytest.approx(
         [0.1 / 120, 0.05, 0.1, 0.1, 0.05, 0.1 / 480]
     )
     step = TrainSpec(lr=0.1, iterations=100, milestones=(50,), ramp=10)
-    assert [train.lr_at(i, step) for i in (4, 9, 49, 50)] == pytest.approx([0.05, 0.1, 0.1, 0.01])
+    assert [recipe.lr_at(i, step) for i in (4, 9, 49, 50)] == pytest.approx([0.05, 0.1, 0.1, 0.01])
 
 
 def test_log_every_writes_a_row_every_n_iterations_and_one_at_the_end(tiny, tmp_path):
@@ -201,7 +204,7 @@ def whole_logged(tiny, tmp_path_factory):
 def test_log_every_resume_is_exact(tiny, whole_logged, tmp_path, monkeypatch, stop_at):
     broken = tmp_path / "broken"
     interrupt_at(monkeypatch, stop_at)
-    with pytest.raises(train.Interrupted, match=f"at iteration {stop_at};"):
+    with pytest.raises(rundir.Interrupted, match=f"at iteration {stop_at};"):
         run(spec(log_every=4), tiny, broken, deterministic=True)
     monkeypatch.undo()
     run(spec(log_every=4), tiny, broken, resume=True, deterministic=True)
@@ -215,5 +218,5 @@ def test_a_run_interrupted_by_the_code_of_the_first_cpu_campaign_resumes(tmp_pat
     write_image_folder(root, n_train=48, n_test=12)  # the same images the fixture trained on
     old = tmp_path / "old"
     shutil.copytree(Path(__file__).parent / "data" / "run-b432720", old)
-    run(spec(), data.load(str(root)), old, resume=True, deterministic=True)
+    run(spec(), memory.load(str(root)), old, resume=True, deterministic=True)
     assert csv_rows(old / "metrics.csv", drop=VARYING) == csv_rows(whole / "metrics.csv", drop=VARYING)

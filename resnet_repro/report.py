@@ -1,0 +1,46 @@
+"""What `run` prints and draws when its runs end: the summary table, from the same frame `analysis` reads
+(results.load_runs), and the figures of the experiment."""
+
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from resnet_repro import rundir
+from resnet_repro.results import load_runs
+from resnet_repro.tables import SUMMARY_COLUMNS, summary_table, to_markdown
+
+
+def summary(jobs, skipped=()):
+    """The summary table of the jobs' runs as Markdown: one row per job, in the jobs' order; "skipped" for the
+    runs this invocation found done already; a run that ended without a row (failed at once, say) with its
+    state and no numbers; then a line for each run not done, saying why."""
+    dirs = [job.run_dir for job in jobs if (Path(job.run_dir) / "config.json").exists()]
+    with warnings.catch_warnings():  # a run without a row is listed below, not warned about
+        warnings.simplefilter("ignore")
+        df = load_runs(*dirs) if dirs else pd.DataFrame()
+    table = summary_table(df) if not df.empty else pd.DataFrame(columns=SUMMARY_COLUMNS)
+    rows, notes = [], []
+    for job in jobs:
+        state = rundir.read_status(job.run_dir, absent="not started")
+        row = table.loc[job.run_dir] if job.run_dir in table.index else _empty_row(job, state["state"])
+        rows.append(row.copy())
+        if job.run in skipped:
+            rows[-1]["state"] = "skipped"
+        elif state["state"] != "done" and state["message"]:
+            notes.append(f"{job.run}: {state['state']}: {state['message']}")
+    out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS).reset_index(drop=True)
+    out.attrs = table.attrs
+    return to_markdown(out) + "".join(f"{note}\n" for note in notes)
+
+
+def _empty_row(job, state):
+    config_path = Path(job.run_dir) / "config.json"
+    params = rundir.read_json(config_path).get("params") if config_path.exists() else None
+    return pd.Series({"experiment": job.experiment, "run": job.run, "params": params, "state": state})
+
+
+def draw_figures(exp_dir, out):
+    from resnet_repro import analysis
+
+    analysis.draw([exp_dir], out, fig7=False)  # prints what it drew and what it could not
