@@ -3,7 +3,7 @@ import csv
 import torch
 
 from conftest import write_image_folder
-from resnet_repro import bench, data, stream, usual
+from resnet_repro import bench, data, gpucheck, stream, usual
 from resnet_repro.config import TrainSpec
 
 SHORT = "--models resnet8 --iterations 3 --warmup 1 --device cpu --workers 0".split()  # a few timed steps
@@ -25,6 +25,8 @@ def test_bench_measures_both_paths_and_appends_a_csv(tmp_path, capsys):
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     assert "check after 4 iterations from one seed" in out and "noise bound" in out
+    (check,) = [m for m in map(gpucheck.CHECK_LINE.match, out.splitlines()) if m]  # what gpucheck's table shows
+    assert check.group(1, 2) == ("resnet8", "4")
     (path,) = (tmp_path / "bench").glob("cpu-*.csv")
     with open(path) as f:
         rows = list(csv.DictReader(f))
