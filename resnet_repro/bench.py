@@ -13,6 +13,7 @@ With --loader stream (a folder of JPEGs, the ImageNet recipe of experiments/imag
 (b) "engine": resnet_repro.stream's workers (torchvision.io decode, crop-then-resize, lighting on the
     device) feeding the engine's step. Both are also timed without a model ("data only"): if that rate
     is not well above the engine's, the GPU waits for the CPU and more workers (cores) are needed.
+The usual loop lives in resnet_repro.usual; the GPU check (resnet_repro.gpucheck) runs this as a step.
 """
 
 import argparse
@@ -23,13 +24,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
-from resnet_repro import data as datamod
-from resnet_repro import provenance, recipe
+from resnet_repro import data, provenance, recipe
 from resnet_repro.config import TrainSpec
-from resnet_repro.models import build_model
+from resnet_repro.usual import batches, error_rate, run_usual, sync, usual_loader
 
 COLUMNS = (
     "date",
@@ -44,73 +42,6 @@ COLUMNS = (
     "images_per_second",
     "speedup",
 )
-
-
-class PILArrays(torch.utils.data.Dataset):
-    """What torchvision.datasets.CIFAR10 does per item: a PIL image from a uint8 HWC array, then the
-    transform."""
-
-    def __init__(self, images, labels, transform):
-        self.images = images.permute(0, 2, 3, 1).numpy()  # (N, H, W, 3) uint8, as CIFAR10.data
-        self.labels = labels.tolist()
-        self.transform = transform
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
-
-
-class PILFiles(torch.utils.data.Dataset):
-    """What torchvision.datasets.ImageFolder does per item: PIL opens the file, then the transform."""
-
-    def __init__(self, files, labels, transform):
-        self.files, self.labels, self.transform = files, labels.tolist(), transform
-
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, i):
-        with Image.open(self.files[i]) as img:
-            return self.transform(img.convert("RGB")), self.labels[i]
-
-
-def usual_loader(ds, spec, workers, device):
-    """The usual PyTorch loader of spec.loader's kind of data, and its Normalize."""
-    from torchvision import transforms
-
-    batch, seed = spec.batch_size, spec.seed
-    if spec.loader == "stream":  # the usual ImageNet loop
-        normalize = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-        transform = transforms.Compose([
-            transforms.RandomResizedCrop(ds.train.crop), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize,
-        ])  # fmt: skip
-        dataset = PILFiles(ds.train.files, ds.train.labels, transform)
-    else:
-        mean = ds.train.images.float().mean((0, 2, 3)) / 255
-        std = (ds.train.images.float() / 255).std((0, 2, 3))
-        normalize = transforms.Normalize(mean.tolist(), std.tolist())
-        transform = transforms.Compose([
-            transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize,
-        ])  # fmt: skip
-        dataset = PILArrays(ds.train.images.cpu(), ds.train.labels.cpu(), transform)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch,
-        shuffle=True,
-        num_workers=workers,
-        drop_last=True,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    return loader, normalize
-
-
-def batches(loader):
-    while True:
-        yield from loader
 
 
 def engine_batches(ds, spec, device, generator):
@@ -135,38 +66,6 @@ def data_rate(batch_iter, batch, iterations, warmup, device):
     return batch * iterations / (time.perf_counter() - start)
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def run_usual(spec, ds, iterations, warmup, device, workers):
-    """Train with the usual loop; returns (images/s over the timed iterations, model)."""
-    torch.manual_seed(spec.seed)
-    model = build_model(spec.model, ds.num_classes).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    loader, normalize = usual_loader(ds, spec, workers, device)
-    batch = spec.batch_size
-    model.train()
-    running_loss, correct, start = 0.0, 0, None
-    for i, (x, y) in enumerate(batches(loader)):
-        if i == warmup:
-            sync(device)
-            start = time.perf_counter()
-        if i == warmup + iterations:
-            break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        out = model(x)
-        loss = F.cross_entropy(out, y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        running_loss += loss.item()
-        correct += (out.argmax(1) == y).sum().item()
-    sync(device)
-    return batch * iterations / (time.perf_counter() - start), (model, normalize)
-
-
 def run_engine(spec, ds, iterations, warmup, device):
     """Train with the engine's step; returns (images/s over the timed iterations, model)."""
     model = recipe.new_model(spec, ds.num_classes)
@@ -184,21 +83,11 @@ def run_engine(spec, ds, iterations, warmup, device):
     return spec.batch_size * iterations / (time.perf_counter() - start), forward
 
 
-@torch.no_grad()
-def test_error(model, images, labels, device, batch=1000):
-    model.eval()
-    errors = 0
-    for i in range(0, len(labels), batch):
-        errors += (model(images[i : i + batch].to(device)).argmax(1) != labels[i : i + batch].to(device)).sum().item()
-    model.train()
-    return 100.0 * errors / len(labels)
-
-
 def check_training(ds, spec, iterations, device, workers):
     """Train both paths `iterations` steps from the same seed; return their test errors and a noise
     bound: 3 binomial standard deviations of the difference of two error rates on this test set."""
     _, (usual_model, normalize) = run_usual(spec, ds, iterations, 0, device, workers)
-    usual_err = test_error(usual_model, normalize(ds.test.images.float() / 255), ds.test.labels, device)
+    usual_err = error_rate(usual_model, normalize(ds.test.images.float() / 255), ds.test.labels, device)
     _, engine_model = run_engine(spec, ds, iterations, 0, device)
     _, engine_err, _ = recipe.evaluate(engine_model, ds.test, ds.mean, spec, device)
     p = (usual_err + engine_err) / 200
@@ -210,17 +99,22 @@ def device_slug(name):
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
+EXAMPLES = """examples:
+  uv run python -m resnet_repro.bench                                  # resnet20 and resnet56 on the default device
+  uv run python -m resnet_repro.bench --models resnet56 --iterations 500 --compile
+  uv run python -m resnet_repro.bench --device cpu --iterations 5 --warmup 1 --check-iterations 0
+  uv run python -m resnet_repro.bench --loader stream --data path/to/imagenet --workers 16   # resnet18/34, 224 crops
+
+Writes results/bench/<device>-<date>.csv (appending, each model's rows as soon as they are measured), with
+device, torch version and commit."""
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="python -m resnet_repro.bench",
         description="Training images/s of the usual PyTorch CIFAR loop (DataLoader + PIL transforms, fp32, eager) "
         "and of this project's engine, same model, batch and iterations, in one process.",
-        epilog="examples:\n"
-        "  uv run python -m resnet_repro.bench                                  # resnet20 and resnet56 on the default device\n"
-        "  uv run python -m resnet_repro.bench --models resnet56 --iterations 500 --compile\n"
-        "  uv run python -m resnet_repro.bench --device cpu --iterations 5 --warmup 1 --check-iterations 0\n"
-        "  uv run python -m resnet_repro.bench --loader stream --data path/to/imagenet --workers 16   # resnet18/34, 224 crops\n\n"
-        "Writes results/bench/<device>-<date>.csv (appending), with device, torch version and commit.",
+        epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -238,13 +132,11 @@ def parse_args(argv):
         "--image-size",
         type=int,
         default=224,
-        help="--loader stream: the crop (default 224; scale and test resize follow "
-        "the paper's ratios, 256-480 and 256 for 224)",
+        help="--loader stream: the crop (default 224; scale and test resize follow the paper's ratios, 256-480 "
+        "and 256 for 224)",
     )
-    p.add_argument(
-        "--iterations", type=int, default=None, help="timed iterations per path (default: 300 on CUDA, 10 on CPU)"
-    )
-    p.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default: 30 on CUDA, 2 on CPU)")
+    p.add_argument("--iterations", type=int, help="timed iterations per path (default: 300 on CUDA, 10 on CPU)")
+    p.add_argument("--warmup", type=int, help="untimed iterations first (default: 30 on CUDA, 2 on CPU)")
     p.add_argument("--device", help="default: cuda if available, else cpu")
     p.add_argument("--data", default="mini", help="dataset for both paths (default: the bundled mini CIFAR-10)")
     p.add_argument("--data-dir", default="data")
@@ -258,68 +150,64 @@ def parse_args(argv):
     p.add_argument(
         "--check-iterations",
         type=int,
-        default=None,
         help="train both paths this long from one seed and compare test errors (default: 1000 on CUDA, 0 = skip on CPU)",
     )
     p.add_argument("--out", default="results/bench", help="folder of the CSV (default: results/bench)")
     return p.parse_args(argv)
 
 
+def resolve_defaults(args, device):
+    """Fill in the defaults that depend on the device and the loader; returns the spec's data fields."""
+    cuda, streamed = device.type == "cuda", args.loader == "stream"
+    args.iterations = args.iterations or (300 if cuda else 10)
+    args.warmup = args.warmup if args.warmup is not None else (30 if cuda else 2)
+    args.check_iterations = args.check_iterations if args.check_iterations is not None else (1000 if cuda else 0)
+    args.batch = args.batch or (256 if streamed else 128)
+    args.models = args.models or ("resnet18,resnet34" if streamed else "resnet20,resnet56")
+    if not streamed:
+        return {}
+    c = args.image_size
+    return dict(
+        loader="stream",
+        image_size=c,
+        scale=(round(c * 256 / 224), round(c * 480 / 224)),
+        test_resize=round(c * 256 / 224),
+    )
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cuda = device.type == "cuda"
-    iterations = args.iterations or (300 if cuda else 10)
-    warmup = args.warmup if args.warmup is not None else (30 if cuda else 2)
-    check = args.check_iterations if args.check_iterations is not None else (1000 if cuda else 0)
-    streamed = args.loader == "stream"
-    batch = args.batch or (256 if streamed else 128)
-    models = args.models or ("resnet18,resnet34" if streamed else "resnet20,resnet56")
-    shape = {}  # the spec's data fields
-    if streamed:
-        c = args.image_size
-        shape = dict(
-            loader="stream",
-            image_size=c,
-            scale=(round(c * 256 / 224), round(c * 480 / 224)),
-            test_resize=round(c * 256 / 224),
-        )
+    shape = resolve_defaults(args, device)  # the spec's data fields
     try:
-        ds = datamod.load_for(TrainSpec(data=args.data, **shape), args.data_dir, device, args.workers)
-    except datamod.DataError as e:
+        ds = data.load_for(TrainSpec(data=args.data, **shape), args.data_dir, device, args.workers)
+    except data.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if cuda:
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    name = provenance.device_name(device)
-    common = {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "device": name,
-        "torch": str(torch.__version__),
-        "commit": provenance.git_commit(),
-        "data": ds.name,
-        "batch": batch,
-        "iterations": iterations,
-    }
+    name, check = provenance.device_name(device), args.check_iterations
+    iterations, warmup = args.iterations, args.warmup
+    out = Path(args.out) / f"{device_slug(name)}-{time.strftime('%Y-%m-%d')}.csv"
+    common = dict(date=time.strftime("%Y-%m-%dT%H:%M:%S"), device=name, torch=str(torch.__version__))
+    common |= dict(commit=provenance.git_commit(), data=ds.name, batch=args.batch, iterations=iterations)
     print(
-        f"{name}, torch {torch.__version__}, batch {batch}, {iterations} timed iterations after {warmup} warm-up, data: {ds.name}"
+        f"{name}, torch {torch.__version__}, batch {args.batch}, {iterations} timed iterations after {warmup} warm-up, data: {ds.name}"
     )
     print(f"{'model':<10}{'usual img/s':>14}{'engine img/s':>14}{'speedup':>9}")
-    rows = []
-    if streamed:
-        rows += bench_data(
-            ds, TrainSpec(data=args.data, batch_size=batch, **shape), iterations, warmup, device, args.workers
-        )
+    # each model's rows are written as soon as they are measured: a bench stopped midway keeps them
+    save = lambda rows: append_rows(out, [{**common, **row} for row in rows])
+    if args.loader == "stream":
+        spec = TrainSpec(data=args.data, batch_size=args.batch, **shape)
+        save(bench_data(ds, spec, iterations, warmup, device, args.workers))
         if check:
             print("  (the same-seed training check is for --loader memory; skipped)")
             check = 0
-    for model_name in [m.strip() for m in models.split(",") if m.strip()]:
+    for model_name in [m.strip() for m in args.models.split(",") if m.strip()]:
         spec = TrainSpec(
-            model=model_name, batch_size=batch, compile=args.compile, iterations=iterations, milestones=(), **shape
+            model=model_name, batch_size=args.batch, compile=args.compile, iterations=iterations, milestones=(), **shape
         )
-        rows += bench_model(spec, ds, iterations, warmup, device, args.workers, check)
-    out = Path(args.out) / f"{device_slug(name)}-{time.strftime('%Y-%m-%d')}.csv"
-    append_rows(out, [{**common, **row} for row in rows])
+        save(bench_model(spec, ds, iterations, warmup, device, args.workers, check))
     print(f"wrote {out}")
     return 0
 
@@ -328,23 +216,13 @@ def bench_data(ds, spec, iterations, warmup, device, workers):
     """Images/s of both data paths alone (stream loader): whether the data can feed the model."""
     batch = spec.batch_size
     usual = data_rate(batches(usual_loader(ds, spec, workers, device)[0]), batch, iterations, warmup, device)
-    engine = data_rate(
-        engine_batches(ds, spec, device, torch.Generator(device=device).manual_seed(0)),
-        batch,
-        iterations,
-        warmup,
-        device,
-    )
+    generator = torch.Generator(device=device).manual_seed(0)
+    engine = data_rate(engine_batches(ds, spec, device, generator), batch, iterations, warmup, device)
     print(f"{'data only':<10}{usual:>14.0f}{engine:>14.0f}{engine / usual:>8.1f}x   ({workers} workers, no model)")
     return [
         {"model": "-", "path": "usual-data", "images_per_second": round(usual, 1), "speedup": 1.0},
-        {
-            "model": "-",
-            "path": "engine-data",
-            "images_per_second": round(engine, 1),
-            "speedup": round(engine / usual, 2),
-        },
-    ]
+        {"model": "-", "path": "engine-data", "images_per_second": round(engine, 1), "speedup": round(engine / usual, 2)},
+    ]  # fmt: skip
 
 
 def bench_model(spec, ds, iterations, warmup, device, workers, check):
@@ -356,19 +234,16 @@ def bench_model(spec, ds, iterations, warmup, device, workers, check):
     if check:
         usual_err, engine_err, bound = check_training(ds, spec, check, device, workers)
         verdict = "within noise" if abs(usual_err - engine_err) <= bound else "NOT within noise"
+        # resnet_repro.gpucheck reads this line (CHECK_LINE there)
         print(
-            f"  check after {check} iterations from one seed: test error usual {usual_err:.2f}%, engine {engine_err:.2f}% "
-            f"(difference {engine_err - usual_err:+.2f}, noise bound {bound:.2f}): {verdict}"
+            f"  {spec.model} check after {check} iterations from one seed: test error usual {usual_err:.2f}%, "
+            f"engine {engine_err:.2f}% (difference {engine_err - usual_err:+.2f}, noise bound {bound:.2f}): {verdict}"
         )
+    path = "engine" + ("+compile" if spec.compile else "")
     return [
         {"model": spec.model, "path": "usual", "images_per_second": round(usual, 1), "speedup": 1.0},
-        {
-            "model": spec.model,
-            "path": "engine" + ("+compile" if spec.compile else ""),
-            "images_per_second": round(engine, 1),
-            "speedup": round(engine / usual, 2),
-        },
-    ]
+        {"model": spec.model, "path": path, "images_per_second": round(engine, 1), "speedup": round(engine / usual, 2)},
+    ]  # fmt: skip
 
 
 def append_rows(out, rows):

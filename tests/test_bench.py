@@ -3,7 +3,7 @@ import csv
 import torch
 
 from conftest import write_image_folder
-from resnet_repro import bench, memory, stream
+from resnet_repro import bench, gpusteps, memory, stream, usual
 from resnet_repro.config import TrainSpec
 
 SHORT = "--models resnet8 --iterations 3 --warmup 1 --device cpu --workers 0".split()  # a few timed steps
@@ -25,6 +25,8 @@ def test_bench_measures_both_paths_and_appends_a_csv(tmp_path, capsys):
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     assert "check after 4 iterations from one seed" in out and "noise bound" in out
+    (check,) = [m for m in map(gpusteps.CHECK_LINE.match, out.splitlines()) if m]  # what gpucheck's table shows
+    assert check.group(1, 2) == ("resnet8", "4")
     (path,) = (tmp_path / "bench").glob("cpu-*.csv")
     with open(path) as f:
         rows = list(csv.DictReader(f))
@@ -43,7 +45,7 @@ def test_bench_measures_both_paths_and_appends_a_csv(tmp_path, capsys):
 def test_usual_loader_yields_what_torchvision_cifar_would(tmp_path):
     write_image_folder(tmp_path / "tiny", n_train=16, n_test=4)
     ds = memory.load(str(tmp_path / "tiny"))
-    loader, normalize = bench.usual_loader(ds, TrainSpec(batch_size=4), workers=0, device=torch.device("cpu"))
+    loader, normalize = usual.usual_loader(ds, TrainSpec(batch_size=4), workers=0, device=torch.device("cpu"))
     x, y = next(iter(loader))
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     # Normalized per channel with the training split's statistics: roughly zero mean, unit std overall.
@@ -77,7 +79,7 @@ def test_usual_imagenet_loader_is_random_resized_crops(tmp_path):
     write_jpeg_folder(tmp_path / "jpeg", n_train=12, n_val=3)
     ds = stream.load(str(tmp_path / "jpeg"), tmp_path / "data", crop=32, test_resize=37, scale=(37, 69))
     spec = TrainSpec(model="resnet18", batch_size=4, loader="stream", image_size=32, test_resize=37, scale=(37, 69))
-    loader, _ = bench.usual_loader(ds, spec, workers=0, device=torch.device("cpu"))
+    loader, _ = usual.usual_loader(ds, spec, workers=0, device=torch.device("cpu"))
     x, y = next(iter(loader))
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     torch.manual_seed(0)
