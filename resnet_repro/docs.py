@@ -15,10 +15,15 @@ import argparse
 import json
 import re
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from resnet_repro import config
+from resnet_repro.models import CIFAR_DEPTHS, build_model, input_size, multiply_adds, num_params, weighted_layers
+from resnet_repro.results import compare as compare_sets
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"<!-- (include|generated): (.+?) -->\n(.*?)<!-- end \1 -->", re.S)
@@ -49,12 +54,8 @@ def include(root, path):
 def experiments(root):
     """Every experiments/*.toml as config resolves it: runs, what it reproduces, the recipe of its first run,
     and what another run changes (beyond its model)."""
-    from dataclasses import asdict
-
-    from resnet_repro import config
-
     rows = []
-    for name in config.available():
+    for name in config.available():  # experiments/ of this package, whatever root is
         exp = config.load_experiment(name)
         first, *others = exp.runs.values()
         recipe = f"`{first.data}`, batch {first.batch_size}, lr {first.lr:g}"
@@ -144,8 +145,6 @@ def last_rows(root, run_dir, n):
 
 def compare(root, a, b):
     """resnet_repro.results.compare(a, b): final errors of the runs of two result sets, matched by name."""
-    from resnet_repro.results import compare as compare_sets
-
     df = compare_sets(root / a, root / b)
     metrics_ = ("final_train_err", "final_test_err", "iterations")
     rows = [
@@ -198,8 +197,6 @@ def provenance(root, exp_dir):
 
 def models(root):
     """Layers, parameters and multiply-adds of the paper's nets; for CIFAR nets, the GPU estimate."""
-    from resnet_repro.models import CIFAR_DEPTHS, build_model, input_size, multiply_adds, num_params, weighted_layers
-
     rows = []
     imagenet_nets = ("resnet18", "resnet34", "resnet50")
     for net in [f"resnet{d}" for d in CIFAR_DEPTHS] + list(imagenet_nets):
