@@ -1,0 +1,291 @@
+"""python -m resnet_repro.docs: rewrite the derived blocks of README.md and docs/*.md.
+
+A number in a table of the docs is never typed: it sits in a block between two markers, and this
+module writes the block from the committed files (tests/test_docs.py fails when one differs):
+
+    <!-- include: figures/8000-iterations/summary.md -->     the file, as it is
+    <!-- end include -->
+    <!-- generated: claims results/cpu-8k/degradation -->    GENERATORS["claims"](root, *args)
+    <!-- end generated -->
+
+So after `analysis` redraws figures/, one command brings the docs up to date.
+"""
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from resnet_repro import config
+from resnet_repro.models import CIFAR_DEPTHS, build_model, input_size, multiply_adds, num_params, weighted_layers
+from resnet_repro.results import compare as compare_sets
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK = re.compile(r"<!-- (include|generated): (.+?) -->\n(.*?)<!-- end \1 -->", re.S)
+SLOW = ("models",)  # counts multiply-adds of every net: a minute on 2 busy cores (the tests check its params)
+# training FLOPs ~ 3 x forward (2 x mult-adds) per image x 64k iterations x 128, plus the test pass of
+# 10,000 images after each of the 164 epochs: the GPU estimate's FLOPs per multiply-add of a CIFAR run
+FLOPS_PER_MULT_ADD = 2 * (3 * 64_000 * 128 + 164 * 10_000)
+ASSUMED_FLOPS = 5e12  # an assumed sustained rate (FLOP/s), not a measured one
+
+
+def doc_paths(root=ROOT):
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
+
+
+def metrics(run_dir):
+    return pd.read_csv(Path(run_dir) / "metrics.csv")
+
+
+def include(root, path):
+    return (root / path).read_text().strip()
+
+
+def experiments(root):
+    """Every experiments/*.toml as config resolves it: runs, what it reproduces, the recipe of its first run,
+    and what another run changes (beyond its model)."""
+    rows = []
+    for name in config.available():  # experiments/ of this package, whatever root is
+        exp = config.load_experiment(name)
+        first, *others = exp.runs.values()
+        recipe = f"`{first.data}`, batch {first.batch_size}, lr {first.lr:g}"
+        if first.schedule == "step":
+            recipe += f" ÷{1 / first.lr_decay:g} at {', '.join(f'{m / 1000:g}k' for m in first.milestones)}"
+        recipe += f"; stop at {first.iterations / 1000:g}k" + (f"; {warmup(first)}" if first.warmup_lr else "")
+        base = asdict(first)
+        for spec in others:
+            changes = {k: v for k, v in asdict(spec).items() if v != base[k] and k not in ("model", "depth")}
+            words = [warmup(spec) if k == "warmup_lr" else f"{k} {v}" for k, v in changes.items()]
+            recipe += f"; {spec.model}: {', '.join(words)}" if words else ""
+        rows.append((f"`{name}`", ", ".join(exp.runs), exp.description, recipe))
+    return table(("experiment", "runs", "what", "recipe"), rows)
+
+
+def warmup(spec):
+    return f"warm-up at lr {spec.warmup_lr:g} until training error < {spec.warmup_until_err:g}%"
+
+
+CLAIMS = (  # the paper's claim about Fig. 1's nets: (words, first, ">" or "<", second), on training and test error
+    ("plain-56 above plain-20 (degradation)", "plain56", ">", "plain20"),
+    ("ResNet-56 below plain-56", "resnet56", "<", "plain56"),
+    ("ResNet-20 below plain-20", "resnet20", "<", "plain20"),
+    ("ResNet-56 below ResNet-20", "resnet56", "<", "resnet20"),
+)
+
+
+def claims(root, exp_dir):
+    """Fig. 1's claims on one result set: at how many CSV rows each holds, and where the runs end."""
+    runs = {name: metrics(root / exp_dir / name).set_index("iteration") for name in ("plain20", "plain56", "resnet20", "resnet56")}  # fmt: skip
+    rows = []
+    for words, first, op, second in CLAIMS:
+        a, b = runs[first], runs[second].reindex(runs[first].index)
+        cells = []
+        for column in ("train_err", "test_err"):
+            diff = a[column] - b[column]
+            held = int((diff > 0).sum() if op == ">" else (diff < 0).sum())
+            held = "all" if held == len(diff) else "none" if held == 0 else held
+            end = f"{a[column].iloc[-1]:.2f} vs {b[column].iloc[-1]:.2f} ({diff.iloc[-1]:+.2f})"
+            cells += [f"{held} of {len(diff)}", end]
+        rows.append((words, *cells))
+    header = ("claim", "rows where it holds: train", "final train err", "rows where it holds: test", "final test err")
+    return table(header, rows)
+
+
+def fig7(root, csv):
+    """Fig. 7's reading: each run's layer-response stds sorted by size, compared position by position."""
+    df = pd.read_csv(root / csv)
+    stds = {run: np.sort(g["std"].to_numpy())[::-1] for run, g in df.groupby("run")}
+    rows = []
+    for first, second in (("resnet20", "plain20"), ("resnet56", "plain56"), ("resnet56", "resnet20")):
+        if first not in stds or second not in stds:
+            continue
+        a, b = stds[first], stds[second]
+        below = f"{int((a < b).sum())} of {len(a)}" if len(a) == len(b) else "—"
+        rows.append(
+            (f"{first} vs {second}", below, f"{a.mean():.2f} vs {b.mean():.2f}", f"{a.max():.2f} vs {b.max():.2f}")
+        )
+    return table(("runs", "positions where the first is below, sorted by size", "mean std", "largest std"), rows)
+
+
+def phases(root, run_dir):
+    """One row per learning rate of a step schedule: where training and test error go in that phase."""
+    df = metrics(root / run_dir)
+    rows = []
+    for lr, p in df.groupby("lr", sort=False):
+        late = p.iloc[len(p) // 2 :]
+        rows.append(
+            (
+                f"{lr:g}",
+                len(p),
+                f"{p.iteration.iloc[0]:,}–{p.iteration.iloc[-1]:,}",
+                f"{p.train_err.iloc[0]:.2f} → {p.train_err.iloc[-1]:.2f}",
+                f"{p.test_err.iloc[0]:.2f} → {p.test_err.iloc[-1]:.2f}",
+                f"{late.test_err.min():.2f}–{late.test_err.max():.2f}",
+            )
+        )
+    header = ("lr", "rows", "iterations", "train err: first → last row", "test err: first → last row", "test err, 2nd half: min–max")  # fmt: skip
+    return table(header, rows)
+
+
+def last_rows(root, run_dir, n):
+    df = metrics(root / run_dir).tail(int(n))
+    rows = [(f"{r.epoch:g}", f"{r.iteration:,}", f"{r.lr:g}", f"{r.train_err:.2f}", f"{r.test_err:.2f}") for r in df.itertuples()]  # fmt: skip
+    return table(("epoch", "iteration", "lr", "train_err", "test_err"), rows)
+
+
+def compare(root, a, b):
+    """resnet_repro.results.compare(a, b): final errors of the runs of two result sets, matched by name."""
+    df = compare_sets(root / a, root / b)
+    metrics_ = ("final_train_err", "final_test_err", "iterations")
+    rows = [
+        (
+            r["run"],
+            *(f"{r[f'{m}_{s}']:.2f}" if m != "iterations" else f"{r[f'{m}_{s}']:,.0f}" for m in metrics_ for s in "ab"),
+        )  # fmt: skip
+        for _, r in df.iterrows()
+    ]
+    header = ["run"] + [f"{m}_{s}" for m in metrics_ for s in "ab"]
+    return table(header, rows) + f"\n\na = `{a}`, b = `{b}`"
+
+
+def depth(root, csv, experiment):
+    """A summary.csv's final training error of one experiment, as plain/ResNet against depth."""
+    df = pd.read_csv(root / csv)
+    df = df[df.experiment == experiment]
+    family = df.run.str.extract(r"^([a-z]+)(\d+)$")
+    df = df.assign(family=family[0].map({"plain": "plain", "resnet": "ResNet"}), depth=family[1].astype(int))
+    pivot = df.pivot(index="family", columns="depth", values="final_train_err")
+    rows = [(f, *(f"{v:.2f}" for v in pivot.loc[f])) for f in ("plain", "ResNet")]
+    return table(("final train err", *map(str, pivot.columns)), rows)
+
+
+def lr_ramp(root, ramp_dir, constant_dir):
+    """Training error of the constant-lr run at its last row, beside the ramped run's row at or just before it."""
+    const = metrics(root / constant_dir).iloc[-1]
+    ramp = metrics(root / ramp_dir)
+    ramp = ramp[ramp.iteration <= const.iteration].iloc[-1]
+    rows = [(f"`{ramp_dir}`", "ramp, then linear decay", f"{ramp.iteration:,}", f"{ramp.train_err:.2f}")]
+    rows += [(f"`{constant_dir}`", f"constant {const.lr:g}", f"{const.iteration:,}", f"{const.train_err:.2f}")]
+    return table(("run", "lr", "iteration", "train_err"), rows)
+
+
+def provenance(root, exp_dir):
+    """Each run's config.json: its recipe, and where and when it started (a resumed run keeps these)."""
+    rows, datasets, devices = [], set(), set()
+    for path in sorted((root / exp_dir).glob("*/config.json")):
+        c = json.loads(path.read_text())
+        datasets.add(c["dataset"])
+        devices.add(c["device"])
+        if c.get("schedule", "step") == "step":
+            lr = f"{c['lr']:g}, ÷10 at {', '.join(f'{m:,}' for m in c['milestones'])}"
+        else:
+            lr = f"{c['lr']:g} after a ramp of {c['ramp']}, linear to 0"
+        rows.append((c["run"], f"{c['iterations']:,}", c["batch_size"], lr, c["seed"], c["threads"], c["torch"], f"`{c['commit']}`"))  # fmt: skip
+    header = ("run", "iterations", "batch", "lr", "seed", "threads at start", "torch", "started at commit")
+    return table(header, rows) + f"\n\ndata: {', '.join(sorted(datasets))}; device: {', '.join(sorted(devices))}"
+
+
+def models(root):
+    """Layers, parameters and multiply-adds of the paper's nets; for CIFAR nets, the GPU estimate."""
+    rows = []
+    imagenet_nets = ("resnet18", "resnet34", "resnet50")
+    for net in [f"resnet{d}" for d in CIFAR_DEPTHS] + list(imagenet_nets):
+        imagenet = net in imagenet_nets
+        model = build_model(net, num_classes=1000 if imagenet else 10)
+        macs = multiply_adds(model, input_size(net))
+        if imagenet:
+            label, hours = f"{net} (1000 classes)", "—"
+        else:  # a plain net is its residual twin without the additions: the same parameters and mult-adds
+            assert num_params(build_model(net.replace("resnet", "plain"))) == num_params(model)
+            label, hours = (
+                f"{net.replace('resnet', 'plain')} / {net}",
+                f"{macs * FLOPS_PER_MULT_ADD / ASSUMED_FLOPS / 3600:.2f}",
+            )
+        rows.append((label, weighted_layers(model), f"{num_params(model):,}", mult_adds(macs), hours))
+    return table(("name", "layers", "params", "mult-adds", "GPU-hours at 5 TFLOP/s (estimate)"), rows)
+
+
+def mult_adds(n):
+    return f"{n / 1e9:.2f}G" if n >= 1e9 else f"{n / 1e6:.2f}M"
+
+
+GENERATORS = {
+    "experiments": experiments,
+    "claims": claims,
+    "fig7": fig7,
+    "phases": phases,
+    "last-rows": last_rows,
+    "compare": compare,
+    "depth": depth,
+    "lr-ramp": lr_ramp,
+    "provenance": provenance,
+    "models": models,
+}
+
+
+def render(kind, spec, root=ROOT):
+    """The content a block `<!-- kind: spec -->` must hold."""
+    if kind == "include":
+        return include(root, spec)
+    name, *args = spec.split()
+    return GENERATORS[name](root, *args)
+
+
+def refresh(text, root=ROOT, skip=()):
+    """text with every block rewritten (blocks of generators in `skip` kept as they are)."""
+
+    def fill(m):
+        kind, spec, body = m.groups()
+        if kind == "generated" and spec.split()[0] in skip:
+            return m.group(0)
+        return f"<!-- {kind}: {spec} -->\n{render(kind, spec, root)}\n<!-- end {kind} -->"
+
+    return BLOCK.sub(fill, text)
+
+
+def stale_blocks(path, root=ROOT, skip=SLOW):
+    """The blocks of the doc at `path` that differ from their sources, as `kind: spec` strings."""
+    stale = []
+    for m in BLOCK.finditer(Path(path).read_text()):
+        kind, spec, body = m.groups()
+        if kind == "generated" and spec.split()[0] in skip:
+            continue
+        if body != render(kind, spec, root) + "\n":
+            stale.append(f"{kind}: {spec}")
+    return stale
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m resnet_repro.docs",
+        description="Rewrite the blocks of README.md and docs/*.md that are derived from figures/, results/ "
+        "and experiments/ (between <!-- include: FILE --> or <!-- generated: NAME ARGS --> and its end marker).",
+    )
+    parser.add_argument("--check", action="store_true", help="only list stale blocks; exit 1 if there are any")
+    parser.add_argument("--skip", default="", help=f"comma-separated generators to leave as they are, e.g. {SLOW[0]}")
+    args = parser.parse_args(argv)
+    skip = tuple(s for s in args.skip.split(",") if s)
+    stale = 0
+    for path in doc_paths():
+        blocks = stale_blocks(path, skip=skip)
+        stale += len(blocks)
+        for block in blocks:
+            print(f"{path.relative_to(ROOT)}: {block}")
+        if blocks and not args.check:
+            path.write_text(refresh(path.read_text(), skip=skip))
+    print(f"{stale} stale block(s){'' if args.check else ' rewritten'}")
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

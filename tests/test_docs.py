@@ -1,0 +1,233 @@
+"""README.md and docs/*.md against the repository: their tables equal the files they come from, the few
+numbers left in their prose match the CSVs, the modules, flags and links they show exist, and the cheap
+commands they show run (in this process, as `python -m` would)."""
+
+import contextlib
+import functools
+import importlib
+import importlib.util
+import io
+import re
+import runpy
+import shlex
+import sys
+import warnings
+
+import pandas as pd
+import pytest
+
+from resnet_repro import docs, models
+
+ROOT = docs.ROOT
+DOCS = docs.doc_paths()
+NOT_YET = {"plan", "launch", "recipe", "memory", "report"}  # in README's layout; being written on another branch
+OPTIONAL = {"docs/claims.md", "docs/gpu-check.md"}  # written on other branches: a link may come before the file
+SPEED_TABLE = "| net | 1 process, 2 threads | 2 processes, 1 thread each (sum) | ratio |"
+HAND_TABLES = {("docs/speed.md", SPEED_TABLE): "one measurement, not a bench option"}  # typed by hand, and why
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+COMMAND = re.compile(r"-m (resnet_repro\.\w+)([^`#\n]*)")
+SUBCOMMANDS = {"resnet_repro.analysis": ("compare", "predictions")}
+# each cheap command exactly as a doc shows it, and where it writes (its --out goes to a temporary folder)
+CHEAP = {
+    "uv run python -m resnet_repro.run --list": None,
+    "uv run python -m resnet_repro.analysis results/cpu-demo --no-fig7": "dir",
+    "uv run python -m resnet_repro.analysis compare results/cpu-demo/degradation-quick results/cpu-8k/degradation": "png",
+    "uv run python -m resnet_repro.analysis compare results/cpu-8k/degradation/resnet20 results/cpu-full/degradation/resnet20 --out figures/resnet20-full-vs-8k.png": "png",  # fmt: skip
+}
+
+
+def name(path):
+    return path.relative_to(ROOT).as_posix()
+
+
+def without_fences(text):
+    return FENCE.sub("", text)
+
+
+def python_m(module, *argv):
+    """`python -m module argv` in this process: (exit code, stdout + stderr)."""
+    out, old_argv = io.StringIO(), sys.argv
+    sys.argv = [module, *argv]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # runpy: "found in sys.modules", as imported already
+            try:
+                runpy.run_module(module, run_name="__main__")
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) or e.code is None else 1
+    finally:
+        sys.argv = old_argv
+    return code or 0, out.getvalue()
+
+
+@functools.cache
+def help_text(module, subcommand=None):
+    code, out = python_m(module, *([subcommand] if subcommand else []), "--help")
+    assert code == 0, f"python -m {module} {subcommand or ''} --help exited {code}:\n{out}"
+    return out
+
+
+def shown_commands():
+    """(doc, module, args) for every `-m resnet_repro.X ...` in README.md and docs/*.md."""
+    for path in DOCS:
+        for m in COMMAND.finditer(path.read_text()):
+            try:
+                args = shlex.split(m.group(2))
+            except ValueError:
+                args = m.group(2).split()
+            yield name(path), m.group(1), args
+
+
+@pytest.mark.parametrize("path", DOCS, ids=name)
+def test_blocks_equal_their_sources(path):
+    stale = docs.stale_blocks(path)
+    assert not stale, f"{name(path)}: these blocks differ from their sources: {stale}; run `uv run python -m resnet_repro.docs`"  # fmt: skip
+
+
+def test_models_block_matches_the_nets():
+    """The models block is left out above: counting multiply-adds takes a minute on 2 busy cores. Its layers
+    and parameters are checked here, and its GPU estimate against its own multiply-adds."""
+    text = (ROOT / "docs/usage.md").read_text()
+    block = re.search(r"<!-- generated: models -->\n(.*?)<!-- end generated -->", text, re.S).group(1)
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()[2:]]
+    assert len(rows) >= 8
+    for label, layers, params, macs, hours in rows:
+        net = label.split(" / ")[-1].split()[0]
+        model = models.build_model(net, num_classes=1000 if "1000 classes" in label else 10)
+        assert int(params.replace(",", "")) == models.num_params(model), label
+        assert int(layers) == models.weighted_layers(model), label
+        value = float(macs[:-1]) * {"M": 1e6, "G": 1e9}[macs[-1]]
+        if hours != "—":
+            assert float(hours) == pytest.approx(value * docs.FLOPS_PER_MULT_ADD / docs.ASSUMED_FLOPS / 3600, abs=0.01)
+
+
+@pytest.mark.parametrize("path", DOCS, ids=name)
+def test_tables_come_from_files(path):
+    """A table outside a block was typed by hand: only those of HAND_TABLES may be."""
+    text = without_fences(docs.BLOCK.sub("", path.read_text()))
+    headers = [m.group(1) for m in re.finditer(r"(?:^|\n\n)(\|.*\|)\n\|[-|]+\|", text)]
+    typed = [h for h in headers if (name(path), h) not in HAND_TABLES]
+    assert not typed, f"{name(path)}: tables typed by hand (put them in a block, see resnet_repro/docs.py): {typed}"
+
+
+def test_prose_numbers_match_the_csvs():
+    """The few numbers left in prose, each against the file it comes from."""
+    results, speed = (ROOT / "docs/results.md").read_text(), (ROOT / "docs/speed.md").read_text()
+    paper = pd.read_csv(ROOT / "figures/table6.csv").set_index("depth").paper_test_err[20]
+    assert f"paper's {paper:.2f}%" in results, "docs/results.md: the paper's ResNet-20 error (figures/table6.csv)"
+    hours = pd.read_csv(ROOT / "figures/summary.csv").set_index("run").minutes["resnet20"] / 60
+    for words in (f"another {hours:.0f} hours", f"about {hours:.0f} hours"):
+        assert words in results, f"docs/results.md: the full-schedule run's time (figures/summary.csv): {words!r}"
+    # the full-schedule ResNet-20 repeated the 1/8 run's first rows, then moved to two threads
+    short, full = (pd.read_csv(ROOT / f"results/{d}/degradation/resnet20/metrics.csv") for d in ("cpu-8k", "cpu-full"))
+    columns = ["iteration", "lr", "train_loss", "train_err", "test_loss", "test_err"]
+    same = int((short[columns] == full[columns].head(len(short))).all(axis=1).cummin().sum())
+    assert f"first {['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven'][same]} CSV rows" in speed, (
+        f"docs/speed.md: {same} rows were repeated"
+    )
+    assert f"({full.test_loss[same]:g} vs {short.test_loss[same]:g})" in speed, "docs/speed.md: the first row apart"
+    resnet56 = int(re.search(r"\| ResNet-56 \| (\d+) images/s", speed).group(1))
+    for doc in ("README.md", "docs/results.md", "docs/speed.md"):
+        words = f"about {64_000 * 128 / resnet56 / 3600:.0f} hours"
+        assert words in (ROOT / doc).read_text(), f"{doc}: a full-schedule ResNet-56 at docs/speed.md's rate: {words!r}"
+
+
+def test_shown_modules_exist():
+    missing = {(doc, module) for doc, module, _ in shown_commands() if importlib.util.find_spec(module) is None}
+    assert not missing, f"commands name modules that do not exist: {sorted(missing)}"
+
+
+def test_layout_names_modules_that_exist():
+    readme = (ROOT / "README.md").read_text()
+    layout = re.search(r"## Code layout\n(.*?)\n## ", readme, re.S).group(1)
+    named = set(re.findall(r"^\s+(\w+)\.py\s", layout, re.M))
+    assert {"config", "run", "train", "rundir", "data", "models", "analysis"} <= named
+    missing = {m for m in named if not (ROOT / "resnet_repro" / f"{m}.py").exists()}
+    assert missing <= NOT_YET, f"README's layout names modules that do not exist: {sorted(missing - NOT_YET)}"
+    for module, attr in re.findall(r"`(\w+)\.(\w+)[(`]", layout):  # run.main, train.train(...), not final.pt
+        if (ROOT / "resnet_repro" / f"{module}.py").exists():
+            assert hasattr(importlib.import_module(f"resnet_repro.{module}"), attr), f"{module}.{attr}"
+
+
+def test_shown_flags_exist():
+    """Every --flag of a shown command is in that command's --help (finetune passes run's flags on)."""
+    unknown = set()
+    for doc, module, args in shown_commands():
+        sub = args[0] if args and args[0] in SUBCOMMANDS.get(module, ()) else None
+        if module in ("resnet_repro.run", "resnet_repro.analysis", "resnet_repro.bench", "resnet_repro.finetune"):
+            text = help_text(module, sub) + (help_text("resnet_repro.run") if module == "resnet_repro.finetune" else "")
+            for flag in {a.split("=")[0] for a in args if a.startswith("--")}:
+                if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text):
+                    unknown.add((doc, f"python -m {module} {sub or ''}".strip(), flag))
+    assert not unknown, f"flags shown in the docs that the command does not take: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("path", DOCS, ids=name)
+def test_links_resolve(path):
+    broken = []
+    for target in LINK.findall(without_fences(path.read_text())):
+        if re.match(r"[a-z]+:", target):
+            continue
+        file, _, anchor = target.partition("#")
+        linked = (path.parent / file).resolve() if file else path
+        if not linked.exists():
+            if linked.is_relative_to(ROOT) and name(linked) in OPTIONAL:
+                continue
+            broken.append(target)
+        elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+            broken.append(target)
+    assert not broken, f"{name(path)}: links to nothing: {broken}"
+
+
+def anchors(path):
+    """GitHub's ids of a Markdown file's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", without_fences(path.read_text()), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("command", CHEAP, ids=lambda c: " ".join(c.split()[4:7]))
+def test_cheap_commands_run(command, tmp_path, monkeypatch):
+    assert any(command in p.read_text() for p in DOCS), f"no doc shows `{command}` any more: update CHEAP"
+    monkeypatch.chdir(ROOT)
+    module, *args = shlex.split(command)[4:]
+    if CHEAP[command]:
+        if "--out" in args:
+            del args[args.index("--out") : args.index("--out") + 2]
+        args += ["--out", str(tmp_path / "x.png" if CHEAP[command] == "png" else tmp_path)]
+    code, out = python_m(module, *args)
+    assert code == 0, f"`{command}` exited {code}:\n{out}"
+    if "--list" in args:
+        assert all(f"\n{p.stem} " in f"\n{out}" for p in (ROOT / "experiments").glob("*.toml")), out
+    elif CHEAP[command] == "png":
+        assert (tmp_path / "x.png").stat().st_size > 0
+    else:  # the committed figures/quick/ tables are what analysis draws from the committed runs
+        for table in ("summary.md", "table6.md"):
+            assert (tmp_path / "quick" / table).read_text() == (ROOT / "figures/quick" / table).read_text(), table
+
+
+def test_help_of_every_cli_runs():
+    for module in ("run", "analysis", "bench", "finetune", "models", "docs"):
+        assert "usage:" in help_text(f"resnet_repro.{module}")
+    for sub in SUBCOMMANDS["resnet_repro.analysis"]:
+        assert f"analysis {sub}" in help_text("resnet_repro.analysis", sub)
+
+
+@pytest.mark.parametrize("path", DOCS, ids=name)
+def test_python_examples_run(path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    for code in re.findall(r"^```python\n(.*?)^```", path.read_text(), re.S | re.M):
+        exec(compile(code, f"{name(path)} example", "exec"), {})
+
+
+def test_stale_block_is_named(tmp_path):
+    """The check names the doc's block and its file, and the refresher rewrites it to the file."""
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures/t.md").write_text("| a |\n|---|\n| 2 |\n")
+    doc = tmp_path / "doc.md"
+    doc.write_text("x\n<!-- include: figures/t.md -->\n| a |\n|---|\n| 1 |\n<!-- end include -->\ny\n")
+    assert docs.stale_blocks(doc, root=tmp_path) == ["include: figures/t.md"]
+    doc.write_text(docs.refresh(doc.read_text(), root=tmp_path))
+    assert doc.read_text() == "x\n<!-- include: figures/t.md -->\n| a |\n|---|\n| 2 |\n<!-- end include -->\ny\n"
+    assert docs.stale_blocks(doc, root=tmp_path) == []
