@@ -162,4 +162,6 @@ def child_main():
 
 
 if __name__ == "__main__":
-    sys.exit(child_main())
+    with train.stop_requests():  # for the whole process: the first signal decides, one while it exits is ignored
+        code = child_main()
+    sys.exit(code)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from resnet_repro import config as cfg
-from resnet_repro import data, distributed, launch, plan, provenance, report, rundir
+from resnet_repro import data, distributed, launch, plan, provenance, report, rundir, train
 
 EPILOG = """\
 examples:
@@ -293,4 +293,6 @@ def figures_dir(args):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with train.stop_requests():  # for the whole process: the first signal decides, one while it exits is ignored
+        code = main()
+    sys.exit(code)

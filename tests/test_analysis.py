@@ -1,4 +1,3 @@
-import csv
 import json
 import re
 import shutil
@@ -10,85 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import FULL, MINI, write_run  # noqa: F401  (write_run: other test modules import it from here too)
 from resnet_repro import analysis, figures, inspection, metrics, models, results, tables
 from resnet_repro.analysis import compare, draw, final_metrics, load_runs
 
 COLUMNS = list(metrics.COLUMNS)
-FULL, MINI = "CIFAR-10 (JPEG q75 copy)", "CIFAR-10 mini (JPEG q75 copy, 500+100 per class)"
-
-
-def write_run(
-    root,
-    run,
-    experiment="degradation",
-    epochs=4,
-    quick=False,
-    stem=None,
-    seed=0,
-    offset=0.0,
-    state="done",
-    planned_iterations=None,
-):
-    """A run directory as the engine writes it, with known curves; returns the CSV rows as dicts. Its config's
-    `iterations` (planned_iterations) is the paper's unless given or quick: the curves stand for a part of the run."""
-    kind, depth = models.parse_name(run)
-    run_dir = root / experiment / run
-    run_dir.mkdir(parents=True)
-    rows = []
-    for epoch in range(1, epochs + 1):
-        train_err = 60 / epoch + depth / 10 + offset  # deeper plain nets train worse, as the paper
-        rows.append(
-            {
-                "experiment": experiment,
-                "run": run,
-                "model": run,
-                "depth": depth,
-                "residual": kind == "resnet",
-                "epoch": epoch,
-                "iteration": 391 * epoch,
-                "lr": 0.1,
-                "train_loss": train_err / 30,
-                "train_err": train_err,
-                "test_loss": train_err / 25,
-                "test_err": train_err + 3 - epoch % 2,
-                "epoch_seconds": 10.0 + epoch,
-                "images_per_second": 5000.0,
-            }
-        )
-    with open(run_dir / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    stem = stem or ("imagenet" if models.is_imagenet_family(run) else "cifar")
-    config = {
-        "experiment": experiment,
-        "run": run,
-        "model": run,
-        "depth": depth,
-        "residual": kind == "resnet",
-        "shortcut": "A",
-        "stem": stem,
-        "num_classes": 10,
-        "dataset": MINI if quick else FULL,
-        "dataset_checksum": "abc",
-        "data": "mini" if quick else "cifar10",
-        "data_dir": "data",
-        "quick": quick,
-        "seed": seed,
-        "device": "cpu",
-        "torch": str(torch.__version__),
-        "commit": "1234abc",
-        "params": 1000 * depth,
-        "batch_size": 128,
-        "iterations": planned_iterations or (391 * epochs if quick else 64_000),
-        "lr": 0.1,
-        "milestones": [2, 3],
-        "something_new": [1],
-    }
-    (run_dir / "config.json").write_text(json.dumps(config))
-    if state:
-        (run_dir / "status.json").write_text(json.dumps({"state": state, "message": ""}))
-    return rows
 
 
 def lines_by_gid(ax):

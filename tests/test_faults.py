@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TIMING, csv_rows, train_run, write_image_folder
+from conftest import TIMING, csv_rows, train_run, write_image_folder, write_run
 from resnet_repro import analysis, data, files, memory, run, rundir
 from resnet_repro.config import TrainSpec
 
@@ -133,9 +133,9 @@ def test_an_undecodable_image_names_the_file_not_a_buffer(tmp_path):
 # analysis
 
 
-def analysed_run(tmp_path, tiny):
-    train_tiny(tiny, tmp_path / "e" / "r")
-    return tmp_path / "e" / "r"
+def analysed_run(tmp_path):
+    write_run(tmp_path, "resnet8", experiment="e")
+    return tmp_path / "e" / "resnet8"
 
 
 @pytest.mark.parametrize("file,change,match", [
@@ -144,8 +144,8 @@ def analysed_run(tmp_path, tiny):
     ("config.json", lambda b: json.dumps({**json.loads(b), "seed": "zero"}).encode(), "seed must be an integer, not 'zero'"),
     ("config.json", lambda b: json.dumps({**json.loads(b), "iterations": "8k"}).encode(), "iterations must be an integer, not '8k'"),
 ])  # fmt: skip
-def test_analysis_names_the_damaged_file(tmp_path, tiny, file, change, match, capsys):
-    d = analysed_run(tmp_path, tiny)
+def test_analysis_names_the_damaged_file(tmp_path, file, change, match, capsys):
+    d = analysed_run(tmp_path)
     (d / file).write_bytes(change((d / file).read_bytes()))
     with pytest.raises(SystemExit) as e:
         analysis.main([str(d), "--no-fig7", "--out", str(tmp_path / "figs")])
@@ -241,10 +241,10 @@ def test_disk_full_on_the_first_checkpoint_does_not_claim_a_previous_one(tmp_pat
     monkeypatch.setattr(os, "fsync", real)
 
 
-def test_the_changed_config_message_prints_lists_as_lists(tiny, tmp_path):
-    train_tiny(tiny, tmp_path / "r")
+def test_the_changed_config_message_prints_lists_as_lists(tmp_path):
+    rundir.prepare(tmp_path / "r", {"run": "r", "milestones": []}, resume=False, overwrite=False)
     with pytest.raises(rundir.RunDirError, match=r"milestones: \[\] -> \[2\]"):
-        train_run(spec(milestones=(2,)), tiny, tmp_path / "r", experiment="e", run="r", resume=True)
+        rundir.prepare(tmp_path / "r", {"run": "r", "milestones": (2,)}, resume=True, overwrite=False)
 
 
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tiny, tmp_path, monkeypatch):
