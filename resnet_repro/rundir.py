@@ -9,6 +9,8 @@ results/<experiment>/<run>/
     checkpoint.pt    the latest training state, written atomically (not committed to git)
     final.pt         {"model": state_dict, "config": config} once the run is done
     evaluation.json  the 10-crop test at the end of a run with ten_crop
+    measures.json    Fig. 7's layer responses and `analysis evaluate`'s scores of final.pt, keyed by the md5 of
+                     final.pt and of the test data (resnet_repro.inspection.cached), so that a redraw reads them
 """
 
 import csv
