@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from resnet_repro import data, figures, inspection
+from resnet_repro import data, evaluation, figures, inspection
 from resnet_repro.claims import claims_table
 from resnet_repro.results import CannotDraw, compare, final_metrics, load_runs, shorter_than_paper, title_of
 from resnet_repro.tables import summary_table, table2, table6, to_markdown
@@ -121,6 +121,7 @@ EXAMPLES = """examples:
   uv run python -m resnet_repro.analysis predictions results/degradation/resnet56   # its predictions on 32 test images
   uv run python -m resnet_repro.analysis compare results/cpu-demo/degradation-quick results/cpu-8k/degradation
   uv run python -m resnet_repro.analysis claims results/cpu-8k     # the paper's claims, checked on these runs
+  uv run python -m resnet_repro.analysis evaluate results/cpu-8k/degradation/resnet20/final.pt
 
 Figures (PNG and PDF): fig1 (plain-20 vs plain-56), fig6 (plain, ResNet, ResNet-110/1202),
 fig4 (18 vs 34 layers), fig7 (std of layer responses, needs final.pt and the test data), depth
@@ -131,7 +132,8 @@ A figure whose runs are missing is listed with their names. Quick runs (config "
 always drawn apart, into <out>/quick, and runs set shorter than the paper's schedule (--iterations)
 apart by length, into <out>/<N>-iterations: a figure never mixes lengths.
 `predictions RUN_DIR` draws one finished run's predictions instead (see `predictions --help`);
-`compare A B ...` draws the error curves of several result folders together (see `compare --help`).
+`compare A B ...` draws the error curves of several result folders together (see `compare --help`);
+`evaluate WEIGHTS` scores weights on a test set (see `evaluate --help`).
 """
 
 
@@ -174,6 +176,8 @@ def main(argv=None):
         return compare_main(argv[1:])
     if argv[:1] == ["claims"]:
         return claims_main(argv[1:])
+    if argv[:1] == ["evaluate"]:
+        return evaluation.main(argv[1:])
     parser = _parser(
         "",
         "Draw the paper's figures and tables from training results (results/<experiment>/<run>/metrics.csv).",
