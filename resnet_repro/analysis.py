@@ -1,9 +1,12 @@
 """python -m resnet_repro.analysis: draw the paper's figures and tables from results/ (and `compare`,
-`predictions`). For pandas: `from resnet_repro.analysis import load_runs, final_metrics, compare, draw`.
+`predictions`, `claims`, `evaluate`). For pandas: `from resnet_repro.analysis import load_runs, final_metrics,
+compare, draw, claims_table`.
 
 - `draw(paths, out_dir)`: every figure and table the runs allow, as PNG, PDF, Markdown and CSV. Within one
   drawing each run name must belong to one run directory; quick runs (config `quick`) are drawn apart,
   into `out_dir/quick`.
+- `claims_table(df)`: the paper's claims checked on the runs, a verdict each (resnet_repro.claims); `draw` and
+  `claims` write it as claims.md and claims.csv.
 """
 
 import argparse
@@ -12,11 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from resnet_repro import data, figures, inspection
+from resnet_repro import data, evaluation, figures, inspection
+from resnet_repro.claims import claims_table
 from resnet_repro.results import CannotDraw, compare, final_metrics, load_runs, shorter_than_paper, title_of
 from resnet_repro.tables import summary_table, table2, table6, to_markdown
 
-__all__ = ["load_runs", "final_metrics", "compare", "draw", "main"]
+__all__ = ["load_runs", "final_metrics", "compare", "draw", "claims_table", "main"]
 
 FIGURES = ("fig1", "fig4", "fig6", "fig7", "depth")
 TABLES = {"table6": table6, "table2": table2, "summary": summary_table}
@@ -59,24 +63,21 @@ def _result_sets(df, out_dir):
 
 def _draw_set(df, out_dir, with_fig7, device, prefix):
     out_dir.mkdir(parents=True, exist_ok=True)
-    result, absent = {}, {}
+    result, absent, images = {}, {}, {}  # images: each test set loaded once, for Fig. 7 and its claims
     for name in FIGURES:
         try:
             if name == "fig7" and not with_fig7:
                 result[name] = "skipped"
             else:
-                result[name], absent[name] = _save_figure(name, df, out_dir, device)
+                result[name], absent[name] = _save_figure(name, df, out_dir, device, images)
         except CannotDraw as e:
             result[name] = str(e)
-    for name, make in TABLES.items():
+    responses = lambda run_dir: inspection.run_response_std(run_dir, device, images)  # noqa: E731
+    for name, make in (TABLES | {"claims": lambda d: claims_table(d, with_fig7, device, responses)}).items():
         try:
-            table = make(df)
+            result[name] = _write_table(make(df), out_dir, name)
         except CannotDraw as e:
             result[name] = str(e)
-            continue
-        table.to_csv(out_dir / f"{name}.csv", index=False)
-        (out_dir / f"{name}.md").write_text(to_markdown(table))
-        result[name] = [out_dir / f"{name}.md", out_dir / f"{name}.csv"]
     for name, value in result.items():
         if isinstance(value, list):
             without = f" (without {', '.join(absent[name])})" if absent.get(name) else ""
@@ -86,11 +87,17 @@ def _draw_set(df, out_dir, with_fig7, device, prefix):
     return {prefix + name: value for name, value in result.items()}
 
 
-def _save_figure(name, df, out_dir, device):
+def _write_table(table, out_dir, name):
+    table.to_csv(out_dir / f"{name}.csv", index=False)
+    (out_dir / f"{name}.md").write_text(to_markdown(table))
+    return [out_dir / f"{name}.md", out_dir / f"{name}.csv"]
+
+
+def _save_figure(name, df, out_dir, device, images):
     """Draw and save one figure; returns (written paths, the figure's runs it was drawn without)."""
     written = []
     if name == "fig7":
-        stds = inspection.response_stds(df, device)
+        stds = inspection.response_stds(df, device, images=images)
         fig = inspection.fig7(stds, title_of(df[df.run.isin(list(stds))]))
         rows = [(run, i + 1, module, s) for run, values in stds.items() for i, (module, s) in enumerate(values.items())]
         pd.DataFrame(rows, columns=["run", "layer", "module", "std"]).to_csv(out_dir / "fig7.csv", index=False)
@@ -113,15 +120,34 @@ EXAMPLES = """examples:
   uv run python -m resnet_repro.analysis results/degradation-quick --no-fig7     # quick runs: figures/quick/
   uv run python -m resnet_repro.analysis predictions results/degradation/resnet56   # its predictions on 32 test images
   uv run python -m resnet_repro.analysis compare results/cpu-demo/degradation-quick results/cpu-8k/degradation
+  uv run python -m resnet_repro.analysis claims results/cpu-8k     # the paper's claims, checked on these runs
+  uv run python -m resnet_repro.analysis evaluate results/cpu-8k/degradation/resnet20/final.pt
 
 Figures (PNG and PDF): fig1 (plain-20 vs plain-56), fig6 (plain, ResNet, ResNet-110/1202),
 fig4 (18 vs 34 layers), fig7 (std of layer responses, needs final.pt and the test data), depth
-(final error against depth). Tables (Markdown and CSV): table6, table2, summary.
+(final error against depth). Tables (Markdown and CSV): table6, table2, summary, claims (the
+paper's claims with a verdict each: see `claims --help`). Fig. 7's responses are kept in each
+run's measures.json, so a second drawing reads them.
 A figure whose runs are missing is listed with their names. Quick runs (config "quick") are
 always drawn apart, into <out>/quick, and runs set shorter than the paper's schedule (--iterations)
 apart by length, into <out>/<N>-iterations: a figure never mixes lengths.
 `predictions RUN_DIR` draws one finished run's predictions instead (see `predictions --help`);
-`compare A B ...` draws the error curves of several result folders together (see `compare --help`).
+`compare A B ...` draws the error curves of several result folders together (see `compare --help`);
+`evaluate WEIGHTS` scores weights on a test set (see `evaluate --help`).
+"""
+
+
+CLAIMS_EXAMPLES = """examples:
+  uv run python -m resnet_repro.analysis claims results/cpu-8k results/cpu-full
+  uv run python -m resnet_repro.analysis claims results/cpu-demo --no-fig7
+
+One row per claim of the paper (degradation, the residual fix, depth, overfitting at 1202 layers,
+Fig. 7, Table 2's 18/34 pair, Table 6's numbers): the paper's evidence, the runs checked, the margin
+and a verdict: holds, does not hold, mixed (holds in k of n seeds), not run (the runs missing),
+cannot check (why). Runs are checked in groups of one planned length, dataset and kind (quick or
+not), never mixed. Written to claims.md and claims.csv where `analysis` puts the other tables:
+<out>, <out>/<N>-iterations, <out>/quick. Fig. 7's claims need final.pt and the test data
+(responses kept in measures.json); --no-fig7 leaves them unchecked.
 """
 
 
@@ -148,11 +174,24 @@ def main(argv=None):
         return predictions_main(argv[1:])
     if argv[:1] == ["compare"]:
         return compare_main(argv[1:])
+    if argv[:1] == ["claims"]:
+        return claims_main(argv[1:])
+    if argv[:1] == ["evaluate"]:
+        return evaluation.main(argv[1:])
     parser = _parser(
         "",
         "Draw the paper's figures and tables from training results (results/<experiment>/<run>/metrics.csv).",
         EXAMPLES,
     )
+    df, args = _load(parser, argv)
+    draw(df, args.out, fig7=not args.no_fig7, device=args.device)
+    for prefix, subset, _ in _result_sets(df, args.out):
+        print(f"\n{prefix}summary:\n{to_markdown(summary_table(subset))}", end="")
+    return 0
+
+
+def _load(parser, argv):
+    """(runs, args) of a command that reads RESULTS... and writes into --out; exits with a one-line error."""
     parser.add_argument(
         "results",
         nargs="*",
@@ -172,9 +211,23 @@ def main(argv=None):
         parser.exit(2, f"error: {e}\n")
     if df.empty:
         parser.exit(1, f"no runs (metrics.csv with at least one epoch) under {', '.join(args.results)}\n")
-    draw(df, args.out, fig7=not args.no_fig7, device=args.device)
-    for prefix, subset, _ in _result_sets(df, args.out):
-        print(f"\n{prefix}summary:\n{to_markdown(summary_table(subset))}", end="")
+    return df, args
+
+
+def claims_main(argv=None):
+    parser = _parser(
+        "claims",
+        "The paper's claims checked on training results, one verdict per claim and group of runs.",
+        CLAIMS_EXAMPLES,
+    )
+    df, args = _load(parser, argv)
+    images = {}  # each test set loaded once
+    responses = lambda run_dir: inspection.run_response_std(run_dir, args.device, images)  # noqa: E731
+    for prefix, subset, folder in _result_sets(df, args.out):
+        folder.mkdir(parents=True, exist_ok=True)
+        table = claims_table(subset, not args.no_fig7, args.device, responses)
+        written = _write_table(table, folder, "claims")
+        print(f"{prefix}claims: {', '.join(map(str, written))}\n\n{to_markdown(table)}")
     return 0
 
 
@@ -245,10 +298,6 @@ def predictions_main(argv=None):
     fig.savefig(out, dpi=150)
     print(f"{out}: {correct}/{shown} right")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ weights a user passes in."""
 import errno
 import io
 import os
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -52,10 +54,12 @@ def load_tensors(path):
     handed over may hold, is refused, never executed. NotLoadable saying why in one line."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a cut-off, foreign or code-carrying file fails inside the unpickler in many ways
+    except pickle.UnpicklingError as e:  # what weights_only refuses: it names the class the pickle asks for
+        found = re.search(r"Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+", str(e))
+        raise NotLoadable(f"{path}: refused: it holds objects that only code could rebuild "
+                          f"({found.group(0) if found else 'not plain data'}); only tensors and plain data are read") from None  # fmt: skip
+    except Exception as e:  # a cut-off or foreign file fails inside the unpickler in many ways
         text = str(e).strip()
-        if "weights_only" in text or "Unsupported global" in text or "Unsupported operand" in text:
-            why = "it holds Python objects other than tensors and plain data, which are not loaded"
-        else:
-            why = f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-        raise NotLoadable(f"{path}: not readable as weights ({why})") from None
+        raise NotLoadable(
+            f"{path}: not readable ({type(e).__name__}: {text.splitlines()[0] if text else ''})"
+        ) from None

@@ -4,8 +4,12 @@ Fig. 7's "std of layer responses": a layer's response is the output of the BN af
 convs (before the ReLU, and before the addition in a residual block), on the whole test set, with the
 final weights in eval mode. For each channel, its standard deviation over all N*H*W values (the
 population std, ddof=0); the layer's value is the mean of these over its channels.
+
+Measures of a final.pt over a whole test set (Fig. 7's responses, `analysis evaluate`'s scores) are kept in
+the run directory's measures.json, keyed by the md5 of final.pt and of the data, so that a redraw reads them.
 """
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -17,10 +21,11 @@ from matplotlib.ticker import MaxNLocator
 from resnet_repro import data, models, rundir
 from resnet_repro.config import spec_from_config
 from resnet_repro.figures import COLORS, finish, net_label
-from resnet_repro.files import NotLoadable, load_tensors
+from resnet_repro.files import DiskFull, NotLoadable, load_tensors
 from resnet_repro.results import CannotDraw, require, select
 
 FIG7_RUNS = ("plain20", "plain56", "resnet20", "resnet56", "resnet110")
+MEASURES = "measures.json"  # in a run directory: Fig. 7's responses and test scores of its final.pt (see `cached`)
 
 
 def layer_response_std(model, images, batch_size=500):
@@ -60,31 +65,71 @@ def layer_response_std(model, images, batch_size=500):
     return stds
 
 
-def response_stds(df, device=None, runs=FIG7_RUNS):
+def response_stds(df, device=None, runs=FIG7_RUNS, images=None):
     """{run: Series of layer_response_std indexed by module name} over the test set, for those of
-    `runs` with a final.pt (loaded with the run's config: model, num_classes, shortcut, stem, data).
-    CannotDraw if none has one, or if the test data cannot be loaded."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    `runs` with a final.pt (see run_response_std). CannotDraw if none has one, or if the test data
+    cannot be loaded. images: a dict shared with other calls, so that each test set is loaded once."""
     found = select(df, runs, prefer=("degradation", "depth"))
     require(found, runs, least="one")
-    have = {n: Path(rows.path.iloc[0]) / "final.pt" for n, rows in found.items()}
-    have = {n: p for n, p in have.items() if p.exists()}
+    have = {n: Path(rows.path.iloc[0]) for n, rows in found.items() if (Path(rows.path.iloc[0]) / "final.pt").exists()}
     if not have:
         raise CannotDraw(f"missing final.pt: {', '.join(found)}")
-    stds, images = {}, {}
-    for name, path in have.items():
-        model, config = load_finished(path.parent)
-        source = (data.data_key(spec_from_config(config)), config.get("data_dir", "data"))
-        if source not in images:
-            try:
-                ds = test_data(config, device)
-            except data.DataError as e:
-                raise CannotDraw(f"no test data: {e}") from None
-            images[source] = torch.cat([x for x, _ in ds.test.eval_batches(ds.mean, 1000, device)])
-        stds[name] = pd.Series(
-            layer_response_std(model.to(device), images[source]), index=models.response_points(model)
-        )
-    return stds
+    images = {} if images is None else images
+    return {name: run_response_std(run_dir, device, images) for name, run_dir in have.items()}
+
+
+def run_response_std(run_dir, device=None, images=None):
+    """Fig. 7's layer_response_std of a run's final.pt over its test set (loaded as its config says), as a
+    Series by module name. Kept in run_dir/measures.json and read from there while final.pt and the
+    normalized test images are unchanged. images: {data source: (images, checksum)}, filled and reused."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, config = load_finished(run_dir)
+    x, checksum = _test_images(config, device, {} if images is None else images)
+    compute = lambda: dict(zip(models.response_points(model), layer_response_std(model.to(device), x)))  # noqa: E731
+    return pd.Series(cached(run_dir, checksum, device, "response_std", compute), dtype="float64")
+
+
+def _test_images(config, device, images):
+    """(the run's test images, normalized by its training mean, as one tensor; their md5), loaded once per source."""
+    source = (data.data_key(spec_from_config(config)), config.get("data_dir", "data"))
+    if source not in images:
+        try:
+            ds = test_data(config, device)
+        except data.DataError as e:
+            raise CannotDraw(f"no test data: {e}") from None
+        x = torch.cat([x for x, _ in ds.test.eval_batches(ds.mean, 1000, device)])
+        images[source] = x, tensor_md5(x)
+    return images[source]
+
+
+def tensor_md5(*tensors):
+    """The md5 of the tensors' bytes: the checksum of the data a measure was computed on."""
+    h = hashlib.md5()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cached(run_dir, data_checksum, device, name, compute):
+    """A measure of run_dir/final.pt on the data of `data_checksum`: from run_dir/measures.json if it was
+    computed there for these weights (md5 of final.pt), this data and this kind of device; else compute()
+    (a JSON value), kept there. A damaged measures.json is computed again; a read-only one is not written."""
+    path = Path(run_dir) / MEASURES
+    weights = data.md5_file(Path(run_dir) / "final.pt")
+    try:
+        store = rundir.read_json(path) if path.exists() else {}
+    except rundir.RunDirError:
+        store = {}
+    if store.get("weights_md5") != weights or not isinstance(store.get("measures"), dict):
+        store = {"weights_md5": weights, "measures": {}}
+    entry = store["measures"].setdefault(f"{data_checksum}/{torch.device(device).type}", {})
+    if name not in entry:
+        entry[name] = compute()
+        try:
+            rundir.write_json(store, path)
+        except (OSError, DiskFull):
+            pass
+    return entry[name]
 
 
 def fig7(stds, title=""):

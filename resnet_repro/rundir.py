@@ -11,6 +11,8 @@ results/<experiment>/<run>/
     final.pt         {"model": state_dict, "config": config} once the run is done
     evaluation.json  the 10-crop test at the end of a run with ten_crop
     output.log       what the run printed, when a parent process (--jobs) started it
+    measures.json    Fig. 7's layer responses and `analysis evaluate`'s scores of final.pt, keyed by the md5 of
+                     final.pt and of the test data (resnet_repro.inspection.cached), so that a redraw reads them
 """
 
 import contextlib

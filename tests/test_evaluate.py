@@ -1,0 +1,147 @@
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import CLASSES, train_run, write_image_folder
+from resnet_repro import analysis, evaluation, inspection, memory, metrics, models
+from resnet_repro.config import TrainSpec
+from resnet_repro.evaluation import WeightsError, evaluate_weights
+
+PRETRAINED = Path(__file__).resolve().parent.parent / ".." / "shared" / "pretrained"
+
+
+def train_tiny(root):
+    """A finished tiny run (resnet8, 3 classes, 10 iterations) on its own ImageFolder under root: its directory."""
+    write_image_folder(root / "images", n_train=48, n_test=12)
+    spec = TrainSpec(model="resnet8", data=str(root / "images"), batch_size=16, iterations=10, milestones=(5, 8), eval_batch_size=8)  # fmt: skip
+    train_run(spec, memory.load(spec.data), root / "exp" / "resnet8", experiment="exp", run="resnet8")
+    return root / "exp" / "resnet8"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def run_dir(tiny_run, tmp_path):
+    """A copy of the tiny run, free to change (its config still names the module's test images)."""
+    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
+
+
+def counting(monkeypatch, module, name):
+    """Count the calls of module.name (still calling it)."""
+    calls, real = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def perturb(final_pt):
+    final = torch.load(final_pt, weights_only=True)
+    final["model"]["fc.bias"] += torch.tensor([3.0, 0.0, -3.0])
+    torch.save(final, final_pt)
+
+
+def test_evaluate_reproduces_the_runs_last_test_error(run_dir, tmp_path, capsys):
+    last = metrics.read_metrics(run_dir / "metrics.csv")[-1]
+    row, line = evaluate_weights(run_dir / "final.pt")
+    assert row["test_err"] == pytest.approx(last["test_err"], abs=1e-3) and row["run_last_test_err"] == last["test_err"]
+    assert row["test_loss"] == pytest.approx(last["test_loss"], abs=1e-4)
+    assert row["test_images"] == 12 and row["normalize"] == "run" and row["model"] == "resnet8"
+    assert f"test error {last['test_err']:.2f}%" in line and "per-pixel mean of images (the run's)" in line
+    out = tmp_path / "evaluations.csv"
+    for _ in range(2):
+        assert analysis.main(["evaluate", str(run_dir / "final.pt"), "--csv", str(out)]) == 0
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and float(rows[1]["test_err"]) == pytest.approx(row["test_err"])
+    assert "read from measures.json" in capsys.readouterr().out.splitlines()[1]
+
+
+def test_evaluate_of_a_run_is_a_read_the_second_time_and_recomputed_for_new_weights(run_dir, monkeypatch):
+    calls = counting(monkeypatch, evaluation, "evaluate")
+    first, _ = evaluate_weights(run_dir / "final.pt")
+    second, line = evaluate_weights(run_dir / "final.pt")
+    assert len(calls) == 1 and second == first and "read from measures.json" in line
+    perturb(run_dir / "final.pt")
+    third, line = evaluate_weights(run_dir / "final.pt")
+    assert len(calls) == 2 and third["test_loss"] != first["test_loss"] and "read from" not in line
+
+
+def test_fig7_responses_are_kept_and_recomputed_when_the_weights_or_the_data_change(tmp_path, monkeypatch):
+    run = train_tiny(tmp_path)
+    calls = counting(monkeypatch, inspection, "layer_response_std")
+    first = inspection.run_response_std(run, "cpu")
+    assert len(calls) == 1 and (run / inspection.MEASURES).exists()
+    assert list(first.index) == models.response_points(models.build_model("resnet8", 3))
+    assert inspection.run_response_std(run, "cpu").equals(first) and len(calls) == 1  # read, not computed
+    perturb(run / "final.pt")
+    assert len(calls) == 1 and inspection.run_response_std(run, "cpu") is not None and len(calls) == 2
+    image = next((tmp_path / "images" / "test").rglob("*.png"))
+    Image.fromarray(255 - np.asarray(Image.open(image))).save(image)  # the test set changed
+    inspection.run_response_std(run, "cpu")
+    assert len(calls) == 3
+    inspection.run_response_std(run, "cpu")
+    assert len(calls) == 3
+
+
+def fixed_resnet8():
+    """resnet8 for 3 classes with random weights and BN statistics, so that normalization shows in its output."""
+    model = models.build_model("resnet8", len(CLASSES))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if "running_var" in name else torch.randn(t.shape, generator=g) * 0.5)  # fmt: skip
+    return model.eval()
+
+
+def test_a_reimplementation_checkpoint_is_converted_and_normalized_per_channel(tmp_path):
+    images, labels = (torch.as_tensor(a) for a in write_image_folder(tmp_path / "images", n_test=9)["test"])
+    model = fixed_resnet8()
+    state = {"module." + k.replace("fc.", "linear."): v for k, v in model.state_dict().items()}
+    torch.save({"best_prec1": 91.5, "state_dict": state}, tmp_path / "resnet8.th")
+    row, line = evaluate_weights(
+        tmp_path / "resnet8.th", str(tmp_path / "images"), "resnet8", normalize="imagenet-channel"
+    )
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in evaluation.IMAGENET_CHANNEL)
+    with torch.no_grad():
+        logits = model((images.permute(0, 3, 1, 2).float() / 255 - mean) / std)
+    labels = labels.long()
+    assert row["test_err"] == pytest.approx(100 * (logits.argmax(1) != labels).float().mean().item(), abs=1e-4)
+    assert row["test_loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-4)
+    assert row["run_last_test_err"] == "" and "per-channel mean (0.485, 0.456, 0.406)" in line
+    with pytest.raises(WeightsError, match="--normalize"):
+        evaluate_weights(tmp_path / "resnet8.th", str(tmp_path / "images"), "resnet8")
+    with pytest.raises(WeightsError, match="--model"):
+        evaluate_weights(tmp_path / "resnet8.th", str(tmp_path / "images"), normalize="imagenet-channel")
+    with pytest.raises(WeightsError, match="do not fit resnet14"):
+        evaluate_weights(tmp_path / "resnet8.th", str(tmp_path / "images"), "resnet14", normalize="imagenet-channel")
+
+
+class Opaque:
+    """Pickled by reference: only code can rebuild it."""
+
+
+def test_a_file_that_needs_code_to_load_is_refused_in_one_line(tmp_path, capsys):
+    torch.save({"state_dict": fixed_resnet8().state_dict(), "extra": Opaque()}, tmp_path / "w.pt")
+    with pytest.raises(SystemExit) as e:
+        analysis.main(["evaluate", str(tmp_path / "w.pt"), "--model", "resnet8", "--data", "mini"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "refused" in err and "Opaque" in err
+    assert "weights_only" not in err and "False" not in err
+
+
+@pytest.mark.skipif(not PRETRAINED.is_dir(), reason="../shared/pretrained/ is not on this machine")
+def test_the_shared_independent_resnet20_scores_on_the_mini_test_set():
+    path = PRETRAINED / "resnet20-12fca82f.th"
+    state, config = evaluation.read_weights(path)  # weights_only: its best_prec1 is a float beside the tensors
+    assert config is None and state["fc.weight"].shape == (10, 64)
+    row, _ = evaluate_weights(path, "mini", "resnet20", "data", "imagenet-channel")
+    assert row["test_images"] == 1000 and row["test_err"] < 20  # 8.22% on the original test set, as it records
