@@ -241,9 +241,13 @@ def compare_main(argv=None):
         "results", nargs="+", type=Path, metavar="RESULTS", help="result folders (experiment or results roots)"
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("figures/compare.png"), help="PNG to write (default: figures/compare.png)"
+        "--out",
+        type=Path,
+        help="PNG to write (default: figures/compare/<A>-vs-<B>.png, named after the folders, so that a compare "
+        "of other folders never overwrites it)",
     )
     args = parser.parse_args(argv)
+    args.out = args.out or compare_path(args.results)
     if args.out.is_dir():
         parser.exit(2, f"error: --out {args.out} is a directory; name a .png file\n")
     try:
@@ -271,6 +275,13 @@ def compare_main(argv=None):
             f"a = {args.results[0]}, b = {args.results[1]}\n{table.to_string(index=False, float_format=lambda v: f'{v:.2f}')}"
         )
     return 0
+
+
+def compare_path(folders):
+    """figures/compare/<a>-vs-<b>.png for result folders a, b (their paths without a leading results/)."""
+    parts = [Path(p).relative_to(Path(p).anchor).parts for p in folders]
+    names = ["-".join(x[1:] if x[:1] == ("results",) else x) for x in parts]
+    return Path("figures/compare") / ("-vs-".join(names) + ".png")
 
 
 def predictions_main(argv=None):

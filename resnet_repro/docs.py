@@ -5,7 +5,7 @@ module writes the block from the committed files (tests/test_docs.py fails when 
 
     <!-- include: figures/8000-iterations/summary.md -->     the file, as it is
     <!-- end include -->
-    <!-- generated: claims results/cpu-8k/degradation -->    GENERATORS["claims"](root, *args)
+    <!-- generated: claims figures/8000-iterations/claims.csv -->    GENERATORS["claims"](root, *args)
     <!-- end generated -->
 
 So after `analysis` redraws figures/, one command brings the docs up to date.
@@ -75,30 +75,26 @@ def warmup(spec):
     return f"warm-up at lr {spec.warmup_lr:g} until training error < {spec.warmup_until_err:g}%"
 
 
-CLAIMS = (  # the paper's claim about Fig. 1's nets: (words, first, ">" or "<", second), on training and test error
-    ("plain-56 above plain-20 (degradation)", "plain56", ">", "plain20"),
-    ("ResNet-56 below plain-56", "resnet56", "<", "plain56"),
-    ("ResNet-20 below plain-20", "resnet20", "<", "plain20"),
-    ("ResNet-56 below ResNet-20", "resnet56", "<", "resnet20"),
-)
-
-
-def claims(root, exp_dir):
-    """Fig. 1's claims on one result set: at how many CSV rows each holds, and where the runs end."""
-    runs = {name: metrics(root / exp_dir / name).set_index("iteration") for name in ("plain20", "plain56", "resnet20", "resnet56")}  # fmt: skip
-    rows = []
-    for words, first, op, second in CLAIMS:
-        a, b = runs[first], runs[second].reindex(runs[first].index)
-        cells = []
-        for column in ("train_err", "test_err"):
-            diff = a[column] - b[column]
-            held = int((diff > 0).sum() if op == ">" else (diff < 0).sum())
-            held = "all" if held == len(diff) else "none" if held == 0 else held
-            end = f"{a[column].iloc[-1]:.2f} vs {b[column].iloc[-1]:.2f} ({diff.iloc[-1]:+.2f})"
-            cells += [f"{held} of {len(diff)}", end]
-        rows.append((words, *cells))
-    header = ("claim", "rows where it holds: train", "final train err", "rows where it holds: test", "final test err")
+def claims(root, csv, ids=""):
+    """The claims `analysis claims` checked (claims.csv): verdict and margin, without those not run; `ids`:
+    only these (comma-separated claim ids)."""
+    df = pd.read_csv(root / csv)
+    df = df[~df.verdict.str.startswith(("not run", "cannot check"))]
+    df = df[df.id.isin(ids.split(","))] if ids else df
+    several = df.group.nunique() > 1
+    header = (("runs",) if several else ()) + ("claim", "margin", "verdict")
+    rows = [
+        ((g,) if several else ()) + (c, m, f"**{v}**") for g, c, m, v in zip(df.group, df.claim, df.margin, df.verdict)
+    ]
     return table(header, rows)
+
+
+def evaluations(root, csv, normalize):
+    """`analysis evaluate`'s rows (evaluations.csv) of the weights evaluated with one normalization."""
+    df = pd.read_csv(root / csv)
+    df = df[df.normalize == normalize]
+    rows = [(f"`{w}`", m, d, f"{e:.2f}", f"{t:.2f}") for w, m, d, e, t in zip(df.weights, df.model, df.dataset, df.test_err, df.top5_err)]  # fmt: skip
+    return table(("weights", "net", "test data", "test error (%)", "top-5 error (%)"), rows)
 
 
 def fig7(root, csv):
@@ -222,6 +218,7 @@ def mult_adds(n):
 GENERATORS = {
     "experiments": experiments,
     "claims": claims,
+    "evaluations": evaluations,
     "fig7": fig7,
     "phases": phases,
     "last-rows": last_rows,

@@ -40,6 +40,22 @@ def _empty_row(job, state):
     return pd.Series({"experiment": job.experiment, "run": job.run, "params": params, "state": state})
 
 
+def claims(exp_dir):
+    """The paper's claims the experiment's runs allow (resnet_repro.claims, Fig. 7's aside: they need a pass over
+    the test set per net; `analysis` checks them), as Markdown: "" when the runs allow none."""
+    from resnet_repro.claims import claims_table
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        df = load_runs(exp_dir)
+    if df.empty:
+        return ""
+    table = claims_table(df, fig7=False)
+    checked = table[~table.verdict.str.startswith(("not run", "cannot check"))]
+    checked.attrs = table.attrs
+    return to_markdown(checked) if len(checked) else ""
+
+
 def draw_figures(exp_dir, out):
     from resnet_repro import analysis
 

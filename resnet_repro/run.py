@@ -281,6 +281,9 @@ def load_datasets(jobs, device, say):
 def finish(args, exp, jobs, skipped):
     print()
     print(report.summary(jobs, skipped), end="")
+    checked = report.claims(Path(args.out) / exp.name)
+    if checked:
+        print(f"\nThe paper's claims on these runs (python -m resnet_repro.analysis claims):\n{checked}", end="")
     if not args.no_figures:
         report.draw_figures(Path(args.out) / exp.name, figures_dir(args))  # quick runs land in <figures>/quick
 

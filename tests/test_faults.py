@@ -424,3 +424,10 @@ def test_analysis_reads_the_rows_before_a_cut_off_line_and_says_so(tiny, tmp_pat
     with pytest.warns(UserWarning, match="cut off .* read the 3 rows before it"):
         df = analysis.load_runs(d)
     assert len(df) == 3
+
+
+def test_compare_without_out_never_overwrites_the_figure_of_other_folders():
+    committed = Path("figures/compare/cpu-demo-degradation-quick-vs-cpu-8k-degradation.png")
+    assert analysis.compare_path(["results/cpu-demo/degradation-quick", "results/cpu-8k/degradation"]) == committed
+    assert analysis.compare_path(["/tmp/mine/degradation-quick"]) != committed
+    assert analysis.compare_path(["results/a", "results/b"]) == Path("figures/compare/a-vs-b.png")

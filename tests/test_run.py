@@ -219,3 +219,22 @@ def test_the_model_is_built_once_per_run_and_not_at_all_for_a_run_done_already(t
     assert len(builds) == 2  # plain8 and resnet8: config.json counts the parameters of the model the engine trains
     assert cli(exp, "--out", tmp_path / "res", "--no-figures") == 0
     assert len(builds) == 2  # both skipped
+
+
+def test_the_claims_the_runs_allow_follow_the_summary(tmp_path, tiny_dir, capsys):
+    assert cli(experiment(tmp_path, tiny_dir), "--out", tmp_path / "res", "--no-figures") == 0
+    assert "The paper's claims" not in capsys.readouterr().out  # plain8/resnet8: no claim of the paper is about them
+    path = tmp_path / "twenty.toml"
+    path.write_text(f"""
+runs = ["plain20", "resnet20"]
+[train]
+data = "{tiny_dir}"
+batch_size = 16
+iterations = 2
+milestones = [1]
+eval_batch_size = 8
+""")
+    assert cli(path, "--out", tmp_path / "res", "--no-figures") == 0
+    out = capsys.readouterr().out
+    claims = out[out.index("The paper's claims on these runs") :]
+    assert "ResNet-20 below plain-20 in final training and test error" in claims and "not run" not in claims
