@@ -102,8 +102,12 @@ def in_children(jobs, at_once, progress=True):
 
 
 def start_child(job):
-    Path(job.run_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(job.run_dir) / "output.log", "a") as log:  # the child holds its own copy of the descriptor
+    try:
+        Path(job.run_dir).mkdir(parents=True, exist_ok=True)
+        log = open(Path(job.run_dir) / "output.log", "a")
+    except OSError as e:  # a read-only or otherwise unusable --out
+        raise RunDirError(f"cannot write to {job.run_dir}: {e.strerror}; pass --out elsewhere") from None
+    with log:  # the child holds its own copy of the descriptor
         proc = subprocess.Popen([sys.executable, "-m", "resnet_repro.launch"], stdin=subprocess.PIPE, stdout=log,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
     proc.stdin.write(job.to_json() + "\n")

@@ -1,10 +1,11 @@
-"""Results: every run's metrics.csv, config.json and status as one tidy pandas frame, and the tables
-that compare them with the paper. Nothing here trains or changes a run.
+"""Results: every run's metrics.csv, config.json and status as one tidy pandas frame, and what the figures and
+tables (resnet_repro.figures, resnet_repro.tables) select from it. Nothing here trains or changes a run.
 
 - `load_runs(*paths)`: every run under the paths, one row per run and CSV row. A malformed file raises
-  ValueError naming the file and line. A run directory with a config but no row yet (just started, or
-  failed before its first row) is left out with a warning, so the figures list it as missing.
-- `final_metrics(df)`, `compare(a, b)`: one row per run; two result sets side by side.
+  ValueError naming the file and line; a cut-off last line (a run killed mid-row) is left out with a warning.
+  A run directory with a config but no row yet (just started, or failed before its first row) is left out
+  with a warning, so the figures list it as missing.
+- `final_metrics(df)` (its numbers: `outcome`), `compare(a, b)`: one row per run; two result sets side by side.
 
 Runs are found by their run name (`plain20`, `resnet110`, ...): `select` picks, for a name several
 experiments ran, the one a figure or table prefers.

@@ -377,7 +377,8 @@ def test_negative_workers_are_a_usage_error(capsys):
 # where runs go
 
 
-def test_an_out_that_cannot_be_written_is_one_line(tmp_path, tiny_dir, monkeypatch, capsys):
+@pytest.mark.parametrize("jobs", ["1", "2"])  # in this process, and the parent of child processes
+def test_an_out_that_cannot_be_written_is_one_line(tmp_path, tiny_dir, monkeypatch, capsys, jobs):
     out = tmp_path / "readonly"
     real = Path.mkdir
 
@@ -387,7 +388,7 @@ def test_an_out_that_cannot_be_written_is_one_line(tmp_path, tiny_dir, monkeypat
         return real(self, *a, **k)
 
     monkeypatch.setattr(Path, "mkdir", mkdir)
-    assert cli(experiment(tmp_path, tiny_dir), "--out", out) == 2
+    assert run.main([str(experiment(tmp_path, tiny_dir)), "--out", str(out), "--no-progress", "--jobs", jobs]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Read-only file system" in err and "--out elsewhere" in err
 
