@@ -28,7 +28,7 @@ examples:
   uv run python -m resnet_repro.run degradation --quick --seeds 0,1,2
       every run once per seed: seed 0 in <run>/, seed N in <run>-seedN/; figures draw mean ± std
   uv run python -m resnet_repro.run depth --seeds 0-4 --launcher slurm --partition gpu --time 4:00:00
-      55 Slurm jobs (11 runs x 5 seeds) of one GPU each, requeued and resumed when their time ends
+      50 Slurm jobs (10 runs x 5 seeds) of one GPU each, requeued and resumed when their time ends
   uv run python -m resnet_repro.run degradation --resume          continue killed or stopped runs
   uv run python -m resnet_repro.run degradation --set lr=0.05 --set batch_size=256 --overwrite
   uv run python -m resnet_repro.run --list
