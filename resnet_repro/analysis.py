@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from resnet_repro import data, evaluation, figures, inspection
+from resnet_repro import evaluation, figures, inspection
 from resnet_repro.claims import claims_table
 from resnet_repro.results import CannotDraw, compare, final_metrics, load_runs, shorter_than_paper, title_of
 from resnet_repro.tables import summary_table, table2, table6, to_markdown
@@ -151,16 +151,6 @@ not), never mixed. Written to claims.md and claims.csv where `analysis` puts the
 """
 
 
-PREDICTIONS_EXAMPLES = """examples:
-  uv run python -m resnet_repro.analysis predictions results/degradation/resnet56
-  uv run python -m resnet_repro.analysis predictions results/degradation-quick/resnet20 --n 16 --out pred.png
-
-Loads RUN_DIR/final.pt (written when the run is done) and the run's test data, predicts a fixed random
-sample of test images (the same ones for every run with the same --seed and test set) and draws them
-titled "predicted (true)", mistakes in red.
-"""
-
-
 def _parser(command, description, epilog=None):
     prog = f"python -m resnet_repro.analysis {command}".strip()
     return argparse.ArgumentParser(
@@ -171,7 +161,7 @@ def _parser(command, description, epilog=None):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["predictions"]:
-        return predictions_main(argv[1:])
+        return inspection.predictions_main(argv[1:])
     if argv[:1] == ["compare"]:
         return compare_main(argv[1:])
     if argv[:1] == ["claims"]:
@@ -282,33 +272,6 @@ def compare_path(folders):
     parts = [Path(p).relative_to(Path(p).anchor).parts for p in folders]
     names = ["-".join(x[1:] if x[:1] == ("results",) else x) for x in parts]
     return Path("figures/compare") / ("-vs-".join(names) + ".png")
-
-
-def predictions_main(argv=None):
-    parser = _parser(
-        "predictions", "Draw a finished run's predictions on a fixed sample of test images.", PREDICTIONS_EXAMPLES
-    )
-    parser.add_argument(
-        "run_dir", type=Path, metavar="RUN_DIR", help="a run directory, e.g. results/degradation/resnet56"
-    )
-    parser.add_argument("--out", type=Path, help="PNG to write (default: figures/predictions-<experiment>-<run>.png)")
-    parser.add_argument("--n", type=int, default=32, help="images to show (default: 32, as 4 rows of 8)")
-    parser.add_argument("--seed", type=int, default=0, help="which test images (default: 0)")
-    parser.add_argument("--device", default="cpu", help="device for the forward pass (default: cpu)")
-    args = parser.parse_args(argv)
-    if args.n < 1:
-        parser.exit(2, f"error: --n must be at least 1, not {args.n}\n")
-    if not args.run_dir.is_dir():
-        parser.exit(2, f"error: {args.run_dir}: no such run directory\n")
-    try:
-        fig, correct, shown, out = inspection.predictions(args.run_dir, args.n, args.seed, args.device)
-    except (ValueError, data.DataError) as e:  # RunDirError and CannotDraw are ValueErrors
-        parser.exit(2, f"error: {e}\n")
-    out = args.out or Path("figures") / out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=150)
-    print(f"{out}: {correct}/{shown} right")
-    return 0
 
 
 if __name__ == "__main__":

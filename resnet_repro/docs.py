@@ -89,6 +89,16 @@ def claims(root, csv, ids=""):
     return table(header, rows)
 
 
+def seeds(root, exp_dir):
+    """Mean ± std (n) of each run's final errors over its seeds (tables.seeds_table)."""
+    from resnet_repro.results import load_runs
+    from resnet_repro.tables import SPREAD, seeds_table, to_markdown
+
+    table = seeds_table(load_runs(root / exp_dir))
+    columns = ["run", "seeds", *(f"{c}{std}" for c in SPREAD for std in ("", "_std")), "n"]
+    return to_markdown(table[columns]).strip()
+
+
 def evaluations(root, csv, normalize):
     """`analysis evaluate`'s rows (evaluations.csv) of the weights evaluated with one normalization."""
     df = pd.read_csv(root / csv)
@@ -219,6 +229,7 @@ GENERATORS = {
     "experiments": experiments,
     "claims": claims,
     "evaluations": evaluations,
+    "seeds": seeds,
     "fig7": fig7,
     "phases": phases,
     "last-rows": last_rows,

@@ -2,6 +2,8 @@
 
 - `fig1` (plain-20 vs plain-56), `fig6` (plain, ResNet, ResNet-110/1202), `fig4` (18 vs 34 layers),
   `fig_depth` (final error against depth), `fig_compare` (several result folders, via seaborn).
+A run with several seeds is drawn as the mean of its seeds with a band of ± their std (error bars in
+`fig_depth`); a run of one seed as its own curve.
 Figures of a finished model (Fig. 7, predictions) are in resnet_repro.inspection.
 """
 
@@ -13,7 +15,16 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from resnet_repro import models
-from resnet_repro.results import DEPTH_EXPERIMENTS, CannotDraw, final_metrics, rank, require, select, title_of
+from resnet_repro.results import (
+    DEPTH_EXPERIMENTS,
+    CannotDraw,
+    final_metrics,
+    rank,
+    require,
+    select,
+    several_seeds,
+    title_of,
+)
 
 FIG1_RUNS = ("plain20", "plain56")
 FIG4_PANELS = (("plain18", "plain34"), ("resnet18", "resnet34"))
@@ -41,12 +52,25 @@ def iteration_axis(runs):
 
 
 def _curve(ax, rows, column, style, label=None, scale=1e4):
+    """One run's curve; for a run of several seeds (run directories) their mean, in a band of ± their std."""
     kind, depth = models.parse_name(rows.run.iloc[0])
-    marker = "o" if len(rows) == 1 else None  # a line of one point draws nothing
-    (line,) = ax.plot(
-        rows.iteration / scale, rows[column], color=COLORS.get(depth), label=label, marker=marker, **style
-    )
-    line.set_gid(f"{rows.run.iloc[0]}:{column.split('_')[0]}")  # "plain20:train", read back by the tests
+    gid = f"{rows.run.iloc[0]}:{column.split('_')[0]}"  # "plain20:train", read back by the tests
+    if rows.path.nunique() > 1:
+        seeds = rows.groupby("iteration")[column].agg(["mean", "std"])
+        x, y = seeds.index / scale, seeds["mean"]
+        band = ax.fill_between(x, y - seeds["std"], y + seeds["std"], color=COLORS.get(depth), alpha=0.2, linewidth=0)
+        band.set_gid(f"{gid}:band")
+    else:
+        x, y = rows.iteration / scale, rows[column]
+    marker = "o" if len(x) == 1 else None  # a line of one point draws nothing
+    (line,) = ax.plot(x, y, color=COLORS.get(depth), label=label, marker=marker, **style)
+    line.set_gid(gid)
+
+
+def state_of(rows):
+    """The state of a run: of its one seed, or the first not done of its seeds ("done" if all are)."""
+    states = rows.drop_duplicates("path").state
+    return next((s for s in states if s != "done"), "done")
 
 
 def _legend(ax, train_style=None, train="train", test="test"):
@@ -60,9 +84,8 @@ def _legend(ax, train_style=None, train="train", test="test"):
 def _ylim(ax, runs, paper):
     """The paper's range, or 0 to a round 1.5x the highest final error where the runs end above it (short
     schedules, quick runs): like the paper's, early epochs may leave the top, the ends never do."""
-    last = max(
-        (v for rows in runs.values() for v in rows[["train_err", "test_err"]].iloc[-1] if pd.notna(v)), default=0
-    )
+    ends = [rows.groupby("path", sort=False).tail(1)[["train_err", "test_err"]].to_numpy().ravel() for rows in runs.values()]  # fmt: skip
+    last = max((v for end in ends for v in end if pd.notna(v)), default=0)
     ax.set_ylim(*(paper if last < 0.9 * paper[1] else (0, min(100, 10 * math.ceil(1.5 * last / 10)))))
 
 
@@ -106,7 +129,7 @@ def fig6(df):
             if name in runs:
                 rows = runs[name]
                 _curve(ax, rows, "train_err", TRAIN_DASHED, scale=scale)
-                _curve(ax, rows, "test_err", TEST_BOLD, net_label(name, rows.state.iloc[0]), scale)
+                _curve(ax, rows, "test_err", TEST_BOLD, net_label(name, state_of(rows)), scale)
         absent = [net_label(n) for n in panel if n not in runs]
         if absent:  # above the panel, where no curve or legend can be
             ax.set_title("not run: " + ", ".join(absent), loc="left", fontsize="x-small", color="gray")
@@ -133,7 +156,7 @@ def fig4(df):
             if name in runs:
                 rows = runs[name]
                 _curve(ax, rows, "train_err", TRAIN_THIN, scale=scale)
-                _curve(ax, rows, "test_err", TEST_BOLD, net_label(name, rows.state.iloc[0]), scale)
+                _curve(ax, rows, "test_err", TEST_BOLD, net_label(name, state_of(rows)), scale)
         ax.set(xlabel=xlabel, ylabel="error (%)")
         ax.set_ylim(0, None)
         _legend(ax, TRAIN_THIN, test=test)
@@ -141,18 +164,30 @@ def fig4(df):
     return finish(fig, title_of(sample, *variant))
 
 
-def fig_depth(df):
-    """Final training (dashed) and test (bold) error against depth: plain (left), residual (right),
-    for the CIFAR-family runs."""
+def depth_finals(df):
+    """The CIFAR-family runs' final errors for fig_depth, one row per run name (taken from the first of
+    DEPTH_EXPERIMENTS that ran it): depth, residual, the mean over its seeds of final_train_err and final_test_err,
+    their std (`<column>_std`, NaN for one seed) and `n`; and the run directories it drew on."""
     final = final_metrics(df)
-    final = final[~final.model.map(models.is_imagenet_family).astype(bool)].sort_values("depth")
+    final = final[~final.model.map(models.is_imagenet_family).astype(bool)]
     if final.empty:
         raise CannotDraw("missing: any CIFAR-family run (plain20 ... resnet1202)")
-    final = final.assign(rank=final.experiment.map(lambda e: rank(e, DEPTH_EXPERIMENTS))).sort_values(["run", "rank"])
-    twice = final.run[final.duplicated(["run", "rank"])].unique()
+    final = final.assign(rank=final.experiment.map(lambda e: rank(e, DEPTH_EXPERIMENTS)))
+    final = final[final["rank"] == final.groupby("run")["rank"].transform("min")]  # a run of several experiments
+    twice = final.run[final.duplicated(["run", "seed"])].unique()
     if len(twice):
         raise CannotDraw(f"ambiguous: several runs named {', '.join(twice)}; draw one result set at a time")
-    final = final.drop_duplicates("run").sort_values("depth")  # a run of several experiments: the preferred one
+    errors = {f"{c}{s}": (c, "mean" if not s else "std") for c in ("final_train_err", "final_test_err") for s in ("", "_std")}  # fmt: skip
+    runs = final.groupby("run").agg(
+        depth=("depth", "first"), residual=("residual", "first"), n=("path", "size"), **errors
+    )
+    return runs.reset_index().sort_values("depth"), final.path
+
+
+def fig_depth(df):
+    """Final training (dashed) and test (bold) error against depth: plain (left), residual (right),
+    for the CIFAR-family runs; a run of several seeds at their mean, with error bars of ± their std."""
+    final, paths = depth_finals(df)
     depths = sorted(final.depth.unique())
     if len(depths) < 2:
         raise CannotDraw(f"missing: a second depth (only {depths[0]} has run)")
@@ -164,30 +199,37 @@ def fig_depth(df):
         for column, style, label in (("final_train_err", TRAIN_DASHED, "train"), ("final_test_err", TEST_BOLD, "test")):
             (line,) = ax.plot(x, rows[column], marker="o", color="k", label=label, **style)
             line.set_gid(f"{'resnet' if residual else 'plain'}:{label}")
+            if (rows.n > 1).any():
+                bars = ax.errorbar(x, rows[column], yerr=rows[f"{column}_std"], fmt="none", ecolor="k", elinewidth=0.8, capsize=3)  # fmt: skip
+                bars.lines[2][0].set_gid(f"{line.get_gid()}:sd")
         if rows.empty:
             ax.text(0.5, 0.5, f"no {name} run", transform=ax.transAxes, ha="center", color="0.5")
         ax.set(xlabel="depth (layers)", ylabel="final error (%)", title=name)
         ax.set_xticks(range(len(depths)), labels=depths)
         ax.set_xlim(-0.5, len(depths) - 0.5)
         ax.legend(fontsize="small", frameon=False)
-    axes[0].set_ylim(0, 1.08 * final[["final_train_err", "final_test_err"]].max().max())  # shared: room for both panels
-    return finish(fig, title_of(df[df.path.isin(final.path)]))
+    top = max((final[c] + final[f"{c}_std"].fillna(0)).max() for c in ("final_train_err", "final_test_err"))
+    axes[0].set_ylim(0, 1.08 * top)  # shared: room for both panels
+    return finish(fig, title_of(df[df.path.isin(paths)]))
 
 
 def fig_compare(sets):
     """Training (left) and test (right) error against epochs of several result sets ({label: frame from
-    load_runs}): colour by net, line style by set (seaborn). CannotDraw if a set has two runs of one name."""
+    load_runs}): colour by net, line style by set (seaborn); a run of several seeds as their mean with a band of
+    ± their std (seaborn's errorbar="sd"). CannotDraw if a set has two runs of one name and seed."""
     import seaborn as sns
 
     frames = []
     for label, df in sets.items():
-        twice = df.groupby("run").path.nunique().loc[lambda n: n > 1]
+        runs = df.drop_duplicates("path")
+        twice = runs.run[runs.duplicated(["run", "seed"])].unique()
         if len(twice):
             raise CannotDraw(
-                f"ambiguous: {label} has several runs named {', '.join(twice.index)}; give one experiment per set"
+                f"ambiguous: {label} has several runs named {', '.join(twice)} of one seed; give one experiment per set"
             )
         frames.append(df.assign(results=label, net=df.run.map(net_label)))
     tidy = pd.concat(frames, ignore_index=True)
+    seeds = dict(estimator="mean", errorbar="sd") if any(several_seeds(df) for df in sets.values()) else dict(estimator=None)  # fmt: skip
     fig = Figure(figsize=(11, 3.8))
     axes = fig.subplots(1, 2, sharey=True)
     for ax, column, title in zip(axes, ("train_err", "test_err"), ("training error", "test error")):
@@ -197,7 +239,7 @@ def fig_compare(sets):
             y=column,
             hue="net",
             style="results",
-            estimator=None,
+            **seeds,
             ax=ax,
             hue_order=sorted(tidy.net.unique(), key=lambda n: (n.startswith("ResNet"), int(n.split("-")[1]))),
         )

@@ -9,6 +9,7 @@ Measures of a final.pt over a whole test set (Fig. 7's responses, `analysis eval
 the run directory's measures.json, keyed by the md5 of final.pt and of the data, so that a redraw reads them.
 """
 
+import argparse
 import hashlib
 import math
 from pathlib import Path
@@ -234,3 +235,43 @@ def predictions(run_dir, n=32, seed=0, device="cpu"):
     title = f"{experiment}/{run}: {net_label(config['model'])} on {config.get('dataset', ds.name)}, {len(index)} of {len(ds.test)} test images (seed {seed})"
     fig = fig_predictions(images, labels, predicted, ds.classes, title)
     return fig, int((predicted == labels).sum()), len(index), f"predictions-{experiment}-{run}.png"
+
+
+PREDICTIONS_EXAMPLES = """examples:
+  uv run python -m resnet_repro.analysis predictions results/degradation/resnet56
+  uv run python -m resnet_repro.analysis predictions results/degradation-quick/resnet20 --n 16 --out pred.png
+
+Loads RUN_DIR/final.pt (written when the run is done) and the run's test data, predicts a fixed random
+sample of test images (the same ones for every run with the same --seed and test set) and draws them
+titled "predicted (true)", mistakes in red.
+"""
+
+
+def predictions_main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m resnet_repro.analysis predictions",
+        description="Draw a finished run's predictions on a fixed sample of test images.",
+        epilog=PREDICTIONS_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR", help="a run directory, e.g. results/degradation/resnet56"
+    )
+    parser.add_argument("--out", type=Path, help="PNG to write (default: figures/predictions-<experiment>-<run>.png)")
+    parser.add_argument("--n", type=int, default=32, help="images to show (default: 32, as 4 rows of 8)")
+    parser.add_argument("--seed", type=int, default=0, help="which test images (default: 0)")
+    parser.add_argument("--device", default="cpu", help="device for the forward pass (default: cpu)")
+    args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.exit(2, f"error: --n must be at least 1, not {args.n}\n")
+    if not args.run_dir.is_dir():
+        parser.exit(2, f"error: {args.run_dir}: no such run directory\n")
+    try:
+        fig, correct, shown, out = predictions(args.run_dir, args.n, args.seed, args.device)
+    except (ValueError, data.DataError) as e:  # RunDirError and CannotDraw are ValueErrors
+        parser.exit(2, f"error: {e}\n")
+    out = args.out or Path("figures") / out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=150)
+    print(f"{out}: {correct}/{shown} right")
+    return 0

@@ -1,12 +1,18 @@
 """Planning an experiment's runs: each run resolved once, in the parent process, into a Job: the frozen spec
 and everything its run directory and its process need. A Job is data: the process that trains it (this one,
-a child started by `--jobs`, a torchrun rank) receives it whole, as JSON or by broadcast, and never re-reads
-the command line."""
+a child started by `--jobs`, a torchrun rank, a Slurm job) receives it whole, as JSON or by broadcast, and never
+re-reads the command line.
+
+Seeds: `--seeds 0-4` makes one Job per run and seed. Seed 0 trains into <out>/<experiment>/<run>/, any other seed
+into <run>-seed<N>/ beside it (run_dir_name), so that runs trained before seeds existed read as seed 0; the run's
+name (config.json, the CSV's `run` column) stays <run>, and the seed is the spec's."""
 
 import json
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+import torch
 
 from resnet_repro import rundir
 from resnet_repro.config import TrainSpec, spec_from_config
@@ -16,8 +22,8 @@ from resnet_repro.models import parse_name
 @dataclass(frozen=True)
 class Job:
     spec: TrainSpec
-    experiment: str  # results go to <out>/<experiment>/<run>/
-    run: str
+    experiment: str  # results go to <out>/<experiment>/<run>/ (<run>-seed<N>/ for a seed N other than 0)
+    run: str  # the run's name in the experiment: the same for every seed
     run_dir: str
     quick: bool = False  # the experiment's [quick] recipe (recorded in config.json)
     data_dir: str = "data"  # where downloads and decoded caches live
@@ -29,6 +35,11 @@ class Job:
     workers: int = 0  # DataLoader workers (stream loader)
     threads: int = 0  # CPU threads of the process that trains it (0: torch's default)
 
+    @property
+    def name(self):
+        """What tells this job from the others of its experiment: its run directory's name ("plain20-seed1")."""
+        return Path(self.run_dir).name
+
     def to_json(self):
         return json.dumps(asdict(self))
 
@@ -38,15 +49,61 @@ class Job:
         return cls(**{**fields, "spec": spec_from_config(fields["spec"])})
 
 
-def plan_jobs(exp, out, devices, options):
-    """One Job per run of the Experiment `exp`, in its order, under out/<experiment>/. Runs are spread over
-    `devices` longest first (see cost), so that runs of one cost land on different devices. options: the Job
-    fields every run shares (data_dir, resume, overwrite, deterministic, progress, workers, threads)."""
+def plan_jobs(exp, out, devices, options, seeds=None):
+    """One Job per run of the Experiment `exp` and seed, under out/<experiment>/: every run of the first seed in
+    the experiment's order, then every run of the next (a sweep stopped half-way has whole seeds). seeds: None
+    for the spec's own seed. Runs are spread over `devices` longest first (see cost), so that runs of one cost
+    land on different devices. options: the Job fields every run shares (data_dir, resume, overwrite,
+    deterministic, progress, workers, threads)."""
     exp_dir = Path(out) / exp.name
-    jobs = [Job(spec, exp.name, run, str(exp_dir / run), quick=exp.quick, **options) for run, spec in exp.runs.items()]
+    specs = [(run, spec if seed is None else replace(spec, seed=seed)) for seed in seeds or [None] for run, spec in exp.runs.items()]  # fmt: skip
+    jobs = [Job(spec, exp.name, run, str(exp_dir / run_dir_name(run, spec.seed)), quick=exp.quick, **options) for run, spec in specs]  # fmt: skip
     by_cost = sorted(jobs, key=cost, reverse=True)
-    device = {job.run: str(devices[i % len(devices)]) for i, job in enumerate(by_cost)}
-    return [replace(job, device=device[job.run]) for job in jobs]
+    device = {job.name: str(devices[i % len(devices)]) for i, job in enumerate(by_cost)}
+    return [replace(job, device=device[job.name]) for job in jobs]
+
+
+def run_dir_name(run, seed):
+    """plain20 for seed 0 (every run trained before seeds existed), plain20-seed1 for seed 1."""
+    return run if seed == 0 else f"{run}-seed{seed}"
+
+
+def parse_seeds(text):
+    """--seeds: "0,1,2", "0-4" or both ("0-2,7") as a list of distinct seeds in the order given; ValueError
+    saying what is wrong."""
+    seeds = []
+    for item in (i.strip() for i in text.split(",")):
+        first, _, last = item.partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            raise ValueError(f"--seeds {text}: {item or 'an empty item'} is not a seed or a range; e.g. 0,1,2 or 0-4")
+        low, high = int(first), int(last or first)
+        if low > high or high >= 2**63 or high - low >= 1000:
+            raise ValueError(f"--seeds {text}: {item} is not a range of at most 1000 seeds from 0 to 2**63 - 1")
+        seeds += [s for s in range(low, high + 1) if s not in seeds]
+    return seeds
+
+
+def chosen_devices(text=None):
+    """The devices of --device TEXT (a comma-separated list), by default cuda if there is one, else the CPU."""
+    return [torch.device(d.strip()) for d in (text or ("cuda" if torch.cuda.is_available() else "cpu")).split(",")]
+
+
+def device_error(text):
+    """Why --device TEXT cannot be used (None if it can): an unknown name, an empty list item, an absent GPU."""
+    for name in (d.strip() for d in text.split(",")):
+        try:
+            device = torch.device(name) if name else None
+        except (RuntimeError, ValueError):
+            device = None
+        if device is None or device.type not in ("cpu", "cuda", "mps"):
+            return f"--device {text}: {name or 'an empty item'} is not a device; use cpu, cuda, cuda:1, ... or a comma-separated list of them"
+        if device.type == "cuda" and (
+            not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+        ):
+            return f"--device {name}: no such CUDA GPU here ({torch.cuda.device_count()} visible); use --device cpu"
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            return f"--device {name}: Apple's MPS is not available here; use --device cpu"
+    return None
 
 
 def cost(job):
@@ -60,7 +117,7 @@ def check_unfinished(jobs):
     if any(job.resume or job.overwrite for job in jobs):
         return
     exp_dir = Path(jobs[0].run_dir).parent
-    unfinished = rundir.unfinished(exp_dir, [job.run for job in jobs])
+    unfinished = rundir.unfinished(exp_dir, [job.name for job in jobs])
     if unfinished:
         raise rundir.RunDirError(
             f"{exp_dir} already holds unfinished runs {', '.join(unfinished)}; pass --resume to continue them, "

@@ -5,10 +5,12 @@ tables (resnet_repro.figures, resnet_repro.tables) select from it. Nothing here 
   ValueError naming the file and line; a cut-off last line (a run killed mid-row) is left out with a warning.
   A run directory with a config but no row yet (just started, or failed before its first row) is left out
   with a warning, so the figures list it as missing.
-- `final_metrics(df)` (its numbers: `outcome`), `compare(a, b)`: one row per run; two result sets side by side.
+- `final_metrics(df)` (its numbers: `outcome`), `compare(a, b)`: one row per run directory; two result sets
+  side by side.
+- `seed_summary(df)`: one row per run and its seeds (`--seeds`): n, mean, std, min and max of its errors.
 
 Runs are found by their run name (`plain20`, `resnet110`, ...): `select` picks, for a name several
-experiments ran, the one a figure or table prefers.
+experiments ran, the one a figure or table prefers, with all of its seeds.
 """
 
 import math
@@ -106,19 +108,50 @@ FINAL_COLUMNS = {
     "params": "Int64", "final_train_err": "float64", "final_test_err": "float64", "best_test_err": "float64",
     "minutes": "float64", "images_per_second": "float64", "iterations": "int64", "epochs": "float64",
     "state": "object", "quick": "bool", "seed": "Int64", "device": "object", "commit": "object", "path": "object",
+    "best_train_err": "float64", "dataset": "object", "planned_iterations": "Int64",
 }  # fmt: skip
 
 
 def final_metrics(df):
-    """One row per run: its last epoch's training and test error, its best test error, wall time (see outcome)."""
+    """One row per run directory (a run and seed): its last epoch's training and test error, its best test and
+    training error, wall time (see outcome)."""
     rows = []
     for path, run in df.groupby("path", sort=False):
         run = run.sort_values("epoch")
         last = run.iloc[-1]
         rows.append({**last[["experiment", "run", "model", "depth", "residual", "params", "state", "quick", "seed",
-                             "device", "commit"]].to_dict(), **outcome(run.to_dict("records")), "epochs": last.epoch,
-                     "path": path})  # fmt: skip
+                             "device", "commit", "dataset", "planned_iterations"]].to_dict(),
+                     **outcome(run.to_dict("records")), "epochs": last.epoch, "path": path,
+                     "best_train_err": run.train_err.min()})  # fmt: skip
     return pd.DataFrame(rows, columns=list(FINAL_COLUMNS)).astype(FINAL_COLUMNS)
+
+
+SEED_GROUP = ["experiment", "run", "dataset", "planned_iterations"]  # the seeds of one run: same recipe, data, length
+SEED_ERRORS = ("final_train_err", "final_test_err", "best_test_err", "best_train_err")
+
+
+def seed_summary(df):
+    """One row per run and its seeds (the run directories of one SEED_GROUP): `n` of them, their `seeds`
+    ("0,1,2"), the mean, std (n - 1 in the denominator; NaN for one seed), min and max of each of SEED_ERRORS
+    (`final_test_err_mean`, ...), their mean minutes and images/s, their fewest iterations and their states."""
+    rows = []
+    for keys, runs in final_metrics(df).groupby(SEED_GROUP, sort=False, dropna=False):
+        runs = runs.sort_values("seed")
+        row = dict(zip(SEED_GROUP, keys)) | runs.iloc[0][["model", "depth", "residual", "params", "quick"]].to_dict()
+        row |= {"n": len(runs), "seeds": ",".join(map(str, runs.seed))}
+        for m in SEED_ERRORS:
+            row |= {f"{m}_{stat}": runs[m].agg(stat) for stat in ("mean", "std", "min", "max")}
+        row |= {"minutes": runs.minutes.mean(), "images_per_second": runs.images_per_second.mean(),
+                "iterations": runs.iterations.min(), "state": ", ".join(sorted(set(runs.state)))}  # fmt: skip
+        rows.append(row)
+    columns = [*SEED_GROUP, "model", "depth", "residual", "params", "quick", "n", "seeds"]
+    columns += [f"{m}_{stat}" for m in SEED_ERRORS for stat in ("mean", "std", "min", "max")]
+    return pd.DataFrame(rows, columns=columns + ["minutes", "images_per_second", "iterations", "state"])
+
+
+def several_seeds(df):
+    """Whether a run of the frame has several seeds (run directories of one SEED_GROUP)."""
+    return bool(len(df)) and df.groupby(SEED_GROUP, dropna=False).path.nunique().max() > 1
 
 
 def outcome(rows):
@@ -136,18 +169,21 @@ def outcome(rows):
 
 
 def compare(a, b):
-    """Two result sets (frames from load_runs, or paths) side by side, matched by run name.
-    `<metric>_a`, `<metric>_b` and `<metric>_diff` (= b - a); a run in only one set has NaN on the other side."""
+    """Two result sets (frames from load_runs, or paths) side by side, matched by run name: a run of one seed in
+    each set is paired whatever the seeds; a run with several seeds (--seeds) is paired seed with seed, and its
+    seeds that only one set has are left out. `<metric>_a`, `<metric>_b` and `<metric>_diff` (= b - a); a run in
+    only one set has NaN on the other side."""
     finals = []
     for name, runs in (("a", a), ("b", b)):
         final = final_metrics(runs if isinstance(runs, pd.DataFrame) else load_runs(runs))
-        twice = final.run[final.run.duplicated()].unique()
+        twice = final.run[final.duplicated(["run", "seed"])].unique()
         if len(twice):
             raise ValueError(
-                f"result set {name} has several runs named {', '.join(twice)}; load one experiment per set"
+                f"result set {name} has several runs named {', '.join(twice)} of one seed; load one experiment per set"
             )
         finals.append(final)
-    keys = ["run", "model", "depth", "residual"]
+    finals = [_pair_key(final, other) for final, other in (finals, finals[::-1])]
+    keys = ["run", "model", "depth", "residual", "pair"]
     metrics = ["final_train_err", "final_test_err", "best_test_err", "minutes", "iterations"]
     context = ["seed", "device", "commit", "state", "path"]
     out = pd.merge(
@@ -157,14 +193,22 @@ def compare(a, b):
         how="outer",
         suffixes=("_a", "_b"),
     )
+    both = set(finals[0].run) & set(finals[1].run)
+    out = out[~(out.run.isin(both) & (out.path_a.isna() | out.path_b.isna()))]  # a seed without its pair
     for m in metrics:
         out[f"{m}_diff"] = out[f"{m}_b"] - out[f"{m}_a"]
     columns = (
-        keys
+        keys[:-1]
         + [f"{m}_{s}" for m in metrics for s in ("a", "b", "diff")]
         + [f"{c}_{s}" for c in context for s in ("a", "b")]
     )
-    return out[columns].sort_values(["residual", "depth", "run"], ignore_index=True)
+    return out[columns].sort_values(["residual", "depth", "run", "seed_a"], ignore_index=True)
+
+
+def _pair_key(final, other):
+    """final with a `pair` column: -1 for a run of one seed here and at most one in `other`, else its seed."""
+    alone = final.run.map(final.run.value_counts()).eq(1) & final.run.map(other.run.value_counts()).fillna(0).le(1)
+    return final.assign(pair=final.seed.fillna(0).astype("int64").where(~alone, -1))
 
 
 def rank(experiment, prefer):
@@ -173,21 +217,21 @@ def rank(experiment, prefer):
 
 
 def select(df, names, prefer=()):
-    """{name: its rows by epoch} for the runs of `names` in df. A name run by several experiments is taken
-    from the first of `prefer` (e.g. plain20 of `degradation` for Fig. 1, of `depth` for Fig. 6);
-    CannotDraw if that leaves several runs (say two seeds of one experiment)."""
+    """{name: its rows by seed and epoch} for the runs of `names` in df. A name run by several experiments is
+    taken from the first of `prefer` (e.g. plain20 of `degradation` for Fig. 1, of `depth` for Fig. 6), with all
+    of its seeds there (several run directories: see several_seeds); CannotDraw if two of them have one seed."""
     out = {}
     for name in names:
         rows = df[df.run == name]
-        ranked = sorted(
-            (rank(experiment, prefer), path) for path, experiment in rows.groupby("path").experiment.first().items()
-        )
-        if len(ranked) > 1 and ranked[0][0] == ranked[1][0]:
-            raise CannotDraw(
-                f"ambiguous: {name} in {', '.join(path for _, path in ranked)}; draw one result set at a time"
-            )
-        if ranked:
-            out[name] = rows[rows.path == ranked[0][1]].sort_values("epoch")
+        runs = rows.groupby("path").agg(experiment=("experiment", "first"), seed=("seed", "first"))
+        runs["rank"] = runs.experiment.map(lambda e: rank(e, prefer))
+        chosen = runs[runs["rank"] == runs["rank"].min()]
+        if chosen.seed.fillna(0).duplicated().any():
+            raise CannotDraw(f"ambiguous: {name} in {', '.join(chosen.index)}; draw one result set at a time")
+        if len(chosen) == 1:
+            out[name] = rows[rows.path == chosen.index[0]].sort_values("epoch")
+        elif len(chosen):
+            out[name] = rows[rows.path.isin(chosen.index)].sort_values(["seed", "epoch"])
     return out
 
 
@@ -212,4 +256,13 @@ def title_of(df, *parts):
     short = short.drop_duplicates(["planned_iterations", "paper", "dataset"])
     for planned, paper, dataset in zip(short.planned_iterations, short.paper, short.dataset):
         parts += (f"{dataset}, {planned:,} iterations (1/{paper / planned:.3g} of the paper's {paper:,.0f})",)
-    return "; ".join(parts)
+    return "; ".join(parts + seeds_note(df))
+
+
+def seeds_note(df):
+    """("mean ± std over 3 seeds: plain56, resnet56",) for the runs of df with several seeds; () if none has."""
+    if not several_seeds(df):
+        return ()
+    n = df.groupby(SEED_GROUP, dropna=False, sort=False).agg(run=("run", "first"), n=("path", "nunique"))
+    by_n = n[n.n > 1].groupby("n").run.agg(lambda r: ", ".join(dict.fromkeys(r)))
+    return tuple(f"mean ± std over {k} seeds: {runs}" for k, runs in by_n.items())

@@ -1,20 +1,21 @@
 """python -m resnet_repro.run EXPERIMENT: train every run of an experiment, then summarise and draw.
 
 The path of a run: the experiment file -> config.load_experiment (a TrainSpec per run) -> plan.plan_jobs (a Job
-per run: the data every process receives) -> launch (in this process, or a child per job) -> train.train ->
-the run directory -> report.summary (from results.load_runs) -> analysis.draw -> figures/.
+per run and seed: the data every process receives) -> launch (in this process, or a child per job) or slurm (a
+Slurm job per job) -> train.train -> the run directory -> report.summary (from results.load_runs) ->
+analysis.draw -> figures/.
 """
 
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from resnet_repro import config as cfg
-from resnet_repro import data, distributed, launch, plan, provenance, report, rundir, train
+from resnet_repro import data, distributed, launch, plan, provenance, report, rundir, slurm, train
+from resnet_repro.plan import device_error
 
 EPILOG = """\
 examples:
@@ -24,12 +25,15 @@ examples:
       the paper's Fig. 1 runs (64k iterations each) on CIFAR-10, downloaded into ./data
   uv run python -m resnet_repro.run degradation --data path/to/cifar10-jpeg.tar.gz
       the same from an ImageFolder .tar.gz (results say "CIFAR-10 (JPEG q75 copy)")
-  uv run python -m resnet_repro.run degradation --runs plain20,resnet20 --seed 1 --out results/seed1
+  uv run python -m resnet_repro.run degradation --quick --seeds 0,1,2
+      every run once per seed: seed 0 in <run>/, seed N in <run>-seedN/; figures draw mean ± std
+  uv run python -m resnet_repro.run depth --seeds 0-4 --launcher slurm --partition gpu --time 4:00:00
+      50 Slurm jobs (10 runs x 5 seeds) of one GPU each, requeued and resumed when their time ends
   uv run python -m resnet_repro.run degradation --resume          continue killed or stopped runs
   uv run python -m resnet_repro.run degradation --set lr=0.05 --set batch_size=256 --overwrite
   uv run python -m resnet_repro.run --list
 
-Each run writes results/<experiment>/<run>/ (metrics.csv, config.json, status.json, checkpoint.pt,
+Each run writes results/<experiment>/<run>/ (<run>-seed<N>/ for a seed N other than 0: metrics.csv, config.json, status.json, checkpoint.pt,
 final.pt); figures go to figures/, or OUT/figures/ with --out OUT (quick runs into its quick/, runs shorter than
 the paper's schedule into its <N>-iterations/). A finished run is skipped, an unfinished one needs --resume, and
 nothing is overwritten unless --overwrite is given.
@@ -64,7 +68,9 @@ def get_args_parser():
         "threads (default: 2 on a CPU with 2+ cores, where two 1-thread runs train 15-25%% more images/s than one "
         "2-thread run; 1 on a GPU); small CIFAR nets leave a GPU mostly idle, so several at once may finish sooner",
     )
-    p.add_argument("--seed", type=int, help="seed for init, data order and augmentation (default: the spec's, 0)")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, help="seed for init, data order and augmentation (default: the spec's, 0)")
+    seeds.add_argument("--seeds", help="train every run once per seed: 0,1,2 or 0-4 (or both: 0-2,7)")
     p.add_argument(
         "--data",
         help="cifar10, cifar100, mini, or a path to an ImageFolder dir with train/ and test/ or a .tar.gz of one",
@@ -111,6 +117,7 @@ def get_args_parser():
     p.add_argument("--no-figures", action="store_true", help="do not draw figures at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    slurm.add_options(p)
     return p
 
 
@@ -129,6 +136,14 @@ def parse_args(argv):
         p.error("--runs names no run; give a comma-separated list such as plain20,resnet20 (or leave it out for all)")
     if args.seed is not None and not 0 <= args.seed < 2**63:
         p.error(f"--seed must be between 0 and 2**63 - 1, not {args.seed}")
+    try:
+        args.seeds = plan.parse_seeds(args.seeds) if args.seeds is not None else None
+    except ValueError as e:
+        p.error(str(e))
+    if args.seeds is not None and any(s.replace(" ", "").startswith("seed=") for s in args.set):
+        p.error("--seeds and --set seed=N exclude each other")
+    if slurm.option_error(args):
+        p.error(slurm.option_error(args))
     for flag in ("out", "data_dir", "figures"):
         path = getattr(args, flag)
         if path is not None and Path(path).exists() and not Path(path).is_dir():
@@ -138,24 +153,6 @@ def parse_args(argv):
         if error:
             p.error(error)
     return args
-
-
-def device_error(text):
-    """Why --device TEXT cannot be used (None if it can): an unknown name, an empty list item, an absent GPU."""
-    for name in (d.strip() for d in text.split(",")):
-        try:
-            device = torch.device(name) if name else None
-        except (RuntimeError, ValueError):
-            device = None
-        if device is None or device.type not in ("cpu", "cuda", "mps"):
-            return f"--device {text}: {name or 'an empty item'} is not a device; use cpu, cuda, cuda:1, ... or a comma-separated list of them"
-        if device.type == "cuda" and (
-            not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
-        ):
-            return f"--device {name}: no such CUDA GPU here ({torch.cuda.device_count()} visible); use --device cpu"
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            return f"--device {name}: Apple's MPS is not available here; use --device cpu"
-    return None
 
 
 def list_experiments():
@@ -207,25 +204,22 @@ def run(args, make_experiment):
     rank, world_size, dist_device = distributed.init()
     try:
         exp = make_experiment(args)
-        devices = [dist_device] if world_size > 1 else chosen_devices(args)
-        at_once = args.jobs or plan.default_jobs(devices, len(exp.runs), world_size)
-        if world_size > 1 and (at_once > 1 or args.device and "," in args.device):
-            raise cfg.SpecError("under torchrun each process trains a shard of every run: --jobs and several --device don't apply")  # fmt: skip
-        parallel = (at_once > 1 or len(devices) > 1) and len(exp.runs) > 1
-        jobs = distributed.from_rank0(plan.plan_jobs(exp, args.out, devices, job_options(args, devices, at_once, parallel)))  # fmt: skip
+        jobs, at_once, parallel = plan_run(args, exp, world_size, dist_device)
         plan.check_unfinished(jobs)
         say = print if rank == 0 else (lambda *a, **k: None)  # under torchrun only rank 0 talks
-        announce(exp, jobs, devices, world_size, say)
-        # in parallel mode the parent checks the data once and fills the cache the children read
-        datasets = load_datasets(jobs, "cpu" if parallel else devices[0], say)
+        announce(exp, jobs, world_size, say, "Slurm jobs" if args.launcher == "slurm" else None)
+        # in parallel mode (and for Slurm) the parent checks the data once and fills the cache the jobs read
+        datasets = launch.load_datasets(jobs, "cpu" if parallel or args.launcher == "slurm" else jobs[0].device, say)
         skipped = launch.done_already(jobs, datasets)  # checked here: no process starts, no model is built for them
-        todo = [job for job in jobs if job.run not in skipped]
+        todo = [job for job in jobs if job.name not in skipped]
+        if args.launcher == "slurm":
+            return slurm.submit_all(todo, skipped, slurm.options(args), Path(args.out) / "slurm")
         if parallel:
             codes, stopped = launch.in_children(todo, at_once, not args.no_progress)
         else:
             launch.setup_process(jobs[0])
             outcomes, stopped = launch.in_this_process(todo, datasets, say)
-            codes = {run: 1 if outcome.state == "failed" else 0 for run, outcome in outcomes.items()}
+            codes = {name: 1 if outcome.state == "failed" else 0 for name, outcome in outcomes.items()}
         if stopped:
             say("interrupted; the runs wrote checkpoints: continue with the same command plus --resume", file=sys.stderr)  # fmt: skip
             return launch.exit_code(stopped)
@@ -236,13 +230,25 @@ def run(args, make_experiment):
         distributed.finish()
 
 
-def chosen_devices(args):
-    return [torch.device(d.strip()) for d in (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).split(",")]  # fmt: skip
+def plan_run(args, exp, world_size, dist_device):
+    """The jobs of this invocation (a run per seed), how many run at once, and whether in child processes."""
+    if args.launcher == "slurm":  # the runs' devices are the jobs', not this machine's
+        devices, at_once = [torch.device("cuda" if slurm.options(args)["gpus_per_run"] else "cpu")], 1
+    else:
+        devices = [dist_device] if world_size > 1 else plan.chosen_devices(args.device)
+        at_once = args.jobs or plan.default_jobs(devices, len(exp.runs) * len(args.seeds or [0]), world_size)
+    if world_size > 1 and (at_once > 1 or args.device and "," in args.device):
+        raise cfg.SpecError("under torchrun each process trains a shard of every run: --jobs and several --device don't apply")  # fmt: skip
+    parallel = (at_once > 1 or len(devices) > 1) and len(exp.runs) * len(args.seeds or [0]) > 1
+    options = job_options(args, devices, at_once, parallel)
+    return distributed.from_rank0(plan.plan_jobs(exp, args.out, devices, options, args.seeds)), at_once, parallel
 
 
 def job_options(args, devices, at_once, parallel):
     """The Job fields every run of this invocation shares."""
     cpu = all(d.type == "cpu" for d in devices)
+    if args.launcher == "slurm":
+        return slurm.job_options(args)
     return dict(
         data_dir=str(args.data_dir), resume=args.resume, overwrite=args.overwrite, deterministic=args.deterministic,
         progress=not args.no_progress and not parallel,  # in parallel mode the parent's bar covers every run
@@ -253,29 +259,17 @@ def job_options(args, devices, at_once, parallel):
     )  # fmt: skip
 
 
-def announce(exp, jobs, devices, world_size, say):
-    first = jobs[0].spec
+def announce(exp, jobs, world_size, say, where=None):
+    first, devices = jobs[0].spec, list(dict.fromkeys(job.device for job in jobs))
+    where = where or ", ".join(map(provenance.device_name, devices))
+    seeds = list(dict.fromkeys(job.spec.seed for job in jobs))
+    each = f" x {len(seeds)} seeds ({', '.join(map(str, seeds))})" if len(seeds) > 1 else ""
     say(
-        f"{exp.name}: {len(jobs)} runs ({', '.join(exp.runs)}), {first.iterations:,} iterations of batch {first.batch_size}, "
-        f"on {', '.join(map(provenance.device_name, devices))}{f' x {world_size} processes' if world_size > 1 else ''} -> {Path(jobs[0].run_dir).parent}/"
+        f"{exp.name}: {len(jobs)} runs ({', '.join(exp.runs)}{each}), {first.iterations:,} iterations of batch {first.batch_size}, "
+        f"on {where}{f' x {world_size} processes' if world_size > 1 else ''} -> {Path(jobs[0].run_dir).parent}/"
     )  # fmt: skip
-    if devices[0].type == "cpu" and first.iterations > 5000:
+    if devices[0] == "cpu" and first.iterations > 5000:
         say(f"note: no GPU; {first.iterations:,} iterations per run take many hours on a CPU (--quick runs the demo in minutes)")  # fmt: skip
-
-
-def load_datasets(jobs, device, say):
-    """{data_key: Dataset} for the jobs, each dataset loaded once."""
-    datasets = {}
-    for job in jobs:
-        key = data.data_key(job.spec)
-        if key not in datasets:
-            t = time.perf_counter()
-            datasets[key] = ds = data.load_for(job.spec, job.data_dir, device, job.workers)
-            say(
-                f"data: {ds.name}, {len(ds.train):,} train / {len(ds.test):,} test images, {ds.num_classes} classes "
-                f"({time.perf_counter() - t:.1f}s)"
-            )
-    return datasets
 
 
 def finish(args, exp, jobs, skipped):

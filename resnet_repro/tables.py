@@ -1,9 +1,19 @@
 """Tables: our runs next to the paper's numbers (Table 6, Table 2) and a summary of runs, as DataFrames whose
-`attrs["note"]` says what ours are, and as GitHub Markdown."""
+`attrs["note"]` says what ours are, and as GitHub Markdown. Where a run has several seeds, a number of ours is
+their mean, with a `<column>_std` column and `n` beside it: Markdown shows "mean ± std (n)"."""
 
 import pandas as pd
 
-from resnet_repro.results import DEPTH_EXPERIMENTS, CannotDraw, final_metrics, require, select, title_of
+from resnet_repro.results import (
+    DEPTH_EXPERIMENTS,
+    CannotDraw,
+    final_metrics,
+    require,
+    seed_summary,
+    select,
+    several_seeds,
+    title_of,
+)
 
 # The paper's numbers: Table 6 (CIFAR-10 test error, ResNets) and Table 2 (ImageNet top-1, 10-crop).
 PAPER_TABLE6 = {
@@ -14,15 +24,23 @@ PAPER_TABLE6 = {
     110: (1.7e6, 6.43),
     1202: (19.4e6, 7.93),
 }
+PAPER_TABLE6_MEAN = {110: (6.61, 0.16, 5)}  # the paper's 110: best of 5 runs, their mean±std
 PAPER_TABLE2 = {18: (27.94, 27.88), 34: (28.54, 25.03)}  # layers: (plain, ResNet)
 TABLE2_RUNS = ("plain18", "plain34", "resnet18", "resnet34")
 SUMMARY_NOTE = "errors in %; final = last row; minutes = sum of row times; images/s: training, median of rows"
 SUMMARY_COLUMNS = ["experiment", "run", "params", "final_train_err", "final_test_err", "best_test_err", "minutes", "images_per_second", "iterations", "state"]  # fmt: skip
+SEEDS_NOTE = "errors in %, mean ± std (n seeds) where a run has several; final = last row; minutes, images/s: mean of the seeds'"  # fmt: skip
+SPREAD = ("final_train_err", "final_test_err", "best_test_err")  # the summary's columns given as mean ± std
 
 
 def summary_table(runs):
-    """One row per run of a frame from load_runs, indexed by its run directory: params, final training and test
-    error, best test error, minutes, images/s, iterations, state."""
+    """The summary of a frame from load_runs: runs_table, or where a run has several seeds seeds_table."""
+    return seeds_table(runs) if several_seeds(runs) else runs_table(runs)
+
+
+def runs_table(runs):
+    """One row per run directory (a run and seed) of a frame from load_runs, indexed by it: params, final training
+    and test error, best test error, minutes, images/s, iterations, state."""
     if runs.empty:
         raise CannotDraw("missing: any run")
     final = final_metrics(runs)
@@ -31,22 +49,46 @@ def summary_table(runs):
     return table
 
 
+def seeds_table(runs):
+    """One row per run and its seeds (results.seed_summary): the seeds, params, the mean and std of the final
+    training and test error and of the best test error, n, and the mean minutes and images/s."""
+    if runs.empty:
+        raise CannotDraw("missing: any run")
+    s = seed_summary(runs)
+    table = s[["experiment", "run", "seeds", "params"]].copy()
+    for column in SPREAD:
+        table[column], table[f"{column}_std"] = s[f"{column}_mean"], s[f"{column}_std"]
+    table = table.join(s[["n", "minutes", "images_per_second", "iterations", "state"]])
+    table.attrs["note"] = title_of(runs, SEEDS_NOTE)
+    return table
+
+
 def unfinished(runs):
     """The note naming the runs of {name: rows} that are not done, with how far they got: [] when all are."""
     late = []
     for name, rows in runs.items():
-        last = rows.iloc[-1]
-        if last.state != "done":
-            planned = f" of {last.planned_iterations:,}" if pd.notna(last.planned_iterations) else ""
-            late.append(f"{name} ({last.state}, iteration {last.iteration:,}{planned})")
+        several = rows.path.nunique() > 1
+        for _, last in rows.groupby("path", sort=False).tail(1).iterrows():
+            if last.state != "done":
+                planned = f" of {last.planned_iterations:,}" if pd.notna(last.planned_iterations) else ""
+                seed = f"seed {last.seed}, " if several else ""
+                late.append(f"{name} ({seed}{last.state}, iteration {last.iteration:,}{planned})")
     return [f"not done: {', '.join(late)}"] if late else []
 
 
+def ends(rows, column="test_err"):
+    """The last row's `column` of each run directory (seed) in `rows`."""
+    return rows.groupby("path", sort=False).tail(1)[column]
+
+
 def table6(df):
-    """Table 6: our ResNets' final test error next to the paper's, one row per paper depth."""
+    """Table 6: our ResNets' final test error next to the paper's, one row per paper depth (table6_seeds where
+    a run has several seeds)."""
     names = [f"resnet{d}" for d in PAPER_TABLE6]
     runs = select(df, names, prefer=DEPTH_EXPERIMENTS)
     require(runs, names, least="one")
+    if any(rows.path.nunique() > 1 for rows in runs.values()):
+        return table6_seeds(runs)
     rows = []
     for depth, (paper_params, paper_err) in PAPER_TABLE6.items():
         run = runs.get(f"resnet{depth}", df.iloc[:0])  # no rows: NaN below
@@ -73,6 +115,32 @@ def table6(df):
     return table
 
 
+def table6_seeds(runs):
+    """Table 6 of runs ({name: rows}) some of which have several seeds: the mean ± std (n) of our final test
+    errors and the best of them, beside the paper's number and, for ResNet-110, the paper's mean±std of 5 runs."""
+    rows = []
+    for depth, (paper_params, paper_err) in PAPER_TABLE6.items():
+        run = runs.get(f"resnet{depth}")
+        err = ends(run) if run is not None else pd.Series(dtype=float)
+        paper_mean, paper_std, paper_n = PAPER_TABLE6_MEAN.get(depth, (paper_err, float("nan"), 1))
+        rows.append({
+            "depth": depth, "params": run.params.iloc[-1] if run is not None else pd.NA, "test_err": err.mean(),
+            "test_err_std": err.std(), "n": len(err), "best_of_seeds": err.min(), "paper_params": int(paper_params),
+            "paper_test_err": paper_err, "paper_mean_std": f"{paper_mean:.2f} ± {paper_std:.2f} ({paper_n})" if paper_n > 1 else None,
+            "diff": err.mean() - paper_mean,
+        })  # fmt: skip
+    table = pd.DataFrame(rows).astype({"params": "Int64"})
+    sample = pd.concat(runs.values())
+    table.attrs["note"] = title_of(
+        sample,
+        f"CIFAR-10 test error (%); ours: final epoch, mean ± std (n seeds) and the best of the seeds, on "
+        f"{', '.join(sample.dataset.dropna().unique())}; the paper's 110: best of 5 runs and their mean ± std; "
+        "diff = our mean - the paper's (its mean where it gives one)",
+        *unfinished(runs),
+    )
+    return table
+
+
 def table2(df):
     """Table 2: our 18/34-layer plain and residual nets' top-1 error next to the paper's ImageNet
     top-1 (10-crop): our 10-crop error where the runs have one (evaluation.json), else the last
@@ -83,7 +151,9 @@ def table2(df):
     require(runs, names, least="one")
     sample = pd.concat(runs.values())
     ten_crop = sample.top1_err_10crop.notna().all()
-    err = {n: rows.top1_err_10crop.iloc[-1] if ten_crop else rows.test_err.iloc[-1] for n, rows in runs.items()}
+    err = {
+        n: ends(rows, "top1_err_10crop" if ten_crop else "test_err").mean() for n, rows in runs.items()
+    }  # seeds: mean
     rows = [
         {
             "layers": d,
@@ -112,7 +182,8 @@ def table2(df):
 
 
 def to_markdown(table):
-    """A GitHub Markdown table; errors with 2 decimals, params in millions, images/s whole, NaN as a dash."""
+    """A GitHub Markdown table; errors with 2 decimals, params in millions, images/s whole, NaN as a dash. A column
+    with a `<column>_std` beside it (and `n`) is shown as "mean ± std (n)", or the mean alone where n is 1."""
 
     def cell(column, v):
         if pd.isna(v):
@@ -123,7 +194,15 @@ def to_markdown(table):
             return f"{v:.0f}" if v >= 10 else f"{v:.1f}"
         return f"{v:.2f}" if isinstance(v, float) else str(v)
 
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(map(cell, table.columns, row)) + " |" for row in table.itertuples(index=False)]
+    def spread(row, column):
+        mean, std, n = (row[at[c]] for c in (column, f"{column}_std", "n"))
+        return cell(column, mean) if n <= 1 or pd.isna(mean) else f"{mean:.2f} ± {std:.2f} ({n})"
+
+    at = {c: i for i, c in enumerate(table.columns)}
+    spreads = [c for c in table.columns if f"{c}_std" in at and "n" in at]
+    columns = [c for c in table.columns if c not in {f"{s}_std" for s in spreads} | ({"n"} if spreads else set())]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in table.itertuples(index=False):
+        lines.append("| " + " | ".join(spread(row, c) if c in spreads else cell(c, row[at[c]]) for c in columns) + " |")
     note = table.attrs.get("note")
     return "\n".join(lines + ([f"\n{note}"] if note else [])) + "\n"

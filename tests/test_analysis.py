@@ -147,8 +147,9 @@ def test_compare_matches_by_run_name_and_gives_differences(tmp_path):
     assert out.loc["plain20", "final_train_err_diff"] == pytest.approx(1.5)
     assert (out.loc["plain20", "seed_a"], out.loc["plain20", "seed_b"]) == (0, 1)
     assert np.isnan(out.loc["resnet20", "final_test_err_b"])  # only in a
-    with pytest.raises(ValueError, match="several runs named plain20"):
-        compare(both, load_runs(tmp_path / "b"))
+    write_run(tmp_path / "c", "plain20", experiment="depth", seed=1)  # seeds 0 and 1 of plain20 in `both`: seeds
+    with pytest.raises(ValueError, match="several runs named plain20 of one seed"):  # two seed 1s: not seeds
+        compare(load_runs(tmp_path), load_runs(tmp_path / "b"))
 
 
 # --- figures -----------------------------------------------------------------------------------

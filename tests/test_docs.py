@@ -26,11 +26,12 @@ SPEED_TABLE = "| net | 1 process, 2 threads | 2 processes, 1 thread each (sum) |
 HAND_TABLES = {  # typed by hand, and why
     ("docs/speed.md", SPEED_TABLE): "one measurement, not a bench option",
     ("docs/gpu-check.md", "| step | what | its files under `--out` |"): "what each step does: words, no numbers",
+    ("docs/claims.md", "| id | the check (final = the last CSV row) | the paper's evidence |"): "the claims' rules, words",
 }
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 COMMAND = re.compile(r"-m (resnet_repro\.\w+)([^`#\n]*)")
-SUBCOMMANDS = {"resnet_repro.analysis": ("compare", "predictions")}
+SUBCOMMANDS = {"resnet_repro.analysis": ("compare", "predictions", "claims", "evaluate")}
 # each cheap command exactly as a doc shows it, and where it writes (its --out goes to a temporary folder)
 CHEAP = {
     "uv run python -m resnet_repro.run --list": None,

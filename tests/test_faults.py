@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import TIMING, csv_rows, train_run, write_image_folder, write_run
-from resnet_repro import analysis, data, files, memory, run, rundir
+from resnet_repro import analysis, data, files, inspection, memory, run, rundir
 from resnet_repro.config import TrainSpec
 
 
@@ -345,7 +345,7 @@ def test_weights_that_would_run_code_are_refused_in_one_line_by_finetune_and_pre
     train_tiny(tiny, d)
     torch.save({"model": RunsCode(marker), "config": {}}, d / "final.pt")
     with pytest.raises(SystemExit) as exit_:
-        analysis.predictions_main([str(d), "--out", str(tmp_path / "p.png")])
+        inspection.predictions_main([str(d), "--out", str(tmp_path / "p.png")])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and "weights_only=False" not in err and not marker.exists()
 

@@ -101,8 +101,9 @@ def test_overrides_reach_the_runs(tmp_path, tiny_dir):
         )
         == 0
     )
-    config = json.loads((tmp_path / "res" / "pair" / "resnet8" / "config.json").read_text())
+    config = json.loads((tmp_path / "res" / "pair" / "resnet8-seed7" / "config.json").read_text())  # seed 7's dir
     assert (config["seed"], config["iterations"], config["lr"], config["milestones"]) == (7, 2, 0.05, [1, 2])
+    assert config["run"] == "resnet8"
     assert not (tmp_path / "res" / "pair" / "plain8").exists()
 
 
@@ -200,7 +201,7 @@ def test_a_child_process_receives_its_run_as_data_with_the_parents_options(monke
     job = plan.plan_jobs(exp, args.out, cpu, run.job_options(args, cpu, 2, parallel=True))[0]
     assert (job.spec.seed, job.spec.lr, job.spec.ramp, job.spec.data) == (3, 0.05, 0, "mini")
     assert (job.resume, job.workers, job.threads, job.progress, job.quick) == (True, 1, 2, False, True)
-    assert job.run_dir == str(Path("elsewhere") / "degradation-quick" / "plain20")
+    assert job.run_dir == str(Path("elsewhere") / "degradation-quick" / "plain20-seed3")
     assert plan.Job.from_json(job.to_json()) == job  # what the child reads is what the parent planned
 
 

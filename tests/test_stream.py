@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import TIMING, csv_rows, train_run, write_tar_gz
-from resnet_repro import data, recipe, rundir, stream
+from resnet_repro import data, inspection, recipe, rundir, stream
 from resnet_repro.config import SpecError, TrainSpec
 from resnet_repro.models import build_model
 
@@ -236,7 +236,6 @@ def test_bad_layouts_and_specs_say_what_is_expected(tmp_path):
 
 
 def test_predictions_of_a_streamed_run_use_the_centre_crops(folder, tmp_path, capsys):
-    from resnet_repro import analysis
 
     ds = load(folder, tmp_path)
     d = tmp_path / "run"
@@ -249,5 +248,5 @@ def test_predictions_of_a_streamed_run_use_the_centre_crops(folder, tmp_path, ca
         data_dir=tmp_path / "data",
     )
     out = tmp_path / "pred.png"
-    assert analysis.predictions_main([str(d), "--out", str(out), "--n", "5"]) == 0
+    assert inspection.predictions_main([str(d), "--out", str(out), "--n", "5"]) == 0
     assert out.exists() and capsys.readouterr().out.strip().endswith("/5 right")
