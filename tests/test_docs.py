@@ -26,7 +26,10 @@ SPEED_TABLE = "| net | 1 process, 2 threads | 2 processes, 1 thread each (sum) |
 HAND_TABLES = {  # typed by hand, and why
     ("docs/speed.md", SPEED_TABLE): "one measurement, not a bench option",
     ("docs/gpu-check.md", "| step | what | its files under `--out` |"): "what each step does: words, no numbers",
-    ("docs/claims.md", "| id | the check (final = the last CSV row) | the paper's evidence |"): "the claims' rules, words",
+    (
+        "docs/claims.md",
+        "| id | the check (final = the last CSV row) | the paper's evidence |",
+    ): "the claims' rules, words",
 }
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 LINK = re.compile(r"\]\(([^)\s]+)\)")
