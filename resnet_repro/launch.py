@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from resnet_repro import data, metrics, plan, provenance, recipe, rundir, train
+from resnet_repro import data, metrics, plan, provenance, recipe, rundir, stopping, train
 from resnet_repro.config import SpecError
 from resnet_repro.distributed import world
 from resnet_repro.rundir import Interrupted, RunDirError
@@ -41,7 +41,7 @@ def in_this_process(jobs, datasets, say=print):
     datasets loaded for them ({data.data_key: Dataset}). Returns ({job.name: train.Outcome}, the signal that
     stopped them or None); a signal that comes while a run is finishing lets it finish and starts no further run."""
     outcomes = {}
-    with train.stop_requests() as stop:  # one for all the runs: a signal between two runs starts no further one
+    with stopping.stop_requests() as stop:  # one for all the runs: a signal between two runs starts no further one
         for i, job in enumerate(jobs):
             if stop["signal"]:
                 return outcomes, stop["signal"]
@@ -188,6 +188,4 @@ def child_main():
 
 
 if __name__ == "__main__":
-    with train.stop_requests():  # for the whole process: the first signal decides, one while it exits is ignored
-        code = child_main()
-    sys.exit(code)
+    sys.exit(stopping.stop_requests_until_exit(child_main))

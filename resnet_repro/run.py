@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from resnet_repro import config as cfg
-from resnet_repro import data, distributed, launch, plan, provenance, report, rundir, slurm, train
+from resnet_repro import data, distributed, launch, plan, provenance, report, rundir, slurm, stopping
 from resnet_repro.plan import device_error
 
 EPILOG = """\
@@ -290,6 +290,4 @@ def figures_dir(args):
 
 
 if __name__ == "__main__":
-    with train.stop_requests():  # for the whole process: the first signal decides, one while it exits is ignored
-        code = main()
-    sys.exit(code)
+    sys.exit(stopping.stop_requests_until_exit(main))

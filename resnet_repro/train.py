@@ -8,9 +8,7 @@ over the augmented mini-batches since the previous row, in train mode, as the pa
 the whole evaluation split. Metrics are summed on the device and read once per row, not per step.
 """
 
-import contextlib
 import math
-import signal
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -23,6 +21,7 @@ from resnet_repro import files, metrics, provenance, recipe, rundir
 from resnet_repro.distributed import all_sum, first_set, rank0_buffers, world
 from resnet_repro.models import load_pretrained, pretrained_state_dict
 from resnet_repro.rundir import Interrupted, RunFailed
+from resnet_repro.stopping import stop_requests
 
 SYNC_EVERY = 50  # iterations between host syncs: the progress bar's numbers, the non-finite check, torchrun's stop vote
 WARMUP_CHECK = 50  # iterations between checks of the warm-up's training error
@@ -49,42 +48,6 @@ def train(job, dataset):
     except RunFailed as e:
         return Outcome("failed", str(e))
     return Outcome("done", stop_signal=stop_signal)
-
-
-_active = []  # the flag of the stop_requests block this process is in
-
-
-@contextlib.contextmanager
-def stop_requests():
-    """SIGINT/SIGTERM set a flag that the loop reads after each step; a second SIGINT stops at once, unless it
-    comes within a second of the first (one Ctrl-C can arrive twice: from the terminal and forwarded by `uv run`).
-    Nested blocks share the outer one's flag: the runs of one process stop on the first signal it got."""
-    if _active:
-        yield _active[-1]
-        return
-    flag = {"signal": None, "at": 0.0}
-
-    def handler(signum, frame):
-        if flag["signal"] is not None:
-            if signum == signal.SIGINT and time.monotonic() - flag["at"] > 1.0:
-                raise KeyboardInterrupt
-            return
-        flag["signal"], flag["at"] = signal.Signals(signum).name, time.monotonic()
-        tqdm.write(f"{flag['signal']}: finishing this step and writing a checkpoint (Ctrl-C again to stop at once)")
-
-    installed = {}
-    try:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            installed[s] = signal.signal(s, handler)
-    except ValueError:  # not the main thread: no signal handling
-        pass
-    _active.append(flag)
-    try:
-        yield flag
-    finally:
-        _active.pop()
-        for s, previous in installed.items():
-            signal.signal(s, previous)
 
 
 @dataclass
