@@ -99,6 +99,20 @@ def csv_rows(path, drop=()):
         return [{k: v for k, v in r.items() if k not in drop} for r in csv.DictReader(f)]
 
 
+def write_experiment(path, data, runs=("plain8", "resnet8"), iterations=4, batch_size=8, eval_batch_size=8):
+    """An experiment file of tiny runs on `data`, the lr falling at half of `iterations`; returns its path."""
+    path.write_text(f"""
+runs = {json.dumps(list(runs))}
+[train]
+data = "{data}"
+batch_size = {batch_size}
+iterations = {iterations}
+milestones = [{iterations // 2}]
+eval_batch_size = {eval_batch_size}
+""")
+    return path
+
+
 def job(spec, run_dir, experiment="exp", run=None, **options):
     """A plan.Job of `spec` into run_dir (its name is the run's unless `run` is given), on the CPU, no progress bar."""
     from resnet_repro.plan import Job

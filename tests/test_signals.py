@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TIMING, csv_rows, train_run, write_image_folder
+from conftest import TIMING, csv_rows, train_run, write_experiment, write_image_folder
 from resnet_repro import memory, recipe, run, rundir
 from resnet_repro.config import TrainSpec
 
@@ -30,17 +30,7 @@ def tiny_dir(tmp_path_factory):
 
 
 def experiment(tmp_path, tiny_dir, runs=("plain8", "resnet8"), iterations=400):
-    path = tmp_path / "exp.toml"
-    path.write_text(f"""
-runs = {json.dumps(list(runs))}
-[train]
-data = "{tiny_dir}"
-batch_size = 8
-iterations = {iterations}
-milestones = [{iterations // 2}]
-eval_batch_size = 8
-""")
-    return path
+    return write_experiment(tmp_path / "exp.toml", tiny_dir, runs, iterations)
 
 
 def start(exp, out, *extra, **popen):

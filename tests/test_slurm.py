@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import TIMING, csv_rows, write_image_folder
+from conftest import TIMING, csv_rows, write_experiment, write_image_folder
 from resnet_repro import config, plan, run, rundir, slurm
 
 submitit = pytest.importorskip("submitit")  # in the dev group; `uv sync --extra slurm` for users
@@ -54,17 +54,7 @@ def tiny_dir(tmp_path_factory):
 
 
 def experiment(tmp_path, tiny_dir, iterations=4):
-    path = tmp_path / "exp.toml"
-    path.write_text(f"""
-runs = ["resnet8"]
-[train]
-data = "{tiny_dir}"
-batch_size = 8
-iterations = {iterations}
-milestones = [{iterations // 2}]
-eval_batch_size = 8
-""")
-    return path
+    return write_experiment(tmp_path / "exp.toml", tiny_dir, ("resnet8",), iterations)
 
 
 def test_without_submitit_the_launcher_says_how_to_get_it(tmp_path, tiny_dir, monkeypatch, capsys):
