@@ -10,18 +10,17 @@ import io
 import re
 import runpy
 import shlex
+import signal
 import sys
 import warnings
 
 import pandas as pd
 import pytest
 
-from resnet_repro import docs, models
+from resnet_repro import docs, models, stopping
 
 ROOT = docs.ROOT
 DOCS = docs.doc_paths()
-NOT_YET = {"plan", "launch", "recipe", "memory", "report"}  # in README's layout; being written on another branch
-OPTIONAL = {"docs/claims.md", "docs/gpu-check.md"}  # written on other branches: a link may come before the file
 SPEED_TABLE = "| net | 1 process, 2 threads | 2 processes, 1 thread each (sum) | ratio |"
 HAND_TABLES = {  # typed by hand, and why
     ("docs/speed.md", SPEED_TABLE): "one measurement, not a bench option",
@@ -55,6 +54,8 @@ def without_fences(text):
 def python_m(module, *argv):
     """`python -m module argv` in this process: (exit code, stdout + stderr)."""
     out, old_argv = io.StringIO(), sys.argv
+    # a command's __main__ takes over SIGINT/SIGTERM for its whole process: give this one back its own
+    handlers, active = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}, list(stopping._active)
     sys.argv = [module, *argv]
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), warnings.catch_warnings():
@@ -66,6 +67,9 @@ def python_m(module, *argv):
                 code = e.code if isinstance(e.code, int) or e.code is None else 1
     finally:
         sys.argv = old_argv
+        stopping._active[:] = active
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
     return code or 0, out.getvalue()
 
 
@@ -152,7 +156,7 @@ def test_layout_names_modules_that_exist():
     named = set(re.findall(r"^\s+(\w+)\.py\s", layout, re.M))
     assert {"config", "run", "train", "rundir", "data", "models", "analysis"} <= named
     missing = {m for m in named if not (ROOT / "resnet_repro" / f"{m}.py").exists()}
-    assert missing <= NOT_YET, f"README's layout names modules that do not exist: {sorted(missing - NOT_YET)}"
+    assert not missing, f"README's layout names modules that do not exist: {sorted(missing)}"
     for module, attr in re.findall(r"`(\w+)\.(\w+)[(`]", layout):  # run.main, train.train(...), not final.pt
         if (ROOT / "resnet_repro" / f"{module}.py").exists():
             assert hasattr(importlib.import_module(f"resnet_repro.{module}"), attr), f"{module}.{attr}"
@@ -180,8 +184,6 @@ def test_links_resolve(path):
         file, _, anchor = target.partition("#")
         linked = (path.parent / file).resolve() if file else path
         if not linked.exists():
-            if linked.is_relative_to(ROOT) and name(linked) in OPTIONAL:
-                continue
             broken.append(target)
         elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
             broken.append(target)
