@@ -139,6 +139,11 @@ def test_prose_numbers_match_the_csvs():
         f"docs/speed.md: {same} rows were repeated"
     )
     assert f"({full.test_loss[same]:g} vs {short.test_loss[same]:g})" in speed, "docs/speed.md: the first row apart"
+    # torch.compile on the CPU: two bench runs, eager then compiled
+    bench = pd.read_csv(ROOT / "results/bench/cpu-2026-12-02.csv")
+    usual, eager, compiled = (bench[bench.path == p] for p in ("usual", "engine", "engine+compile"))
+    assert f"from {usual.images_per_second.iloc[0]:.1f} to {usual.images_per_second.iloc[1]:.1f}" in speed
+    assert f"{eager.speedup.iloc[0]:g} times the usual loop eager, {compiled.speedup.iloc[0]:g} times" in speed
     resnet56 = int(re.search(r"\| ResNet-56 \| (\d+) images/s", speed).group(1))
     for doc in ("docs/results.md", "docs/speed.md"):
         words = f"about {64_000 * 128 / resnet56 / 3600:.0f} hours"
