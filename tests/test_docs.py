@@ -150,6 +150,35 @@ def test_prose_numbers_match_the_csvs():
         assert words in (ROOT / doc).read_text(), f"{doc}: a full-schedule ResNet-56 at docs/speed.md's rate: {words!r}"
 
 
+def test_full_schedule_reading_matches_the_csvs():
+    """README's and docs/results.md's reading of the full-schedule ResNet-56 against ResNet-20, from their CSVs."""
+    readme, results = (" ".join((ROOT / doc).read_text().split()) for doc in ("README.md", "docs/results.md"))
+    a, b = (pd.read_csv(ROOT / f"results/cpu-full/degradation/{n}/metrics.csv").set_index("epoch") for n in ("resnet20", "resnet56"))  # fmt: skip
+    errs = ["train_err", "test_err"]
+    gap = (a[errs] - b[errs]).round(2)  # positive where ResNet-56 is below
+    for doc in (readme, results):
+        assert f"ResNet-56 ends {gap.test_err.iloc[-1]:.2f} points below ResNet-20 in test error" in doc
+        assert f"{gap.train_err.iloc[-1]:.2f} below in training error" in doc
+    since = {c: int(gap.index[gap[c] <= 0].max()) + 1 for c in gap}  # the epoch from which ResNet-56 stays below
+    assert f"below in training error at every epoch from epoch {since['train_err']} on" in results
+    assert f"below in test error at every epoch from epoch {since['test_err']} on" in results
+    assert f"below it in both at every epoch from epoch {max(since.values())} on" in readme
+    last_above = since["train_err"] - 1
+    assert (gap.train_err.loc[:last_above] < 0).all()  # above, not just not below
+    assert f"at every epoch up to epoch {last_above} (iteration {a.iteration[last_above]:,})" in results
+    assert a.lr[82] == 0.1 and a.lr[83] == a.lr[123] == 0.01 and a.lr[124] == 0.001  # the phases below
+    for lo, hi, words in ((83, 123, "the test-error gap is {} to {} points"), (124, None, "stays between {} and {}")):
+        phase = gap.test_err.loc[lo:hi]
+        assert words.format(f"{phase.min():.2f}", f"{phase.max():.2f}") in results
+    hours = pd.read_csv(ROOT / "figures/summary.csv").set_index("run").minutes["resnet56"] / 60
+    assert f"ResNet-56 about {hours:.0f} hours" in results
+    first = f"its first row: {b.test_err.iloc[0]:.2f}% test error against ResNet-20's {a.test_err.iloc[0]:.2f}%"
+    last = f"({b.test_err.iloc[-1]:.2f}% vs {a.test_err.iloc[-1]:.2f}%) and {gap.train_err.iloc[-1]:.2f} below in training error ({b.train_err.iloc[-1]:.2f}% vs {a.train_err.iloc[-1]:.2f}%)"  # fmt: skip
+    a8, b8 = (pd.read_csv(ROOT / f"results/cpu-8k/degradation/{n}/metrics.csv").iloc[-1] for n in ("resnet20", "resnet56"))  # fmt: skip
+    short = f"ResNet-56 {b8.test_err - a8.test_err:.2f} points above in test error, {b8.train_err - a8.train_err:.2f} in training error"  # fmt: skip
+    assert first in results and last in results and short in results
+
+
 def test_shown_modules_exist():
     missing = {(doc, module) for doc, module, _ in shown_commands() if importlib.util.find_spec(module) is None}
     assert not missing, f"commands name modules that do not exist: {sorted(missing)}"
