@@ -17,6 +17,11 @@ def init():
     if world_size == 1 or dist.is_initialized():
         return (dist.get_rank(), dist.get_world_size(), None) if dist.is_initialized() else (0, 1, None)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    # DistributedDataParallel imports torch._dynamo; imported after the process group exists, it keeps references
+    # to it, so destroy_process_group cannot stop gloo's worker threads, and one of them freeing a tensor after
+    # Python has begun to exit aborts the process ("terminate called without an active exception")
+    import torch._dynamo  # noqa: F401
+
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -28,6 +33,7 @@ def init():
 
 
 def finish():
+    """Destroy the process group while Python is fully alive: its worker threads stop here, not at exit."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
