@@ -115,8 +115,8 @@ def test_two_processes_match_one_within_tolerance(setup, two):
 
 def test_no_gloo_thread_outlives_the_run(setup, tmp_path):
     """A gloo worker thread still alive when Python exits may free a tensor then and abort its process
-    (SIGABRT, "terminate called without an active exception": about one torchrun in 15 here). run.main
-    leaves none behind on either process: its process group is gone before the interpreter exits."""
+    (SIGABRT, "terminate called without an active exception": about one run of this module in 15 here).
+    run.main leaves none behind on either process: its process group is gone before the interpreter exits."""
     script = tmp_path / "threads.py"
     script.write_text(f"""
 import os
