@@ -40,22 +40,14 @@ eval_batch_size = 8
 
 
 def torchrun(tmp, out, *extra, **popen):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "resnet_repro.run",
-        str(tmp / "exp.toml"),
-        "--out",
-        str(tmp / out),
-        "--no-progress",
-        "--no-figures",
-        "--deterministic",
-        *extra,
-    ]
+    args = [str(tmp / "exp.toml"), "--out", str(tmp / out), "--no-progress", "--no-figures", "--deterministic"]
+    return launch("-m", "resnet_repro.run", *args, *extra, **popen)
+
+
+def launch(*target, **popen):
+    """torchrun with 2 processes of `target` (a script, or -m and a module): its completed process, or with
+    `popen` keywords the running one."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *target]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     if popen:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
@@ -126,9 +118,7 @@ code = run.main(args)
 names = [open(f"/proc/self/task/{{t}}/comm").read().strip() for t in os.listdir("/proc/self/task")]
 print("exit", code, "gloo threads", sorted(n for n in names if "gloo" in n))
 """)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    result = launch(str(script))
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("exit 0 gloo threads []") == 2, result.stdout[-2000:]
 
