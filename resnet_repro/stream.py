@@ -27,7 +27,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.io import ImageReadMode, decode_image
 
-from resnet_repro.data import DataError, Dataset, archive_cache, cached, image_tree, local_path, normalize
+from resnet_repro.data import DataError, Dataset, archive_cache, cached, dataset_name, image_tree, local_path, normalize
 
 # AlexNet's PCA of ImageNet's RGB pixels (values in [0, 1]), as used by the usual ResNet reimplementations
 EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
@@ -173,7 +173,7 @@ def load(source, data_dir="data", device="cpu", crop=224, test_resize=256, scale
     """A Dataset whose splits are JpegSplits; `mean` is the per-pixel mean (3, crop, crop) in [0, 1] of
     the centre crops of up to MEAN_IMAGES training images (computed once, cached in data_dir/cache)."""
     data_dir = Path(data_dir)
-    root, name = _root(source, data_dir)
+    path, root = _root(source, data_dir)
     classes, train_files, train_labels, test_files, test_labels = _scan(root)
     listing = hashlib.md5()
     for f in (*train_files, *test_files):
@@ -185,10 +185,11 @@ def load(source, data_dir="data", device="cpu", crop=224, test_resize=256, scale
     test = JpegSplit(test_files, test_labels, **common)
     cache = data_dir / "cache" / f"mean-{checksum[:12]}-{crop}-{test_resize}-v{CACHE_VERSION}.pt"
     mean = cached(cache, lambda: _mean(train), "the per-pixel mean")
-    return Dataset(name, classes, train, test, mean.to(device), checksum, str(source))
+    return Dataset(dataset_name(path, checksum), classes, train, test, mean.to(device), checksum, str(source))
 
 
 def _root(source, data_dir):
+    """(the --data path, the folder to scan: that path, or where its archive is extracted once)"""
     if source in ("cifar10", "cifar100"):
         raise DataError(
             f'the stream loader reads image folders; {source} is a torchvision download (use loader = "memory")'
@@ -199,8 +200,8 @@ def _root(source, data_dir):
         "or a .tar.gz of one.",
     )
     if path.is_dir():
-        return path, path.name
-    _, name, out = archive_cache(path, data_dir)
+        return path, path
+    out = archive_cache(path, data_dir)
     if not (out / ".complete").exists():
         # torchrun's processes may all get here: each extracts into its own folder and renames it into
         # place whole (with .complete inside); whoever comes second throws its copy away.
@@ -221,7 +222,7 @@ def _root(source, data_dir):
             os.replace(tmp, out)
         except OSError:  # another process put a complete copy there first
             shutil.rmtree(tmp, ignore_errors=True)
-    return out, name
+    return path, out
 
 
 def _scan(path):

@@ -33,7 +33,29 @@ def test_nested_tar_gz_is_decoded_once_then_read_from_cache(image_folder, tmp_pa
     monkeypatch.setattr(memory, "_decode_tree", lambda *a: pytest.fail("decoded again instead of using the cache"))
     second = memory.load(str(archive), data_dir=tmp_path / "d")
     assert torch.equal(first.train.images, second.train.images) and first.checksum == second.checksum
-    assert first.name == "tiny.tar.gz" and first.classes == CLASSES
+    assert first.name == "tiny" and first.classes == CLASSES  # named by the archive, without its suffix
+
+
+def test_a_cloned_folder_and_a_tar_gz_of_it_are_one_dataset(image_folder, tmp_path):
+    """A git clone of an image repository (a README and .git beside train/ and test/) and a .tar.gz of it: the
+    same name in results, the same checksum, the same pixels."""
+    root, _ = image_folder
+    (root / "README.md").write_text("# tiny images\n")
+    (root / ".git").mkdir()
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/master\n")
+    archive = write_tar_gz(root, tmp_path / "tiny.tar.gz", arcname="tiny")
+    folder, packed = memory.load(str(root)), memory.load(str(archive), data_dir=tmp_path / "d")
+    assert folder.name == packed.name == "tiny" and folder.checksum == packed.checksum
+    assert torch.equal(folder.train.images, packed.train.images) and torch.equal(folder.mean, packed.mean)
+
+
+def test_known_content_carries_its_public_name_whatever_the_file_is_called(image_folder, tmp_path, monkeypatch):
+    root, _ = image_folder
+    archive = write_tar_gz(root, tmp_path / "renamed.tgz", arcname="elsewhere")
+    monkeypatch.setitem(data.KNOWN_DATASETS, memory.load(str(root)).checksum, "Tiny (public copy)")
+    assert memory.load(str(root)).name == "Tiny (public copy)"
+    assert memory.load(str(archive), data_dir=tmp_path / "d").name == "Tiny (public copy)"
+    assert data.dataset_name("x/Other.tar.gz", "unknown") == "Other" and data.dataset_name(".tar", "u") == ".tar"
 
 
 def test_bundled_mini_cifar10_is_real_and_class_balanced():
