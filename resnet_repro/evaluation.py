@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resnet_repro import data, inspection, metrics, models, provenance
+from resnet_repro import data, files, inspection, metrics, models, provenance
 from resnet_repro.config import SpecError, TrainSpec, spec_from_config
-from resnet_repro.files import NotLoadable, load_tensors
 from resnet_repro.recipe import evaluate  # the engine's own test pass: the CSV's numbers
 
 IMAGENET_CHANNEL = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -37,13 +36,14 @@ class WeightsError(ValueError):
 
 
 def read_weights(path):
-    """(state dict in our parameter names, the run's config or None) of a weights file (see the module doc)."""
+    """(state dict in our parameter names, the run's config or None, the per-pixel mean its inputs were
+    normalized by or None) of a weights file (see the module doc)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file")
     try:
-        obj = load_tensors(path)  # never code: a file that needs it is refused
-    except NotLoadable as e:
+        obj = files.load_tensors(path)  # never code: a file that needs it is refused
+    except files.NotLoadable as e:
         raise WeightsError(str(e)) from None
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a state dict")
@@ -51,7 +51,8 @@ def read_weights(path):
     state = obj.get("model", obj.get("state_dict", obj))
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: no state dict of tensors in it (keys: {', '.join(map(str, list(obj)[:6]))})")
-    return models.convert_cifar_state_dict(state), config
+    mean = obj.get("mean") if config and isinstance(obj.get("mean"), torch.Tensor) else None
+    return models.convert_cifar_state_dict(state), config, mean
 
 
 def build(state, config, name):
@@ -84,11 +85,14 @@ def data_spec(config, name, source):
     return TrainSpec(model=name, data=source, image_size=size, resize=size != 32)
 
 
-def normalization(how, config, ds, data_dir, device):
-    """(mean, std or None, its description) of the normalization `how` (see the module doc)."""
+def normalization(how, config, ds, data_dir, device, own_mean=None):
+    """(mean, std or None, its description) of the normalization `how` (see the module doc). own_mean: the
+    run's per-pixel mean as its weights carry it; weights written before they carried it need the run's data."""
     if how == "run":
         if not config:
             raise WeightsError("--normalize run needs our final.pt or checkpoint.pt; name how these weights were trained")  # fmt: skip
+        if own_mean is not None:
+            return own_mean, None, f"per-pixel mean of {config['dataset']} (the run's)"
         own = inspection.test_data(config | {"data_dir": data_dir}) if config["data"] != ds.source else ds
         return own.mean, None, f"per-pixel mean of {own.name} (the run's)"
     if how == "pixel-mean":
@@ -123,11 +127,12 @@ def data_checksum(ds, mean, std):
     )
 
 
-def evaluate_weights(path, source=None, name=None, data_dir=None, normalize=None, device="cpu"):
-    """(a row of CSV_COLUMNS, the line that says it): the weights at `path` on the test split of `source`
-    (default: the run's data). A run's final.pt scores are read from its measures.json when there."""
-    path = Path(path)
-    state, config = read_weights(path)
+def evaluate_weights(weights, source=None, name=None, data_dir=None, normalize=None, device="cpu"):
+    """(a row of CSV_COLUMNS, the line that says it): the weights at `weights` (a path, or a URL downloaded
+    once into <data_dir>/weights/) on the test split of `source` (default: the run's data). A run's final.pt
+    scores are read from its measures.json when there."""
+    path = files.fetch_weights(weights, Path(data_dir or "data") / "weights")
+    state, config, own_mean = read_weights(path)
     model = build(state, config, name)
     name = config["model"] if config else name
     spec = data_spec(config, name, source)
@@ -137,7 +142,7 @@ def evaluate_weights(path, source=None, name=None, data_dir=None, normalize=None
         raise WeightsError(f"the weights have {model.fc.out_features} classes, {ds.name} has {ds.num_classes}")
     if not (normalize or config):
         raise WeightsError(f"name how these weights were trained to normalize their input: --normalize, one of {', '.join(NORMALIZATIONS)}")  # fmt: skip
-    mean, std, described = normalization(normalize or "run", config, ds, data_dir, device)
+    mean, std, described = normalization(normalize or "run", config, ds, data_dir, device, own_mean)
     net = model if std is None else nn.Sequential(Standardize(std), model)
     net = net.to(device, memory_format=torch.channels_last if spec.channels_last else torch.contiguous_format)
     computed = []  # empty when the scores were read from measures.json
@@ -150,12 +155,12 @@ def evaluate_weights(path, source=None, name=None, data_dir=None, normalize=None
         scores = inspection.cached(path.parent, data_checksum(ds, mean, std), device, "test", score)
     else:
         scores = score()
-    row = {"weights": str(path), "weights_md5": data.md5_file(path), "model": name, "data": spec.data, "dataset": ds.name,
+    row = {"weights": str(weights), "weights_md5": data.md5_file(path), "model": name, "data": spec.data, "dataset": ds.name,
            "test_images": len(ds.test), "normalize": normalize or "run", **{k: round(v, 6) for k, v in scores.items()},
            "run_last_test_err": last_test_err(path, config, spec), "device": provenance.device_name(device),
            "torch": str(torch.__version__), "commit": provenance.git_commit()}  # fmt: skip
     line = (
-        f"{path}: {name} on {ds.name}, {len(ds.test):,} test images, {described}: test error {row['test_err']:.2f}%, "
+        f"{weights}: {name} on {ds.name}, {len(ds.test):,} test images, {described}: test error {row['test_err']:.2f}%, "
         f"loss {row['test_loss']:.4f}, top-5 error {row['top5_err']:.2f}% ({row['device']}"
         f"{'' if computed else ', read from measures.json'})"
     )
@@ -180,7 +185,7 @@ def append_row(row, path):
         raise WeightsError(f"{path} has other columns than an evaluations CSV; pass another --csv")
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
-    with open(path, "a", newline="") as f:
+    with open(path, "a", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, CSV_COLUMNS)
         if new:
             writer.writeheader()
@@ -189,9 +194,11 @@ def append_row(row, path):
 
 EXAMPLES = """examples:
   uv run python -m resnet_repro.analysis evaluate results/cpu-8k/degradation/resnet20/final.pt
-  uv run python -m resnet_repro.analysis evaluate ../shared/pretrained/resnet20-12fca82f.th --model resnet20 \\
-      --data ../shared/data/cifar10-jpeg.tar.gz --normalize imagenet-channel
+  uv run python -m resnet_repro.analysis evaluate \\
+      https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/resnet20-12fca82f.th \\
+      --model resnet20 --data data/CIFAR-10-images --normalize imagenet-channel
 
+A URL is downloaded once into --data-dir/weights/ (the sha256 prefix in its file name is checked).
 Prints one line (test error, loss, top-5 error, and for a run's weights the last test error of its
 metrics.csv) and appends a row to --csv. Normalization: a run's own per-pixel mean ("run", the default
 for our final.pt and checkpoint.pt); foreign weights must name theirs: imagenet-channel, pixel-mean
@@ -206,7 +213,7 @@ def main(argv=None):
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("weights", type=Path, metavar="WEIGHTS", help="final.pt, checkpoint.pt or a state dict file")
+    parser.add_argument("weights", metavar="WEIGHTS", help="final.pt, checkpoint.pt, a state dict file, or its URL")
     parser.add_argument("--data", help="test data: cifar10, cifar100, mini or a path (default: the run's data)")
     parser.add_argument("--model", help="the net, e.g. resnet20 (needed for weights without a run's config)")
     parser.add_argument("--data-dir", help="downloads and decoded archives (default: the run's data_dir, else data)")

@@ -1,11 +1,14 @@
-"""Atomic file writes, and the one way .pt files are read, shared by the run directory, the data caches and the
-weights a user passes in."""
+"""Atomic file writes, the one way .pt files are read, and the one way weights are downloaded, shared by the run
+directory, the data caches and the weights a user passes in."""
 
 import errno
+import hashlib
 import io
 import os
 import pickle
 import re
+import urllib.error
+import urllib.parse
 from pathlib import Path
 
 import torch
@@ -38,6 +41,18 @@ def write_atomic(path, write):
         raise
 
 
+def write_text(path, text):
+    """A text file as UTF-8 (whatever the locale), atomically (see write_atomic)."""
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def save_figure(fig, path, **kwargs):
+    """fig.savefig(path, **kwargs), atomically (see write_atomic): a figure cut short never replaces a good one."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip("."), **kwargs)
+    write_atomic(path, lambda f: f.write(buf.getbuffer()))
+
+
 def save(obj, path):
     """torch.save, atomically (see write_atomic)."""
     buf = io.BytesIO()
@@ -63,3 +78,43 @@ def load_tensors(path):
         raise NotLoadable(
             f"{path}: not readable ({type(e).__name__}: {text.splitlines()[0] if text else ''})"
         ) from None
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_url(source):
+    return str(source).startswith(("http://", "https://", "file://"))
+
+
+def fetch_weights(source, directory):
+    """The local file of a weights `source`: a path as it is, or a URL downloaded once into `directory`
+    (torch.hub's download, which verifies a hash in the file name, `name-<sha256 prefix>.ext`, as torch.hub
+    names published weights). A file already there is used only when it still has that hash: a file someone
+    put in a cache is checked like a download. ValueError in one line when it cannot be had or does not match."""
+    if not is_url(source):
+        return Path(source).expanduser()
+    name = Path(urllib.parse.urlparse(str(source)).path).name
+    if not name:
+        raise ValueError(f"{source}: a weights URL must end in a file name")
+    found = torch.hub.HASH_REGEX.search(name)
+    prefix = found.group(1) if found else None
+    path = Path(directory) / name
+    if path.is_file():
+        if prefix is None or sha256_file(path).startswith(prefix):
+            return path
+        raise ValueError(f"{path} does not have the hash its name says ({prefix}); delete it to download it again")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(str(source), str(path), hash_prefix=prefix, progress=False)
+    except (OSError, urllib.error.URLError, RuntimeError) as e:  # RuntimeError: the hash did not match
+        text = str(getattr(e, "reason", e)).strip().splitlines()
+        raise ValueError(
+            f"could not download {source} into {path.parent}/: {text[0] if text else type(e).__name__}"
+        ) from None
+    return path

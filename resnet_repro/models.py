@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from resnet_repro.files import fetch_weights, load_tensors
+
 SHORTCUTS = ("A", "B", "C")
 STEMS = ("cifar", "imagenet")
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)  # the paper's; any other 6n+2 builds too
@@ -286,29 +288,27 @@ def convert_cifar_state_dict(state_dict):
 
 def pretrained_state_dict(name, source):
     """Weights to start from: source "torchvision" (ImageNet weights of resnet18..152, from the local torch
-    cache, downloaded if absent and reachable), or a path to a state dict, a torchvision .pth, our final.pt
-    or a checkpoint of the common CIFAR re-implementations. Raises ValueError with what to do."""
+    cache, downloaded if absent and reachable), or a path or URL of a state dict, a torchvision .pth, our
+    final.pt or a checkpoint of the common CIFAR re-implementations; read as tensors only, a hash in the file
+    name checked. Raises ValueError with what to do."""
     if source == "torchvision":
         import torchvision
 
         kind, depth = parse_name(name)
         if kind != "resnet" or depth not in IMAGENET_LAYERS:
             raise ValueError(f"torchvision has pretrained weights for resnet18/34/50/101/152 only, not {name}")
-        weights = torchvision.models.get_model_weights(f"resnet{depth}").DEFAULT
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        url = torchvision.models.get_model_weights(f"resnet{depth}").DEFAULT.url
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
         try:
-            return weights.get_state_dict(progress=False)
-        except Exception as e:  # offline and not cached
+            source = fetch_weights(url, cache)  # the torch cache, its file's hash checked like a download
+        except ValueError as e:
             raise ValueError(
-                f"torchvision's {name} weights are not in the torch cache ({cached}) and could not be "
-                f"downloaded ({type(e).__name__}: {e}). Copy {Path(weights.url).name} there, or pass a weights file."
+                f"torchvision's {name} weights: {e}. Offline, put {url} into {cache}/, or pass a weights file."
             ) from None
-    path = Path(source).expanduser()
+    path = fetch_weights(source, Path(torch.hub.get_dir()) / "checkpoints")
     if not path.is_file():
-        raise ValueError(f"weights file {path} not found; pass a file or 'torchvision'")
-    from resnet_repro.files import load_tensors
-
-    state = load_tensors(path)  # NotLoadable (a ValueError) for a file that is not plain weights
+        raise ValueError(f"weights file {path} not found; pass a file, a URL or 'torchvision'")
+    state = load_tensors(path)  # NotLoadable (a ValueError) for a file that is not plain weights: never code
     state = state.get("model", state.get("state_dict", state))  # our final.pt / checkpoint layouts
     return convert_cifar_state_dict(state)
 

@@ -8,7 +8,7 @@ results/<experiment>/<run>/
     status.json      {"state": running | done | failed | interrupted, "message": ...}; a "running" run whose
                      process is gone (no lock held) reads as "stopped"
     checkpoint.pt    the latest training state, written atomically (committed only for campaign runs)
-    final.pt         {"model": state_dict, "config": config} once the run is done
+    final.pt         {"model": state_dict, "config": config, "mean": per-pixel training mean} once done
     evaluation.json  the 10-crop test at the end of a run with ten_crop
     output.log       what the run printed, when a parent process (--jobs) started it
     measures.json    Fig. 7's layer responses and `analysis evaluate`'s scores of final.pt, keyed by the md5 of

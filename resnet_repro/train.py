@@ -261,4 +261,6 @@ class Engine:
                               "test_loss": round(test_loss, 6), "top1_err": round(top1, 4), "top5_err": round(top5, 4)}  # fmt: skip
                 rundir.write_json(evaluation, self.run_dir / "evaluation.json")
         if self.main:
-            files.save({"model": self.model.state_dict(), "config": self.config}, self.run_dir / "final.pt")
+            # the mean travels with the weights: evaluating them needs no training data
+            final = {"model": self.model.state_dict(), "config": self.config, "mean": self.dataset.mean.cpu()}
+            files.save(final, self.run_dir / "final.pt")

@@ -4,7 +4,9 @@ import hashlib
 import http.server
 import io
 import json
+import os
 import pickle
+import signal
 import tarfile
 import threading
 from pathlib import Path
@@ -118,6 +120,22 @@ def job(spec, run_dir, experiment="exp", run=None, **options):
     from resnet_repro.plan import Job
 
     return Job(spec, experiment, run or Path(run_dir).name, str(run_dir), progress=False, **options)
+
+
+def interrupt_at(monkeypatch, step, sig=signal.SIGINT):
+    """Send `sig` to ourselves from inside the `step`-th augmentation call (mid-iteration)."""
+    from resnet_repro import memory
+
+    calls = {"n": 0}
+    real = memory.augment
+
+    def augment(x, g):
+        calls["n"] += 1
+        if calls["n"] == step:
+            os.kill(os.getpid(), sig)
+        return real(x, g)
+
+    monkeypatch.setattr(memory, "augment", augment)
 
 
 def train_run(spec, dataset, run_dir, **options):

@@ -1,4 +1,5 @@
 import csv
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -9,11 +10,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import CLASSES, train_run, write_image_folder
-from resnet_repro import analysis, evaluation, inspection, memory, metrics, models
+from resnet_repro import analysis, evaluation, files, inspection, memory, metrics, models
 from resnet_repro.config import TrainSpec
 from resnet_repro.evaluation import WeightsError, evaluate_weights
-
-PRETRAINED = Path(__file__).resolve().parent.parent / ".." / "shared" / "pretrained"
 
 
 def train_tiny(root):
@@ -138,10 +137,53 @@ def test_a_file_that_needs_code_to_load_is_refused_in_one_line(tmp_path, capsys)
     assert "weights_only" not in err and "False" not in err
 
 
-@pytest.mark.skipif(not PRETRAINED.is_dir(), reason="../shared/pretrained/ is not on this machine")
-def test_the_shared_independent_resnet20_scores_on_the_mini_test_set():
-    path = PRETRAINED / "resnet20-12fca82f.th"
-    state, config = evaluation.read_weights(path)  # weights_only: its best_prec1 is a float beside the tensors
-    assert config is None and state["fc.weight"].shape == (10, 64)
-    row, _ = evaluate_weights(path, "mini", "resnet20", "data", "imagenet-channel")
-    assert row["test_images"] == 1000 and row["test_err"] < 20  # 8.22% on the original test set, as it records
+def published_cifar_weights(folder, name="resnet20"):
+    """A checkpoint in the layout the common CIFAR re-implementations publish (akamaster/pytorch_resnet_cifar10's
+    pretrained_models/*.th: {"best_prec1", "state_dict"}, DataParallel's `module.` prefix, a `linear` head),
+    named as torch.hub names published weights, <name>-<sha256 prefix>.th: its path."""
+    torch.manual_seed(0)
+    state = {f"module.{k.replace('fc.', 'linear.')}": v for k, v in models.build_model(name, 10).state_dict().items()}
+    tmp = folder / "w.th"
+    torch.save({"best_prec1": 91.78, "state_dict": state}, tmp)
+    return tmp.rename(folder / f"{name}-{files.sha256_file(tmp)[:8]}.th")
+
+
+def test_published_weights_are_evaluated_from_their_url_downloaded_once_hash_checked(http_dir, tmp_path):
+    served, base = http_dir
+    path = published_cifar_weights(served)
+    url = f"{base}/{path.name}"
+    row, line = evaluate_weights(url, "mini", "resnet20", tmp_path / "d", "imagenet-channel")
+    assert (tmp_path / "d" / "weights" / path.name).read_bytes() == path.read_bytes()
+    assert row["weights"] == url and row["test_images"] == 1000 and line.startswith(url)
+    assert row["weights_md5"] == hashlib.md5(path.read_bytes()).hexdigest() and 0 <= row["test_err"] <= 100
+    path.unlink()  # downloaded once: the second evaluate reads the local copy
+    assert (
+        evaluate_weights(url, "mini", "resnet20", tmp_path / "d", "imagenet-channel")[0]["test_err"] == row["test_err"]
+    )
+
+
+def test_weights_whose_hash_is_not_their_names_are_refused(http_dir, tmp_path):
+    served, base = http_dir
+    path = published_cifar_weights(served)
+    wrong = path.rename(served / "resnet20-00000000.th")
+    with pytest.raises(ValueError, match="could not download .*invalid hash value"):
+        evaluate_weights(f"{base}/{wrong.name}", "mini", "resnet20", tmp_path / "d", "imagenet-channel")
+    assert not list((tmp_path / "d" / "weights").glob("*"))  # nothing half-downloaded is left
+    (tmp_path / "d" / "weights" / wrong.name).write_bytes(wrong.read_bytes())  # put there by hand
+    with pytest.raises(ValueError, match="does not have the hash its name says"):
+        evaluate_weights(f"{base}/{wrong.name}", "mini", "resnet20", tmp_path / "d", "imagenet-channel")
+
+
+def test_weights_of_the_common_cifar_layout_read_as_tensors_only(tmp_path):
+    state, config, mean = evaluation.read_weights(published_cifar_weights(tmp_path))  # best_prec1 is a float
+    assert config is None and mean is None and state["fc.weight"].shape == (10, 64) and "linear.weight" not in state
+
+
+def test_a_runs_final_pt_evaluates_where_its_training_data_is_gone(tmp_path):
+    run = train_tiny(tmp_path / "t")
+    saved = files.load_tensors(run / "final.pt")
+    assert torch.equal(saved["mean"], memory.load(str(tmp_path / "t" / "images")).mean)  # the mean it trained with
+    moved = (tmp_path / "t" / "images").rename(tmp_path / "test-only")  # the recorded path no longer exists
+    row, line = evaluate_weights(run / "final.pt", str(moved))
+    assert "per-pixel mean of images (the run's)" in line and row["normalize"] == "run"
+    assert row["test_err"] == pytest.approx(float(metrics.read_metrics(run / "metrics.csv")[-1]["test_err"]), abs=1e-4)

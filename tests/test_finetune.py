@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 import torchvision
 
 from conftest import write_image_folder
-from resnet_repro import finetune, models
+from resnet_repro import files, finetune, models
 
 
 def test_load_pretrained_replaces_a_classifier_of_another_size():
@@ -20,15 +21,43 @@ def test_load_pretrained_replaces_a_classifier_of_another_size():
         models.load_pretrained(models.build_model("resnet34", 10), source)
 
 
-def test_torchvision_weights_come_from_the_torch_cache(tmp_path, monkeypatch):
+def cache_as_torchvision(tmp_path, monkeypatch, obj):
+    """Save `obj` into a torch cache under tmp_path, named as torch.hub names published weights (its sha256 prefix),
+    and point torchvision's resnet18 weights there (offline): the file's path."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    url = torchvision.models.ResNet18_Weights.DEFAULT.url
-    cached = tmp_path / "hub" / "checkpoints" / Path(url).name
-    cached.parent.mkdir(parents=True)
+    tmp = tmp_path / "w.pth"
+    torch.save(obj, tmp)
+    name = f"resnet18-{files.sha256_file(tmp)[:8]}.pth"
+    monkeypatch.setattr(torchvision.models.ResNet18_Weights.DEFAULT.value, "url", f"http://nonexistent.invalid/{name}")
+    cached = tmp_path / "hub" / "checkpoints" / name
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    return tmp.rename(cached)
+
+
+def test_torchvision_weights_come_from_the_torch_cache(tmp_path, monkeypatch):
     reference = torchvision.models.resnet18(weights=None).state_dict()
-    torch.save(reference, cached)
+    cache_as_torchvision(tmp_path, monkeypatch, reference)
     state = models.pretrained_state_dict("resnet18", "torchvision")
     assert all(torch.equal(state[k], reference[k]) for k in reference)
+
+
+class Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["TORCH_HOME"]) / "ran",))
+
+
+def test_a_crafted_file_in_the_torch_cache_runs_no_code(tmp_path, monkeypatch):
+    """Under the name torchvision's weights have, or under a name with its own hash: refused, never unpickled."""
+    cached = cache_as_torchvision(tmp_path, monkeypatch, {"fc.weight": Payload()})
+    with pytest.raises(ValueError, match="refused: it holds objects that only code could rebuild"):
+        models.pretrained_state_dict("resnet18", "torchvision")
+    cached.rename(cached.with_name("resnet18-f37072fd.pth"))  # the real file's name, not its hash
+    monkeypatch.setattr(
+        torchvision.models.ResNet18_Weights.DEFAULT.value, "url", "http://x.invalid/resnet18-f37072fd.pth"
+    )
+    with pytest.raises(ValueError, match="does not have the hash its name says"):
+        models.pretrained_state_dict("resnet18", "torchvision")
+    assert not (tmp_path / "ran").exists()
 
 
 def test_torchvision_weights_offline_and_absent_say_where_to_put_them(tmp_path, monkeypatch):
@@ -36,7 +65,9 @@ def test_torchvision_weights_offline_and_absent_say_where_to_put_them(tmp_path, 
     monkeypatch.setattr(
         torchvision.models.ResNet18_Weights.DEFAULT.value, "url", "http://nonexistent.invalid/resnet18-f37072fd.pth"
     )
-    with pytest.raises(ValueError, match=r"not in the torch cache .*hub/checkpoints/resnet18-f37072fd.pth.*Copy"):
+    with pytest.raises(
+        ValueError, match=r"could not download .*Offline, put .*resnet18-f37072fd.pth into .*hub/checkpoints/"
+    ):
         models.pretrained_state_dict("resnet18", "torchvision")
     with pytest.raises(ValueError, match="resnet18/34/50/101/152 only"):
         models.pretrained_state_dict("plain34", "torchvision")

@@ -1,5 +1,4 @@
 import json
-import os
 import shutil
 import signal
 from pathlib import Path
@@ -7,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TIMING, csv_rows, train_run, write_image_folder
+from conftest import TIMING, csv_rows, interrupt_at, train_run, write_image_folder, write_tar_gz
 from resnet_repro import memory, metrics, recipe, rundir, train
 from resnet_repro.config import TrainSpec
 from resnet_repro.models import build_model, num_params
@@ -91,20 +90,6 @@ def test_existing_run_is_never_silently_overwritten(tiny, tmp_path):
         run(spec(lr=0.2), tiny, d, resume=True)
     assert run(spec(lr=0.2), tiny, d, overwrite=True).state == "done"
     assert json.loads((d / "config.json").read_text())["lr"] == 0.2
-
-
-def interrupt_at(monkeypatch, step, sig=signal.SIGINT):
-    """Send `sig` to ourselves from inside the `step`-th augmentation call (mid-iteration)."""
-    calls = {"n": 0}
-    real = memory.augment
-
-    def augment(x, g):
-        calls["n"] += 1
-        if calls["n"] == step:
-            os.kill(os.getpid(), sig)
-        return real(x, g)
-
-    monkeypatch.setattr(memory, "augment", augment)
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +205,19 @@ def test_a_run_interrupted_by_the_code_of_the_first_cpu_campaign_resumes(tmp_pat
     shutil.copytree(Path(__file__).parent / "data" / "run-b432720", old)
     run(spec(), memory.load(str(root)), old, resume=True, deterministic=True)
     assert csv_rows(old / "metrics.csv", drop=VARYING) == csv_rows(whole / "metrics.csv", drop=VARYING)
+
+
+def test_a_run_started_from_a_folder_resumes_and_is_skipped_from_a_tar_gz_of_it(tmp_path, monkeypatch, whole):
+    root = tmp_path / "images"
+    write_image_folder(root, n_train=48, n_test=12)  # the images `whole` trained on
+    archive = write_tar_gz(root, tmp_path / "images.tar.gz", arcname="images")
+    d = tmp_path / "r"
+    interrupt_at(monkeypatch, 5)
+    with pytest.raises(rundir.Interrupted):
+        run(spec(data=str(root)), memory.load(str(root)), d, deterministic=True)
+    monkeypatch.undo()
+    packed = memory.load(str(archive), data_dir=tmp_path / "cache")
+    assert run(spec(data=str(archive)), packed, d, resume=True, deterministic=True).state == "done"
+    assert csv_rows(d / "metrics.csv", drop=VARYING) == csv_rows(whole / "metrics.csv", drop=VARYING)
+    assert run(spec(data=str(root)), memory.load(str(root)), d).state == "skipped"
+    assert run(spec(data=str(archive)), packed, d).state == "skipped"
