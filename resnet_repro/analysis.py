@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from resnet_repro import evaluation, figures, inspection
+from resnet_repro import evaluation, figures, files, inspection
 from resnet_repro.claims import claims_table
 from resnet_repro.results import CannotDraw, compare, final_metrics, load_runs, shorter_than_paper, title_of
 from resnet_repro.tables import summary_table, table2, table6, to_markdown
@@ -88,8 +88,8 @@ def _draw_set(df, out_dir, with_fig7, device, prefix):
 
 
 def _write_table(table, out_dir, name):
-    table.to_csv(out_dir / f"{name}.csv", index=False)
-    (out_dir / f"{name}.md").write_text(to_markdown(table))
+    files.write_text(out_dir / f"{name}.csv", table.to_csv(index=False))
+    files.write_text(out_dir / f"{name}.md", to_markdown(table))
     return [out_dir / f"{name}.md", out_dir / f"{name}.csv"]
 
 
@@ -100,15 +100,17 @@ def _save_figure(name, df, out_dir, device, images):
         stds = inspection.response_stds(df, device, images=images)
         fig = inspection.fig7(stds, title_of(df[df.run.isin(list(stds))]))
         rows = [(run, i + 1, module, s) for run, values in stds.items() for i, (module, s) in enumerate(values.items())]
-        pd.DataFrame(rows, columns=["run", "layer", "module", "std"]).to_csv(out_dir / "fig7.csv", index=False)
+        files.write_text(
+            out_dir / "fig7.csv", pd.DataFrame(rows, columns=["run", "layer", "module", "std"]).to_csv(index=False)
+        )
         written.append(out_dir / "fig7.csv")
         absent = [n for n in inspection.FIG7_RUNS if n not in stds]
     else:
         fig = {"fig1": figures.fig1, "fig4": figures.fig4, "fig6": figures.fig6, "depth": figures.fig_depth}[name](df)
         absent = [n for n in FIGURE_RUNS.get(name, []) if n not in set(df.run)]
     for suffix in (".png", ".pdf"):
-        fig.savefig(
-            out_dir / f"{name}{suffix}", dpi=150, metadata={"CreationDate": None} if suffix == ".pdf" else None
+        files.save_figure(
+            fig, out_dir / f"{name}{suffix}", dpi=150, metadata={"CreationDate": None} if suffix == ".pdf" else None
         )  # same runs, same bytes
         written.append(out_dir / f"{name}{suffix}")
     return written, absent
@@ -246,7 +248,7 @@ def compare_main(argv=None):
     except (FileNotFoundError, ValueError, CannotDraw) as e:
         parser.exit(2, f"error: {e}\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=150)
+    files.save_figure(fig, args.out, dpi=150)
     print(f"compare: {args.out}")
     if len(sets) == 2:
         a, b = sets.values()

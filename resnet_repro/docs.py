@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from resnet_repro import config
+from resnet_repro import config, files
 from resnet_repro.models import CIFAR_DEPTHS, build_model, input_size, multiply_adds, num_params, weighted_layers
 from resnet_repro.results import compare as compare_sets
 
@@ -103,7 +103,8 @@ def evaluations(root, csv, normalize):
     """`analysis evaluate`'s rows (evaluations.csv) of the weights evaluated with one normalization."""
     df = pd.read_csv(root / csv)
     df = df[df.normalize == normalize]
-    rows = [(f"`{w}`", m, d, f"{e:.2f}", f"{t:.2f}") for w, m, d, e, t in zip(df.weights, df.model, df.dataset, df.test_err, df.top5_err)]  # fmt: skip
+    shown = lambda w: f"[`{w.rsplit('/', 1)[-1]}`]({w})" if "://" in w else f"`{w}`"  # a URL: its file name, linked
+    rows = [(shown(w), m, d, f"{e:.2f}", f"{t:.2f}") for w, m, d, e, t in zip(df.weights, df.model, df.dataset, df.test_err, df.top5_err)]  # fmt: skip
     return table(("weights", "net", "test data", "test error (%)", "top-5 error (%)"), rows)
 
 
@@ -290,7 +291,7 @@ def main(argv=None):
         for block in blocks:
             print(f"{path.relative_to(ROOT)}: {block}")
         if blocks and not args.check:
-            path.write_text(refresh(path.read_text(), skip=skip))
+            files.write_text(path, refresh(path.read_text(encoding="utf-8"), skip=skip))
     print(f"{stale} stale block(s){'' if args.check else ' rewritten'}")
     return 1 if args.check and stale else 0
 

@@ -19,7 +19,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from resnet_repro import data, models, rundir
+from resnet_repro import data, files, models, rundir
 from resnet_repro.config import spec_from_config
 from resnet_repro.figures import COLORS, finish, net_label
 from resnet_repro.files import DiskFull, NotLoadable, load_tensors
@@ -272,6 +272,6 @@ def predictions_main(argv=None):
         parser.exit(2, f"error: {e}\n")
     out = args.out or Path("figures") / out
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=150)
+    files.save_figure(fig, out, dpi=150)
     print(f"{out}: {correct}/{shown} right")
     return 0

@@ -120,7 +120,7 @@ def in_children(jobs, at_once, progress=True):
 def start_child(job):
     try:
         Path(job.run_dir).mkdir(parents=True, exist_ok=True)
-        log = open(Path(job.run_dir) / "output.log", "a")
+        log = open(Path(job.run_dir) / "output.log", "a", encoding="utf-8")
     except OSError as e:  # a read-only or otherwise unusable --out
         raise RunDirError(f"cannot write to {job.run_dir}: {e.strerror}; pass --out elsewhere") from None
     with log:  # the child holds its own copy of the descriptor

@@ -29,7 +29,7 @@ def append_row(path, row):
         writer.writeheader()
     writer.writerow(row)
     try:
-        with open(path, "a") as f:
+        with open(path, "a", encoding="utf-8") as f:
             f.write(buf.getvalue())
             f.flush()
             os.fsync(f.fileno())
