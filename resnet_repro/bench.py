@@ -13,7 +13,7 @@ With --loader stream (a folder of JPEGs, the ImageNet recipe of experiments/imag
 (b) "engine": resnet_repro.stream's workers (torchvision.io decode, crop-then-resize, lighting on the
     device) feeding the engine's step. Both are also timed without a model ("data only"): if that rate
     is not well above the engine's, the GPU waits for the CPU and more workers (cores) are needed.
-The usual loop lives in resnet_repro.usual; the GPU check (resnet_repro.gpucheck) runs this as a step.
+The usual loop lives in resnet_repro.usual.
 """
 
 import argparse
@@ -234,7 +234,6 @@ def bench_model(spec, ds, iterations, warmup, device, workers, check):
     if check:
         usual_err, engine_err, bound = check_training(ds, spec, check, device, workers)
         verdict = "within noise" if abs(usual_err - engine_err) <= bound else "NOT within noise"
-        # resnet_repro.gpucheck reads this line (CHECK_LINE there)
         print(
             f"  {spec.model} check after {check} iterations from one seed: test error usual {usual_err:.2f}%, "
             f"engine {engine_err:.2f}% (difference {engine_err - usual_err:+.2f}, noise bound {bound:.2f}): {verdict}"
@@ -249,7 +248,7 @@ def bench_model(spec, ds, iterations, warmup, device, workers, check):
 def append_rows(out, rows):
     out.parent.mkdir(parents=True, exist_ok=True)
     new = not out.exists()
-    with open(out, "a", newline="") as f:
+    with open(out, "a", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         if new:
             writer.writeheader()
