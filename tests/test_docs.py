@@ -7,6 +7,7 @@ import functools
 import importlib
 import importlib.util
 import io
+import json
 import re
 import runpy
 import shlex
@@ -17,14 +18,13 @@ import warnings
 import pandas as pd
 import pytest
 
-from resnet_repro import docs, models, stopping
+from resnet_repro import docs, files, models, stopping
 
 ROOT = docs.ROOT
 DOCS = docs.doc_paths()
 SPEED_TABLE = "| net | 1 process, 2 threads | 2 processes, 1 thread each (sum) | ratio |"
 HAND_TABLES = {  # typed by hand, and why
     ("docs/speed.md", SPEED_TABLE): "one measurement, not a bench option",
-    ("docs/gpu-check.md", "| step | what | its files under `--out` |"): "what each step does: words, no numbers",
     (
         "docs/claims.md",
         "| id | the check (final = the last CSV row) | the paper's evidence |",
@@ -274,3 +274,46 @@ def test_stale_block_is_named(tmp_path):
     doc.write_text(docs.refresh(doc.read_text(), root=tmp_path))
     assert doc.read_text() == "x\n<!-- include: figures/t.md -->\n| a |\n|---|\n| 2 |\n<!-- end include -->\ny\n"
     assert docs.stale_blocks(doc, root=tmp_path) == []
+
+
+# a path that leaves the repository: up from it, or the absolute places of one machine
+OUTSIDE = re.compile(r"(?<![\w.])(?:\.\./)+[^\s`'\")\],]*|(?<![\w.])(?:/work|/tmp|/home|/root|/Users|~)/[^\s`'\")\],]*")
+
+
+def outside_paths(text, base=ROOT):
+    """The paths in `text` that leave the repository; a relative one is read from `base` (a Markdown file's folder)."""
+    found = []
+    for m in OUTSIDE.finditer(text):
+        path = m.group(0)
+        if path.startswith("../") and (base / path).resolve().is_relative_to(ROOT):
+            continue  # a link such as ../resnet_repro/... from docs/
+        found.append(path)
+    return found
+
+
+def committed_texts():
+    """(name, text, base) of what a user reads and receives: README, docs, experiment files, every --help, and
+    the committed results and figures (the configs inside their .pt files too)."""
+    for path in [*DOCS, *sorted((ROOT / "experiments").glob("*.toml"))]:
+        yield name(path), path.read_text(), path.parent
+    for module in ("run", "analysis", "bench", "finetune", "models", "docs"):
+        yield f"python -m resnet_repro.{module} --help", help_text(f"resnet_repro.{module}"), ROOT
+    for sub in SUBCOMMANDS["resnet_repro.analysis"]:
+        yield f"python -m resnet_repro.analysis {sub} --help", help_text("resnet_repro.analysis", sub), ROOT
+    for folder in ("results", "figures"):
+        for path in sorted((ROOT / folder).rglob("*")):
+            if path.suffix in (".json", ".csv", ".log", ".md", ".txt", ".svg"):
+                yield name(path), path.read_text(encoding="utf-8"), ROOT
+            elif path.suffix == ".pt":
+                saved = files.load_tensors(path)
+                yield name(path), json.dumps(saved.get("config", {}) if isinstance(saved, dict) else {}), ROOT
+
+
+def test_nothing_a_user_reads_names_a_path_outside_the_repository():
+    assert outside_paths("see ../datasets/x and /tmp/x, ~/data; ../resnet_repro/x.py", ROOT / "docs") == [
+        "../datasets/x",
+        "/tmp/x",
+        "~/data;",
+    ]
+    found = {where: paths for where, text, base in committed_texts() if (paths := outside_paths(text, base))}
+    assert not found, f"paths outside the repository, which a clone does not have: {found}"

@@ -59,7 +59,7 @@ def test_prepare_accepts_the_same_config_and_refuses_a_changed_one(tmp_path):
 
 def test_the_same_data_under_another_path_is_the_same_run_and_other_data_is_not(tmp_path):
     d = tmp_path / "run"
-    config = {"run": "r", "data": "../shared/data/c.tar.gz", "dataset_checksum": "abc", "data_dir": "data"}
+    config = {"run": "r", "data": "../datasets/c.tar.gz", "dataset_checksum": "abc", "data_dir": "data"}
     rundir.prepare(d, config, resume=False, overwrite=False)
     elsewhere = {**config, "data": "/abs/path/c.tar.gz", "data_dir": "/other/data"}  # the same images, named otherwise
     assert rundir.prepare(d, elsewhere, resume=True, overwrite=False) is False
@@ -67,7 +67,7 @@ def test_the_same_data_under_another_path_is_the_same_run_and_other_data_is_not(
     with pytest.raises(rundir.RunDirError) as e:
         rundir.prepare(d, other, resume=True, overwrite=False)
     message = str(e.value)
-    assert "data: '../shared/data/c.tar.gz' -> '/abs/path/c.tar.gz' (other images" in message
+    assert "data: '../datasets/c.tar.gz' -> '/abs/path/c.tar.gz' (other images" in message
     assert "--out DIR" in message and "--overwrite deletes this run" in message  # never --overwrite without saying so
 
 
