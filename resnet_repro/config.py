@@ -14,6 +14,7 @@ a shorter schedule keeps the paper's shape (lr steps at 50% and 75%).
 
 import dataclasses
 import math
+import re
 import tomllib
 import types
 import typing
@@ -24,6 +25,8 @@ EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 EXPERIMENT_KEYS = ("description", "runs", "train", "quick", "run")
 FLOAT32_MAX = 3.4e38
 MAX_ITERATIONS = 10**9
+# run and experiment names become folder names: plain names only (no "..", no "/", nothing empty)
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")
 
 
 class SpecError(Exception):
@@ -269,6 +272,10 @@ def _check_document(path, doc):
     names = doc.get("runs")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise SpecError(f'{path}: \'runs\' must be a non-empty list of run names, e.g. runs = ["plain20", "resnet20"]')
+    for name in [path.stem, *names]:
+        if not NAME.match(name):
+            what = "experiment file name" if name == path.stem else "run name"
+            raise SpecError(f"{path}: {what} {name!r} is not a plain name (letters, digits, _ . + -, not starting with . or -): it names a folder")  # fmt: skip
     quick_table = dict(doc.get("quick", {}))
     quick_runs = quick_table.pop("runs", None)
     if quick_runs is not None and (not isinstance(quick_runs, list) or not quick_runs or not set(quick_runs) <= set(names)):  # fmt: skip

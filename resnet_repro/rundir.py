@@ -19,7 +19,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 from pathlib import Path
 
 from resnet_repro.config import SPEC_DEFAULTS
@@ -40,6 +39,10 @@ ENVIRONMENT_KEYS = (
     "data",
     "dataset",
 )
+
+
+# what the suite writes into a run directory: all that --overwrite deletes
+RUN_FILES = ("config.json", "status.json", "metrics.csv", "checkpoint.pt", "final.pt", "measures.json", "evaluation.json", "output.log")  # fmt: skip
 
 
 class RunDirError(ValueError):
@@ -216,7 +219,7 @@ def _plan(run_dir, config, resume, overwrite):
         for tmp in run_dir.glob("*.tmp"):  # a write killed before its rename; we hold the lock: nobody writes
             tmp.unlink()
         if not overwrite and read_status(run_dir)["state"] == "done":
-            prepare(run_dir, config, resume=True, overwrite=False)  # still refuses a changed config
+            check_config(run_dir, config)  # still refuses a changed config; a finished run's checkpoint is not read
             return "skip"
         resuming = prepare(run_dir, config, resume, overwrite)
         write_status(run_dir, "running")
@@ -234,16 +237,35 @@ def _mark(run_dir, state, message):
         pass
 
 
+def holds_results(run_dir):
+    """Whether run_dir holds anything of a run: its config, a checkpoint, weights, or a CSV with rows."""
+    run_dir = Path(run_dir)
+    csv = run_dir / "metrics.csv"
+    return any((run_dir / name).exists() for name in ("config.json", "checkpoint.pt", "final.pt")) or (
+        csv.exists() and len(read_text(csv).splitlines()) > 1
+    )
+
+
+def empty(run_dir):
+    """--overwrite: delete what the suite writes into a run directory (RUN_FILES), nothing else."""
+    for p in Path(run_dir).iterdir():
+        if p.name in RUN_FILES or p.name.endswith(".tmp"):
+            p.unlink()
+
+
 def prepare(run_dir, config, resume, overwrite):
     """Create the run directory, or check an existing one against `config` (see config_changes). Returns
     whether there is a checkpoint to resume from. Never overwrites results unless asked."""
     run_dir = Path(run_dir)
-    exists = (run_dir / "config.json").exists()
+    exists = holds_results(run_dir)
     if exists and overwrite:
-        for p in run_dir.iterdir():
-            if p.name != "lock":
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        empty(run_dir)
         exists = False
+    if exists and not (run_dir / "config.json").exists():
+        raise RunDirError(
+            f"{run_dir} holds a run's files but no config.json (deleted, or never written): restore it to "
+            f"--resume, or --overwrite to delete the run and start again."
+        )
     if exists and not resume:
         raise RunDirError(
             f"{run_dir} already holds a run; pass --resume to continue it, or --overwrite to delete it and start again."
@@ -253,7 +275,34 @@ def prepare(run_dir, config, resume, overwrite):
         write_json(config, run_dir / "config.json")
         return False
     check_config(run_dir, config)
-    return (run_dir / "checkpoint.pt").exists()
+    if (run_dir / "checkpoint.pt").exists():
+        check_checkpoint(run_dir, load_checkpoint(run_dir / "checkpoint.pt"))
+        return True
+    return False
+
+
+def check_checkpoint(run_dir, state):
+    """RunDirError unless checkpoint.pt is this run's and metrics.csv holds every row it was written after:
+    another run's checkpoint, or a CSV cut short by hand, would mix two runs in one CSV."""
+    run_dir = Path(run_dir)
+    own = read_json(run_dir / "config.json")
+    theirs = state.get("config")
+    diffs = config_changes(own, theirs) if isinstance(theirs, dict) else ["no config in it"]
+    diffs += [f"{k}: {own.get(k)!r} -> {theirs.get(k)!r}" for k in ("experiment", "run")
+              if isinstance(theirs, dict) and own.get(k) != theirs.get(k)]  # fmt: skip
+    if diffs:
+        raise RunDirError(
+            f"{run_dir / 'checkpoint.pt'} is not this run's ({'; '.join(diffs)}): resuming would mix two runs; "
+            f"restore the run's own checkpoint, or --overwrite to start it again."
+        )
+    csv = run_dir / "metrics.csv"
+    rows = max(read_text(csv).count("\n") - 1, 0) if csv.exists() else 0  # complete rows below the header
+    needed = state.get("csv_rows", 0)
+    if rows < needed:
+        raise RunDirError(
+            f"{run_dir / 'metrics.csv'} has {rows} rows, but checkpoint.pt was written after {needed}: rows are "
+            f"missing; restore the CSV, or --overwrite to start the run again."
+        )
 
 
 def check_config(run_dir, config):

@@ -108,25 +108,47 @@ def submit_all(todo, skipped, opts, folder, executor=None):
 
 def submit(jobs, opts, folder, executor=None):
     """Submit `jobs` (plan.Job) as one array of Slurm jobs, logging to folder/<job id>_<task>_log.{out,err}; their
-    submitit Jobs, in order. A job asked to overwrite has its run directory emptied here, and then trains with
-    resume on (see the module's docstring)."""
+    submitit Jobs, in order. A job asked to overwrite has its run's files set aside here (kept until the submission
+    is accepted, put back if it is refused), and then trains with resume on (see the module's docstring)."""
     executor = executor or make_executor(Path(folder) / "%j")
     executor.update_parameters(**parameters(opts, jobs[0].experiment))
-    for job in jobs:
-        if job.overwrite:
-            empty(job.run_dir)
+    aside = [set_aside(job.run_dir) for job in jobs if job.overwrite]
     ready = [replace(job, resume=True, overwrite=False, progress=False, run_dir=str(Path(job.run_dir).absolute()),
                      data_dir=str(Path(job.data_dir).absolute())).to_json() for job in jobs]  # fmt: skip
-    return executor.map_array(TrainTask(), ready)
+    try:
+        submitted = executor.map_array(TrainTask(), ready)
+    except Exception as e:  # sbatch refused (a mistyped partition, an account without access): nothing was queued
+        for run_dir, moved in aside:
+            put_back(run_dir, moved)
+        text = str(e).strip().splitlines()
+        why = next((line.strip() for line in text if "error" in line.lower()), text[0] if text else type(e).__name__)
+        raise SpecError(f"--launcher slurm: the submission was refused, nothing was submitted and no run changed: {why}") from None  # fmt: skip
+    for _, moved in aside:
+        shutil.rmtree(moved)  # it holds the run's own files only (rundir.RUN_FILES)
+    return submitted
 
 
-def empty(run_dir):
-    """--overwrite: remove what a run directory holds, under its lock (a process training into it refuses)."""
-    if Path(run_dir).is_dir():
+ASIDE = ".replaced"
+
+
+def set_aside(run_dir):
+    """--overwrite: move the run's own files (rundir.RUN_FILES) into run_dir/.replaced/, under its lock (a process
+    training into it refuses); returns (run_dir, that folder)."""
+    run_dir, moved = Path(run_dir), Path(run_dir) / ASIDE
+    if run_dir.is_dir():
         with rundir.RunLock(run_dir):
-            for p in Path(run_dir).iterdir():
-                if p.name != "lock":
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            moved.mkdir(exist_ok=True)
+            for p in run_dir.iterdir():
+                if p.name in rundir.RUN_FILES:
+                    p.rename(moved / p.name)
+    return run_dir, moved
+
+
+def put_back(run_dir, moved):
+    if moved.is_dir():
+        for p in moved.iterdir():
+            p.rename(Path(run_dir) / p.name)
+        moved.rmdir()
 
 
 def report(jobs, submitted, say=print):

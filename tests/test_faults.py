@@ -432,3 +432,91 @@ def test_compare_without_out_never_overwrites_the_figure_of_other_folders():
     assert analysis.compare_path(["results/cpu-demo/degradation-quick", "results/cpu-8k/degradation"]) == committed
     assert analysis.compare_path(["/tmp/mine/degradation-quick"]) != committed
     assert analysis.compare_path(["results/a", "results/b"]) == Path("figures/compare/a-vs-b.png")
+
+
+# results the user did not name are never deleted or mixed
+
+
+@pytest.mark.parametrize("name", ["..", "", "a/b", ".hidden", "-x"])
+def test_run_names_that_are_not_plain_folder_names_are_refused(tmp_path, tiny_dir, name, capsys):
+    (tmp_path / "res" / "keep.txt").parent.mkdir()
+    (tmp_path / "res" / "keep.txt").write_text("another experiment's results")
+    path = tmp_path / "bad.toml"
+    path.write_text(f'runs = ["{name}"]\n[train]\ndata = "{tiny_dir}"\nbatch_size = 16\niterations = 2\n')
+    assert cli(path, "--out", tmp_path / "res", "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a plain name" in err
+    assert [p.name for p in (tmp_path / "res").iterdir()] == ["keep.txt"]
+
+
+def test_overwrite_deletes_the_runs_own_files_only(tiny, tmp_path):
+    d = tmp_path / "e" / "r"
+    train_tiny(tiny, d)
+    (d / "notes.txt").write_text("mine")
+    (d / "plots").mkdir()
+    assert train_tiny(tiny, d, overwrite=True).state == "done"
+    assert (d / "notes.txt").read_text() == "mine" and (d / "plots").is_dir()
+
+
+@pytest.mark.parametrize("left", ["checkpoint.pt", "metrics.csv"])
+def test_an_unfinished_run_without_config_json_is_never_trained_over(tiny, tmp_path, monkeypatch, left):
+    from conftest import interrupt_at
+
+    d = tmp_path / "e" / "r"
+    interrupt_at(monkeypatch, 5)  # after two rows (2 steps an epoch)
+    with pytest.raises(rundir.Interrupted):
+        train_tiny(tiny, d)
+    monkeypatch.undo()
+    (d / "config.json").unlink()
+    if left == "metrics.csv":
+        (d / "checkpoint.pt").unlink()
+    before = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file() and p.name != "lock"}
+    for resume in (False, True):
+        with pytest.raises(rundir.RunDirError, match="no config.json .* --overwrite"):
+            train_run(spec(lr=0.2), tiny, d, experiment="e", run="r", resume=resume)
+    after = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file() and p.name not in ("lock", "status.json")}
+    assert after == {k: v for k, v in before.items() if k != "status.json"}
+
+
+def test_resume_refuses_another_runs_checkpoint_and_a_csv_cut_short(tiny, tmp_path, monkeypatch):
+    from conftest import interrupt_at
+
+    mine, other = tmp_path / "e" / "r", tmp_path / "e2" / "r"
+    for d, lr in ((mine, 0.1), (other, 0.5)):
+        interrupt_at(monkeypatch, 5)
+        with pytest.raises(rundir.Interrupted):
+            train_run(spec(lr=lr), tiny, d, experiment="e", run="r")
+        monkeypatch.undo()
+    own = (mine / "checkpoint.pt").read_bytes()
+    (mine / "checkpoint.pt").write_bytes((other / "checkpoint.pt").read_bytes())
+    with pytest.raises(rundir.RunDirError, match=r"checkpoint.pt is not this run's \(lr: 0.1 -> 0.5\)"):
+        train_run(spec(), tiny, mine, experiment="e", run="r", resume=True)
+    (mine / "checkpoint.pt").write_bytes(own)
+    rows = (mine / "metrics.csv").read_text().splitlines(keepends=True)
+    (mine / "metrics.csv").write_text("".join(rows[:2]))  # its last row deleted by hand
+    with pytest.raises(rundir.RunDirError, match="has 1 rows, but checkpoint.pt was written after 2"):
+        train_run(spec(), tiny, mine, experiment="e", run="r", resume=True)
+    (mine / "metrics.csv").unlink()
+    with pytest.raises(rundir.RunDirError, match="has 0 rows"):
+        train_run(spec(), tiny, mine, experiment="e", run="r", resume=True)
+    (mine / "metrics.csv").write_text("".join(rows))
+    assert train_run(spec(), tiny, mine, experiment="e", run="r", resume=True).state == "done"
+
+
+def test_a_figure_cut_short_never_replaces_the_previous_one(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    fig.subplots().plot([0, 1], [1, 0])
+    files.save_figure(fig, tmp_path / "fig6.png", dpi=50)
+    good = (tmp_path / "fig6.png").read_bytes()
+    real = Figure.savefig
+
+    def killed(self, target, **kwargs):
+        real(self, target, **kwargs)
+        raise KeyboardInterrupt  # stopped after drawing, before the file is in place
+
+    monkeypatch.setattr(Figure, "savefig", killed)
+    with pytest.raises(KeyboardInterrupt):
+        files.save_figure(fig, tmp_path / "fig6.png", dpi=80)
+    assert (tmp_path / "fig6.png").read_bytes() == good and not list(tmp_path.glob("*.tmp"))

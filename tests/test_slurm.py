@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import TIMING, csv_rows, write_experiment, write_image_folder
+from conftest import TIMING, csv_rows, job, write_experiment, write_image_folder
 from resnet_repro import config, plan, run, rundir, slurm
 
 submitit = pytest.importorskip("submitit")  # in the dev group; `uv sync --extra slurm` for users
@@ -122,3 +122,24 @@ def test_a_job_signalled_as_its_time_ends_is_requeued_and_resumes_to_the_unbroke
     assert csv_rows(metrics, TIMING) == csv_rows(expected / "metrics.csv", TIMING) and len(csv_rows(metrics)) == 12
     a, b = torch.load(expected / "final.pt")["model"], torch.load(metrics.parent / "final.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_refused_submission_with_overwrite_loses_no_run(tmp_path, tiny_dir):
+    exp_dir = tmp_path / "res" / "pair" / "resnet8"
+    exp_dir.mkdir(parents=True)
+    finished = {"config.json": "{}", "metrics.csv": "epoch\n1\n", "status.json": '{"state": "done"}'}
+    for name, text in finished.items():
+        (exp_dir / name).write_text(text)
+
+    class Refusing:
+        def update_parameters(self, **kwargs):
+            pass
+
+        def map_array(self, fn, items):
+            raise RuntimeError("sbatch: error: invalid partition specified: gpux\nsubmission failed")
+
+    jobs = [job(config.TrainSpec(model="resnet8", data=str(tiny_dir)), exp_dir, experiment="pair", overwrite=True)]
+    opts = {"gpus_per_run": 0, "cpus_per_run": 1, "time": "10", "partition": "gpux", "account": None}
+    with pytest.raises(config.SpecError, match="refused, nothing was submitted and no run changed: sbatch: error: invalid partition"):  # fmt: skip
+        slurm.submit(jobs, opts, tmp_path / "slurm", Refusing())
+    assert {p.name: p.read_text() for p in exp_dir.iterdir() if p.name != "lock"} == finished
