@@ -310,8 +310,8 @@ def committed_texts():
 
 
 def test_nothing_a_user_reads_names_a_path_outside_the_repository():
-    assert outside_paths("see ../datasets/x and /tmp/x, ~/data; ../resnet_repro/x.py", ROOT / "docs") == [
-        "../datasets/x",
+    assert outside_paths("see ../../datasets/x and /tmp/x, ~/data; ../resnet_repro/x.py", ROOT / "docs") == [
+        "../../datasets/x",
         "/tmp/x",
         "~/data;",
     ]
