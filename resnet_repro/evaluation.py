@@ -27,7 +27,7 @@ from resnet_repro.recipe import evaluate  # the engine's own test pass: the CSV'
 
 IMAGENET_CHANNEL = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 NORMALIZATIONS = ("run", "pixel-mean", "imagenet-channel", "M,M,M/S,S,S")
-CSV = Path("figures/evaluations.csv")
+CSV = Path("evaluations.csv")  # the current folder: the committed figures/evaluations.csv changes only when named
 CSV_COLUMNS = ["weights", "weights_md5", "model", "data", "dataset", "test_images", "normalize", "test_loss", "test_err", "top5_err", "run_last_test_err", "device", "torch", "commit"]  # fmt: skip
 
 

@@ -305,6 +305,24 @@ def check_checkpoint(run_dir, state):
         )
 
 
+def record_resumption(run_dir, config, iteration):
+    """Append to config.json's `resumed` list where and how the run went on at `iteration` (the ENVIRONMENT_KEYS
+    that may change); returns a note when it now runs with another CPU thread count than it started with, which
+    sums floats in another order: the run is then no longer bitwise the same as an unbroken one."""
+    path = Path(run_dir) / "config.json"
+    recorded = read_json(path)
+    now = {
+        "iteration": iteration,
+        **{k: config[k] for k in ("threads", "device", "commit", "torch", "started") if k in config},
+    }
+    write_json(recorded | {"resumed": [*recorded.get("resumed", []), now]}, path)
+    before = ([recorded] + recorded.get("resumed", []))[-1].get("threads")
+    if before is not None and config.get("threads") != before and config.get("device") == "cpu":
+        return (f"resuming with {config['threads']} CPU thread(s) where it ran with {before}: not bitwise the same as "
+                f"an unbroken run from here on (recorded in config.json)")  # fmt: skip
+    return ""
+
+
 def check_config(run_dir, config):
     """RunDirError if the run in `run_dir` was started with another config (see config_changes)."""
     diffs = config_changes(read_json(Path(run_dir) / "config.json"), config)

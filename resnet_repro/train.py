@@ -127,6 +127,9 @@ class Engine:
             self.meter = recipe.Meter(self.device, self.spec.batch_size, sums, steps, state["train_seconds"])
         if self.main:
             metrics.truncate_rows(self.run_dir / "metrics.csv", p.csv_rows)
+            note = rundir.record_resumption(self.run_dir, self.config, p.iteration)
+            if note:
+                tqdm.write(f"{self.config['run']}: {note}")
         self.bar.update(p.iteration)
         tqdm.write(f"{self.config['run']}: resuming at iteration {p.iteration} (epoch {p.epoch + 1})")
 

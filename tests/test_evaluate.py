@@ -187,3 +187,12 @@ def test_a_runs_final_pt_evaluates_where_its_training_data_is_gone(tmp_path):
     row, line = evaluate_weights(run / "final.pt", str(moved))
     assert "per-pixel mean of images (the run's)" in line and row["normalize"] == "run"
     assert row["test_err"] == pytest.approx(float(metrics.read_metrics(run / "metrics.csv")[-1]["test_err"]), abs=1e-4)
+
+
+def test_evaluate_writes_where_the_user_is_never_into_the_committed_figures(run_dir, tmp_path, monkeypatch, capsys):
+    committed = Path(__file__).resolve().parent.parent / "figures" / "evaluations.csv"
+    before = committed.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    assert analysis.main(["evaluate", str(run_dir / "final.pt")]) == 0
+    assert "row appended to evaluations.csv" in capsys.readouterr().out
+    assert len((tmp_path / "evaluations.csv").read_text().splitlines()) == 2 and committed.read_bytes() == before

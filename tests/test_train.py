@@ -221,3 +221,21 @@ def test_a_run_started_from_a_folder_resumes_and_is_skipped_from_a_tar_gz_of_it(
     assert csv_rows(d / "metrics.csv", drop=VARYING) == csv_rows(whole / "metrics.csv", drop=VARYING)
     assert run(spec(data=str(root)), memory.load(str(root)), d).state == "skipped"
     assert run(spec(data=str(archive)), packed, d).state == "skipped"
+
+
+def test_a_resume_under_another_thread_count_is_said_and_recorded(tiny, tmp_path, monkeypatch, capsys):
+    threads, d = torch.get_num_threads(), tmp_path / "r"
+    try:
+        torch.set_num_threads(1)
+        interrupt_at(monkeypatch, 5)
+        with pytest.raises(rundir.Interrupted):
+            run(spec(), tiny, d)
+        monkeypatch.undo()
+        torch.set_num_threads(2)
+        assert run(spec(), tiny, d, resume=True).state == "done"
+    finally:
+        torch.set_num_threads(threads)
+    config = json.loads((d / "config.json").read_text())
+    assert config["threads"] == 1 and [(r["iteration"], r["threads"]) for r in config["resumed"]] == [(5, 2)]
+    out = capsys.readouterr()
+    assert "resuming with 2 CPU thread(s) where it ran with 1: not bitwise the same" in out.out + out.err
