@@ -134,9 +134,10 @@ def start_child(job):
 @contextlib.contextmanager
 def forwarding_signals(running):
     """While the block runs, SIGINT and SIGTERM are passed on to the children in `running` ({run: (Popen, job)});
-    the first one is recorded in the yielded {"signal": name}. The children run in sessions of their own, so a
-    terminal's Ctrl-C reaches them once, through here."""
-    stop = {"signal": None}
+    the first one is recorded in the yielded {"signal": name}, as is one that came before (while the data loaded):
+    then no child starts. The children run in sessions of their own, so a terminal's Ctrl-C reaches them once,
+    through here."""
+    stop = {"signal": stopping.requested()}
 
     def forward(signum, frame):
         stop["signal"] = stop["signal"] or signal.Signals(signum).name

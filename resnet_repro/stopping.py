@@ -28,6 +28,11 @@ def stop_requests():
             signal.signal(s, previous)
 
 
+def requested():
+    """The signal this process was already asked to stop by (a stop_requests block's flag), or None."""
+    return _active[-1]["signal"] if _active else None
+
+
 def stop_requests_until_exit(main):
     """main()'s exit status, with SIGINT/SIGTERM handled for the whole process (a command's __main__): every
     stop_requests block shares one flag, so the first signal decides; once main returns they are ignored, as

@@ -185,3 +185,25 @@ def test_one_ctrl_c_delivered_twice_within_a_second_still_writes_a_checkpoint(ti
     with pytest.raises(rundir.Interrupted, match="SIGINT at iteration 2; checkpoint written"):
         train_run(tiny_spec(), tiny, tmp_path / "r")
     assert rundir.load_checkpoint(tmp_path / "r" / "checkpoint.pt")["iteration"] == 2
+
+
+def test_ctrl_c_while_the_data_loads_starts_no_run_and_exits_130(tmp_path, tiny_dir, monkeypatch, capsys):
+    from resnet_repro import launch, stopping
+
+    real = launch.load_datasets
+
+    def loading(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the parent loads the data, before any child starts
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(launch, "load_datasets", loading)
+    handlers, active = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}, list(stopping._active)
+    argv = [str(experiment(tmp_path, tiny_dir)), "--out", str(tmp_path / "res"), "--jobs", "2", "--no-progress", "--no-figures"]  # fmt: skip
+    try:
+        code = stopping.stop_requests_until_exit(lambda: run.main(argv))
+    finally:
+        stopping._active[:] = active
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    assert code == 130
+    assert not list((tmp_path / "res").rglob("metrics.csv")) and not list((tmp_path / "res").rglob("checkpoint.pt"))
