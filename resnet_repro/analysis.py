@@ -178,7 +178,10 @@ def main(argv=None):
     df, args = _load(parser, argv)
     draw(df, args.out, fig7=not args.no_fig7, device=args.device)
     for prefix, subset, _ in _result_sets(df, args.out):
-        print(f"\n{prefix}summary:\n{to_markdown(summary_table(subset))}", end="")
+        try:
+            print(f"\n{prefix}summary:\n{to_markdown(summary_table(subset))}", end="")
+        except CannotDraw as e:
+            print(f"\n{prefix}summary: not shown, {e}")
     return 0
 
 

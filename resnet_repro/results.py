@@ -137,6 +137,10 @@ def seed_summary(df):
     rows = []
     for keys, runs in final_metrics(df).groupby(SEED_GROUP, sort=False, dropna=False):
         runs = runs.sort_values("seed")
+        if runs.seed.duplicated().any():  # one seed in two result sets: counted once or not at all, never twice
+            twice = runs[runs.seed.duplicated(keep=False)]
+            raise CannotDraw(f"ambiguous: {keys[SEED_GROUP.index('run')]} seed {twice.seed.iloc[0]} is in "
+                             f"{' and '.join(map(str, twice.path))}; summarise one result set at a time")  # fmt: skip
         row = dict(zip(SEED_GROUP, keys)) | runs.iloc[0][["model", "depth", "residual", "params", "quick"]].to_dict()
         row |= {"n": len(runs), "seeds": ",".join(map(str, runs.seed))}
         for m in SEED_ERRORS:
@@ -151,7 +155,7 @@ def seed_summary(df):
 
 def several_seeds(df):
     """Whether a run of the frame has several seeds (run directories of one SEED_GROUP)."""
-    return bool(len(df)) and df.groupby(SEED_GROUP, dropna=False).path.nunique().max() > 1
+    return bool(len(df)) and df.groupby(SEED_GROUP, dropna=False).seed.nunique().max() > 1
 
 
 def outcome(rows):

@@ -218,3 +218,13 @@ def test_two_runs_of_one_name_and_seed_are_still_ambiguous(tmp_path):
     write_run(tmp_path / "y", "plain20")
     with pytest.raises(results.CannotDraw, match="ambiguous: plain20"):
         results.select(results.load_runs(tmp_path), ["plain20"])
+
+
+def test_one_run_and_seed_under_two_result_roots_is_never_two_seeds(tmp_path, capsys):
+    for root in ("a", "b"):
+        write_run(tmp_path / root, "resnet20")
+    frame = results.load_runs(tmp_path / "a", tmp_path / "b")
+    assert not results.several_seeds(frame)
+    with pytest.raises(results.CannotDraw, match="ambiguous: resnet20 seed 0 is in .*a/degradation/resnet20 and"):
+        results.seed_summary(frame)
+    assert len(tables.summary_table(frame)) == 2  # a row per run directory, no mean over them
