@@ -17,6 +17,7 @@ import pandas as pd
 
 from resnet_repro import evaluation, figures, files, inspection
 from resnet_repro.claims import claims_table
+from resnet_repro.plan import device_error
 from resnet_repro.results import CannotDraw, compare, final_metrics, load_runs, shorter_than_paper, title_of
 from resnet_repro.tables import summary_table, table2, table6, to_markdown
 
@@ -198,6 +199,8 @@ def _load(parser, argv):
     parser.add_argument("--no-fig7", action="store_true", help="skip Fig. 7 (it loads final.pt and the test set)")
     parser.add_argument("--device", help="device for Fig. 7's forward passes (default: cuda if available, else cpu)")
     args = parser.parse_args(argv)
+    if args.device and device_error(args.device):
+        parser.exit(2, f"error: {device_error(args.device)}\n")
     if args.out.exists() and not args.out.is_dir():
         parser.exit(2, f"error: --out {args.out} is a file; it must be a directory (or not exist yet)\n")
     try:

@@ -27,6 +27,8 @@ import torch
 
 from resnet_repro import data, provenance, recipe
 from resnet_repro.config import TrainSpec
+from resnet_repro.models import parse_name
+from resnet_repro.plan import device_error
 from resnet_repro.usual import batches, error_rate, run_usual, sync, usual_loader
 
 COLUMNS = (
@@ -175,8 +177,28 @@ def resolve_defaults(args, device):
     )
 
 
+def usage_error(args):
+    """Why these options cannot be measured, in one line (None if they can)."""
+    for flag, value, least in (("--iterations", args.iterations, 1), ("--batch", args.batch, 1), ("--warmup", args.warmup, 0)):  # fmt: skip
+        if value is not None and value < least:
+            return f"{flag} must be at least {least}, not {value}"
+    if args.models is not None:
+        names = [m.strip() for m in args.models.split(",")]
+        if not all(names):
+            return f"--models {args.models!r}: name the nets, comma-separated, e.g. resnet20,resnet56"
+        for name in names:
+            try:
+                parse_name(name)
+            except ValueError as e:
+                return str(e)
+    return device_error(args.device) if args.device else None
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if usage_error(args):
+        print(f"error: {usage_error(args)}", file=sys.stderr)
+        return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     shape = resolve_defaults(args, device)  # the spec's data fields
     try:
@@ -184,6 +206,9 @@ def main(argv=None):
     except data.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if args.batch > len(ds.train):
+        print(f"error: --batch {args.batch} is more than the {len(ds.train):,} training images of {ds.name}", file=sys.stderr)  # fmt: skip
+        return 2
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     name, check = provenance.device_name(device), args.check_iterations

@@ -23,6 +23,7 @@ from torch import nn
 
 from resnet_repro import data, files, inspection, metrics, models, provenance
 from resnet_repro.config import SpecError, TrainSpec, spec_from_config
+from resnet_repro.plan import device_error
 from resnet_repro.recipe import evaluate  # the engine's own test pass: the CSV's numbers
 
 IMAGENET_CHANNEL = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -221,6 +222,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="device for the forward pass (default: cpu)")
     parser.add_argument("--csv", type=Path, default=CSV, help=f"CSV the row is appended to (default: {CSV})")
     args = parser.parse_args(argv)
+    if device_error(args.device):
+        parser.exit(2, f"error: {device_error(args.device)}\n")
     start = time.perf_counter()
     try:
         row, line = evaluate_weights(args.weights, args.data, args.model, args.data_dir, args.normalize, args.device)

@@ -23,6 +23,7 @@ from resnet_repro import data, files, models, rundir
 from resnet_repro.config import spec_from_config
 from resnet_repro.figures import COLORS, finish, net_label
 from resnet_repro.files import DiskFull, NotLoadable, load_tensors
+from resnet_repro.plan import device_error
 from resnet_repro.results import CannotDraw, require, select
 
 FIG7_RUNS = ("plain20", "plain56", "resnet20", "resnet56", "resnet110")
@@ -262,6 +263,8 @@ def predictions_main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="which test images (default: 0)")
     parser.add_argument("--device", default="cpu", help="device for the forward pass (default: cpu)")
     args = parser.parse_args(argv)
+    if device_error(args.device):
+        parser.exit(2, f"error: {device_error(args.device)}\n")
     if args.n < 1:
         parser.exit(2, f"error: --n must be at least 1, not {args.n}\n")
     if not args.run_dir.is_dir():

@@ -183,15 +183,18 @@ class ResNet(nn.Module):
         return self.fc(x)
 
 
+MAX_CIFAR_DEPTH = 6 * 1000 + 2  # 5x the paper's deepest (1202): deeper nets only exhaust memory
+
+
 def parse_name(name):
     """'resnet56' -> ('resnet', 56); raises ValueError naming the valid choices."""
-    m = re.fullmatch(r"(plain|resnet)(\d+)", str(name))
+    m = re.fullmatch(r"(plain|resnet)(\d{1,6})", str(name))
     depth = int(m.group(2)) if m else 0
-    if m and (depth in IMAGENET_LAYERS or (depth >= 8 and (depth - 2) % 6 == 0)):
+    if m and (depth in IMAGENET_LAYERS or (8 <= depth <= MAX_CIFAR_DEPTH and (depth - 2) % 6 == 0)):
         return m.group(1), depth
     raise ValueError(
         f"unknown model {name!r}: valid names are plain<depth> or resnet<depth>, with depth 6n+2 "
-        f"(n >= 1) for the CIFAR family (the paper's: {', '.join(map(str, CIFAR_DEPTHS))}) or one of "
+        f"(n >= 1, at most {MAX_CIFAR_DEPTH:,}) for the CIFAR family (the paper's: {', '.join(map(str, CIFAR_DEPTHS))}) or one of "
         f"{', '.join(map(str, IMAGENET_LAYERS))} for the ImageNet family; e.g. {', '.join(available()[:3])}, ..."
     )
 

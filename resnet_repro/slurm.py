@@ -47,8 +47,8 @@ def option_error(args):
             return f"{flag} does not apply to --launcher slurm: each run is a job of --gpus-per-run GPUs"
     if options(args)["gpus_per_run"] < 0 or options(args)["cpus_per_run"] < 1:
         return "--gpus-per-run must be 0 or more, --cpus-per-run 1 or more"
-    if minutes(options(args)["time"]) is None:
-        return f"--time {args.time}: give minutes (240) or H:MM:SS (4:00:00)"
+    if not minutes(options(args)["time"]):  # None, or 0: a job that would end before it starts
+        return f"--time {args.time}: give a time limit of a minute or more, as minutes (240) or H:MM:SS (4:00:00)"
     return None
 
 

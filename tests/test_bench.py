@@ -1,5 +1,6 @@
 import csv
 
+import pytest
 import torch
 
 from conftest import write_image_folder
@@ -91,3 +92,23 @@ def test_usual_imagenet_loader_is_random_resized_crops(tmp_path):
     assert not torch.equal(first, second)  # random crops: another draw, other pixels
     names = [type(t).__name__ for t in loader.dataset.transform.transforms]
     assert names[:2] == ["RandomResizedCrop", "RandomHorizontalFlip"]
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        ("--iterations 0", "--iterations must be at least 1, not 0"),
+        ("--iterations -3", "--iterations must be at least 1, not -3"),
+        ("--batch 0", "--batch must be at least 1"),
+        ("--warmup -1", "--warmup must be at least 0"),
+        ("--models ,", "name the nets, comma-separated"),
+        ("--models resnet7", "unknown model 'resnet7'"),
+        ("--device foo", "--device foo: foo is not a device"),
+        ("--device cuda:9", "no such CUDA GPU here"),
+        ("--batch 100000 --iterations 1", "--batch 100000 is more than the 5,000 training images"),
+    ],
+)
+def test_bench_options_it_cannot_measure_are_one_line(argv, match, tmp_path, capsys):
+    assert bench.main([*argv.split(), "--data", "mini", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and match in err and not list(tmp_path.iterdir())

@@ -14,6 +14,7 @@ import torch
 from conftest import TIMING, csv_rows, train_run, write_image_folder, write_run
 from resnet_repro import analysis, data, files, inspection, memory, run, rundir
 from resnet_repro.config import TrainSpec
+from resnet_repro.models import parse_name as models_parse
 
 
 @pytest.fixture(scope="module")
@@ -520,3 +521,19 @@ def test_a_figure_cut_short_never_replaces_the_previous_one(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         files.save_figure(fig, tmp_path / "fig6.png", dpi=80)
     assert (tmp_path / "fig6.png").read_bytes() == good and not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("command", [["evaluate", "final.pt"], ["predictions", "."], []])
+def test_an_unknown_device_is_one_line_for_analysis_commands(command, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "final.pt").write_bytes(b"")
+    with pytest.raises(SystemExit) as e:
+        analysis.main([*command, "--device", "foo"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == "error: --device foo: foo is not a device; use cpu, cuda, cuda:1, ... or a comma-separated list of them\n"  # fmt: skip
+
+
+def test_a_net_of_absurd_depth_is_refused_at_once():
+    with pytest.raises(ValueError, match="at most 6,002"):
+        models_parse("resnet999998")
+    assert models_parse("resnet6002") == ("resnet", 6002)

@@ -36,7 +36,8 @@ def test_a_job_is_a_process_per_gpu_sharing_the_runs_cores():
         (["--partition", "gpu"], "--partition apply to --launcher slurm only"),
         (["--launcher", "slurm", "--jobs", "2"], "--jobs does not apply to --launcher slurm"),
         (["--launcher", "slurm", "--device", "cuda:1"], "--device does not apply to --launcher slurm"),
-        (["--launcher", "slurm", "--time", "soon"], "--time soon: give minutes"),
+        (["--launcher", "slurm", "--time", "soon"], "--time soon: give a time limit of a minute or more"),
+        (["--launcher", "slurm", "--time", "0"], "--time 0: give a time limit of a minute or more"),
         (["--launcher", "slurm", "--gpus-per-run", "-1"], "--gpus-per-run must be 0 or more"),
     ],
 )
