@@ -37,23 +37,14 @@ class WeightsError(ValueError):
 
 
 def read_weights(path):
-    """(state dict in our parameter names, the run's config or None, the per-pixel mean its inputs were
-    normalized by or None) of a weights file (see the module doc)."""
+    """models.read_weights, WeightsError naming a missing file (see the module doc)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file")
     try:
-        obj = files.load_tensors(path)  # never code: a file that needs it is refused
-    except files.NotLoadable as e:
+        return models.read_weights(path)
+    except ValueError as e:  # NotLoadable too
         raise WeightsError(str(e)) from None
-    if not isinstance(obj, dict):
-        raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a state dict")
-    config = obj.get("config") if isinstance(obj.get("config"), dict) else None
-    state = obj.get("model", obj.get("state_dict", obj))
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path}: no state dict of tensors in it (keys: {', '.join(map(str, list(obj)[:6]))})")
-    mean = obj.get("mean") if config and isinstance(obj.get("mean"), torch.Tensor) else None
-    return models.convert_cifar_state_dict(state), config, mean
 
 
 def build(state, config, name):

@@ -9,7 +9,7 @@ import sys
 from dataclasses import replace
 
 from resnet_repro import config as cfg
-from resnet_repro import run
+from resnet_repro import models, run
 
 EPILOG = """\
 examples:
@@ -45,6 +45,10 @@ def main(argv=None):
     )
     p.add_argument("--image-size", type=int, default=224, help="resize images to this when decoding (default: 224)")
     ours, rest = p.parse_known_args(argv)
+    try:  # weights that cannot be read or do not fit: said before any data is loaded or run directory made
+        models.load_pretrained(models.build_model(ours.model), models.pretrained_state_dict(ours.model, ours.weights))
+    except ValueError as e:
+        p.exit(2, f"error: {e}\n")
 
     def make_experiment(args):
         overrides = run.overrides_from(args) | {

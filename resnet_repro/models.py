@@ -311,9 +311,25 @@ def pretrained_state_dict(name, source):
     path = fetch_weights(source, Path(torch.hub.get_dir()) / "checkpoints")
     if not path.is_file():
         raise ValueError(f"weights file {path} not found; pass a file, a URL or 'torchvision'")
-    state = load_tensors(path)  # NotLoadable (a ValueError) for a file that is not plain weights: never code
-    state = state.get("model", state.get("state_dict", state))  # our final.pt / checkpoint layouts
-    return convert_cifar_state_dict(state)
+    return read_weights(path)[0]
+
+
+def read_weights(path):
+    """(state dict in our parameter names, the run's config or None, the per-pixel mean its inputs were
+    normalized by or None) of a weights file: our final.pt or checkpoint.pt ({"model", "config", "mean"}), a
+    torchvision-layout state dict, or a checkpoint of the common CIFAR re-implementations ({"state_dict", ...}).
+    Read as tensors and plain data only, never code; ValueError in one line for anything else."""
+    obj = load_tensors(path)  # NotLoadable (a ValueError) for a file that is not plain weights
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+    config = obj.get("config") if isinstance(obj.get("config"), dict) else None
+    if config is not None and not isinstance(config.get("model"), str):
+        raise ValueError(f"{path}: its config names no model (damaged, or not written by this suite)")
+    state = obj.get("model", obj.get("state_dict", obj))
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: no state dict of tensors in it (keys: {', '.join(map(str, list(obj)[:6]))})")
+    mean = obj.get("mean") if config and isinstance(obj.get("mean"), torch.Tensor) else None
+    return convert_cifar_state_dict(state), config, mean
 
 
 def load_pretrained(model, state_dict):

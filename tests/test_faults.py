@@ -537,3 +537,35 @@ def test_a_net_of_absurd_depth_is_refused_at_once():
     with pytest.raises(ValueError, match="at most 6,002"):
         models_parse("resnet999998")
     assert models_parse("resnet6002") == ("resnet", 6002)
+
+
+def crafted_weights(path, kind):
+    from resnet_repro.models import build_model
+
+    if kind == "a list":
+        torch.save([1, 2, 3], path)
+    elif kind == "another net":
+        torch.save(build_model("resnet8", 10).state_dict(), path)
+    else:  # a config without `model`
+        torch.save({"model": build_model("resnet20", 10).state_dict(), "config": {"num_classes": 10}}, path)
+    return path
+
+
+@pytest.mark.parametrize("kind,match", [("a list", "holds a list, not a state dict"), ("another net", "do not fit"),
+                                        ("no model", "its config names no model")])  # fmt: skip
+def test_weights_that_cannot_be_used_are_one_line_for_evaluate_and_finetune(kind, match, tmp_path, capsys):
+    from resnet_repro import finetune
+
+    path = str(crafted_weights(tmp_path / "w.pt", kind))
+    commands = (
+        lambda: analysis.main(["evaluate", path, "--model", "resnet20", "--data", "mini", "--normalize", "pixel-mean"]),
+        lambda: finetune.main(
+            ["--model", "resnet20", "--weights", path, "--data", "mini", "--out", str(tmp_path / "ft")]
+        ),
+    )
+    for command in commands:
+        with pytest.raises(SystemExit) as e:
+            command()
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and match in err, err
+    assert not (tmp_path / "ft").exists()  # refused before any run directory was made
