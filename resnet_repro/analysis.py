@@ -283,4 +283,5 @@ def compare_path(folders):
 
 
 if __name__ == "__main__":
+    files.utf8_console()
     sys.exit(main())

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from resnet_repro import data, provenance, recipe
+from resnet_repro import data, files, provenance, recipe
 from resnet_repro.config import TrainSpec
 from resnet_repro.models import parse_name
 from resnet_repro.plan import device_error
@@ -281,4 +281,5 @@ def append_rows(out, rows):
 
 
 if __name__ == "__main__":
+    files.utf8_console()
     sys.exit(main())

@@ -297,4 +297,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    files.utf8_console()
     sys.exit(main())

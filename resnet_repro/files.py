@@ -7,6 +7,7 @@ import io
 import os
 import pickle
 import re
+import sys
 import urllib.error
 import urllib.parse
 from pathlib import Path
@@ -118,3 +119,11 @@ def fetch_weights(source, directory):
             f"could not download {source} into {path.parent}/: {text[0] if text else type(e).__name__}"
         ) from None
     return path
+
+
+def utf8_console():
+    """A command's output in a locale that is not UTF-8 (LC_ALL=C): characters it cannot show become "?" instead of
+    ending the command; files are written as UTF-8 whatever the locale."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and (stream.encoding or "").lower().replace("-", "") != "utf8":
+            stream.reconfigure(errors="replace")

@@ -9,7 +9,7 @@ import sys
 from dataclasses import replace
 
 from resnet_repro import config as cfg
-from resnet_repro import models, run
+from resnet_repro import files, models, run
 
 EPILOG = """\
 examples:
@@ -64,4 +64,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    files.utf8_console()
     sys.exit(main())

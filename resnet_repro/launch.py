@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from resnet_repro import data, metrics, plan, provenance, recipe, rundir, stopping, train
+from resnet_repro import data, files, metrics, plan, provenance, recipe, rundir, stopping, train
 from resnet_repro.config import SpecError
 from resnet_repro.distributed import world
 from resnet_repro.rundir import Interrupted, RunDirError
@@ -189,4 +189,5 @@ def child_main():
 
 
 if __name__ == "__main__":
+    files.utf8_console()
     sys.exit(stopping.stop_requests_until_exit(child_main))

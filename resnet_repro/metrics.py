@@ -4,6 +4,7 @@ epoch, or per `log_every` iterations, flushed and fsynced as it is written."""
 import csv
 import errno
 import io
+import math
 import os
 import warnings
 from pathlib import Path
@@ -87,7 +88,14 @@ def read_metrics(path, cut_off_ok=False):
     runs = {r["run"] for r in rows}
     if len(runs) > 1:
         raise RunDirError(f"{path}: rows of several runs ({', '.join(sorted(runs))})")
+    bad = [lineno for lineno, r in enumerate(rows, start=2) if not all(math.isfinite(r[c]) for c in ERRORS)]
+    if bad:  # a diverged run writes none (it fails first); a hand-edited or foreign file may
+        warnings.warn(f"{path}: a loss or error that is not a finite number at line(s) {', '.join(map(str, bad))} "
+                      f"(edited by hand, or not written by this suite?)", stacklevel=2)  # fmt: skip
     return rows
+
+
+ERRORS = ("train_loss", "train_err", "test_loss", "test_err")  # what a row measures
 
 
 def _parse(value, kind, where):

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from resnet_repro.files import fetch_weights, load_tensors
+from resnet_repro.files import fetch_weights, load_tensors, utf8_console
 
 SHORTCUTS = ("A", "B", "C")
 STEMS = ("cifar", "imagenet")
@@ -386,4 +386,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    utf8_console()
     sys.exit(main())

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from resnet_repro import config as cfg
-from resnet_repro import data, distributed, launch, plan, provenance, report, rundir, slurm, stopping
+from resnet_repro import data, distributed, files, launch, plan, provenance, report, rundir, slurm, stopping
 from resnet_repro.plan import device_error
 
 EPILOG = """\
@@ -291,4 +291,5 @@ def figures_dir(args):
 
 
 if __name__ == "__main__":
+    files.utf8_console()
     sys.exit(stopping.stop_requests_until_exit(main))

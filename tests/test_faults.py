@@ -14,6 +14,7 @@ import torch
 from conftest import TIMING, csv_rows, train_run, write_image_folder, write_run
 from resnet_repro import analysis, data, files, inspection, memory, run, rundir
 from resnet_repro.config import TrainSpec
+from resnet_repro.metrics import read_metrics as metrics_rows
 from resnet_repro.models import parse_name as models_parse
 
 
@@ -569,3 +570,29 @@ def test_weights_that_cannot_be_used_are_one_line_for_evaluate_and_finetune(kind
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.count("\n") == 1 and match in err, err
     assert not (tmp_path / "ft").exists()  # refused before any run directory was made
+
+
+@pytest.mark.slow
+def test_a_c_locale_still_prints_and_writes_utf8(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
+    root = Path(__file__).resolve().parent.parent
+    argv = [sys.executable, "-m", "resnet_repro.analysis", "results/cpu-demo", "--out", str(tmp_path), "--no-fig7"]
+    done = subprocess.run(argv, cwd=root, env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-500:]
+    assert "±" in (tmp_path / "quick" / "summary.md").read_text(encoding="utf-8")
+
+
+def test_a_loss_or_error_that_is_not_finite_is_named(tmp_path):
+    write_run(tmp_path, "resnet20")
+    path = tmp_path / "degradation" / "resnet20" / "metrics.csv"
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    fields = lines[2].split(",")
+    fields[header.index("test_err")] = "inf"
+    path.write_text("\n".join([*lines[:2], ",".join(fields), *lines[3:]]) + "\n")
+    with pytest.warns(UserWarning, match=r"metrics.csv: a loss or error that is not a finite number at line\(s\) 3"):
+        rows = metrics_rows(path)
+    assert len(rows) == 4
