@@ -123,6 +123,10 @@ def cached(path, compute, what):
             return load_tensors(path)
         except NotLoadable:
             pass
+    for tmp in path.parent.glob(f"{path.name}.*.tmp"):  # what a write killed mid-way left (files.write_atomic)
+        pid = tmp.name[len(path.name) + 1 : -len(".tmp")]
+        if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
+            tmp.unlink(missing_ok=True)
     value = compute()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

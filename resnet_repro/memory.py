@@ -160,6 +160,9 @@ def _decode_archive(path, size):
     try:
         with tarfile.open(path, "r:*") as tar:
             members = {m.name: m for m in tar.getmembers() if m.isfile()}
+            unsafe = [n for n in members if n.startswith("/") or ".." in n.split("/")]
+            if unsafe:  # as tarfile's "data" filter refuses them when extracting (the stream loader)
+                raise DataError(f"{path}: member {unsafe[0]} has an absolute or ../ path; refused")
             readers = {name: (lambda m=m, t=tar: t.extractfile(m).read()) for name, m in members.items()}
             classes, train, test = _decode_tree(readers, str(path), size)
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:

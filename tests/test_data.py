@@ -200,3 +200,32 @@ def test_augment_pads_an_eighth_of_the_size_by_default():
     # A crop offset by up to 2 pixels (16 / 8) leaves at most 2 zero rows or columns on a side.
     zero_rows = (out.sum(3) == 0).sum(2).max().item()
     assert zero_rows == 2 and out.shape == x.shape
+
+
+def test_archive_members_with_absolute_or_parent_paths_are_refused(image_folder, tmp_path):
+    import io
+    import tarfile
+
+    root, _ = image_folder
+    archive = write_tar_gz(root, tmp_path / "evil.tar.gz", arcname="tiny")
+    with tarfile.open(archive, "r:gz") as tar:
+        members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()]
+    with tarfile.open(archive, "w:gz") as tar:
+        for m, payload in members:
+            if m.isfile() and m.name.endswith("0000.png") and "/train/" in m.name:
+                m.name = "../" + m.name  # outside the archive's tree, as a crafted archive may place it
+            tar.addfile(m, io.BytesIO(payload) if payload is not None else None)
+    with pytest.raises(DataError, match=r"member \.\./tiny/train/.* has an absolute or \.\./ path; refused"):
+        memory.load(str(archive), data_dir=tmp_path / "d")
+
+
+def test_a_cache_write_killed_midway_is_swept_when_the_cache_is_next_written(image_folder, tmp_path):
+    root, _ = image_folder
+    archive = write_tar_gz(root, tmp_path / "tiny.tar.gz", arcname="tiny")
+    first = memory.load(str(archive), data_dir=tmp_path / "d")
+    (cache,) = (tmp_path / "d" / "cache").glob("*.pt")
+    stale = cache.with_name(f"{cache.name}.999999999.tmp")  # of a process that no longer exists
+    stale.write_bytes(b"x" * 100)
+    cache.unlink()
+    assert memory.load(str(archive), data_dir=tmp_path / "d").checksum == first.checksum
+    assert cache.exists() and not stale.exists()
