@@ -77,8 +77,10 @@ def _load_run(run_dir):
     if not config_path.exists():
         raise ValueError(f"{csv_path}: no config.json next to it (the engine writes both)")
     config = rundir.read_json(config_path)
-    if "run" not in config:
-        return None  # a config.json that is not a run's (say an experiment's spec)
+    if "run" not in config:  # a config.json that is not a run's; with a CSV beside it, a run's damaged one
+        if csv_path.exists():
+            warnings.warn(f"{config_path}: no 'run' in it (damaged?); {run_dir} left out", stacklevel=3)
+        return None
     rows = metrics.read_metrics(csv_path, cut_off_ok=True)  # a run killed mid-row: the rows before it
     state = rundir.read_status(run_dir)["state"]
     for column, kind in CONFIG_COLUMNS.items():

@@ -543,3 +543,13 @@ def test_compare_draws_the_curves_of_several_result_folders_with_seaborn(tmp_pat
     assert left.get_legend() is None  # one legend for both panels
     labels = [t.get_text() for t in right.get_legend().get_texts()]
     assert {"plain-20", "ResNet-20", "a", "b"} <= set(labels)
+
+
+def test_a_run_whose_config_lost_its_name_is_named_when_left_out(tmp_path):
+    write_run(tmp_path, "plain20")
+    write_run(tmp_path, "resnet20")
+    path = tmp_path / "degradation" / "resnet20" / "config.json"
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "run"}))
+    with pytest.warns(UserWarning, match=r"config.json: no 'run' in it \(damaged\?\); .*resnet20 left out"):
+        frame = results.load_runs(tmp_path)
+    assert set(frame.run) == {"plain20"}
