@@ -18,13 +18,12 @@ A Dataset's `train` and `test` are batch sources with one interface, whatever th
         (uint8 images, labels) of the given indices on the CPU, as the test sees them
 """
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from resnet_repro.files import DiskFull, NotLoadable, load_tensors, save
+from resnet_repro.files import DiskFull, NotLoadable, load_tensors, md5_file, save
 
 MINI = Path(__file__).with_name("assets") / "cifar10-mini.tar.gz"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
@@ -90,14 +89,6 @@ def local_path(source, hint):
     if not path.exists():
         raise DataError(f"data not found: {path} does not exist. {hint}")
     return path
-
-
-def md5_file(path):
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def dataset_name(path, checksum, known=KNOWN_DATASETS):

@@ -81,12 +81,14 @@ def load_tensors(path):
         ) from None
 
 
-def sha256_file(path):
-    h = hashlib.sha256()
+def md5_file(path):
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
+
+
+def sha256_file(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def is_url(source):
