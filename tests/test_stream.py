@@ -79,7 +79,7 @@ def test_test_folder_and_tar_gz_archives_are_read_too(tmp_path):
     root = write_jpeg_folder(tmp_path / "t", n_train=6, n_val=3, evaluation="test")
     archive = write_tar_gz(root, tmp_path / "t.tar.gz", "t")
     ds = stream.load(str(archive), tmp_path / "data", crop=32, test_resize=36, scale=(36, 64))
-    assert len(ds.train) == 6 and len(ds.test) == 3 and ds.name == "t.tar.gz"
+    assert len(ds.train) == 6 and len(ds.test) == 3 and ds.name == "t"
     assert all(str(tmp_path / "data" / "cache") in f for f in ds.train.files)
     again = stream.load(str(archive), tmp_path / "data", crop=32, test_resize=36, scale=(36, 64))
     assert again.train.files == ds.train.files and again.checksum == ds.checksum
