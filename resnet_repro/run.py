@@ -9,6 +9,7 @@ analysis.draw -> figures/.
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -207,6 +208,8 @@ def run(args, make_experiment):
         exp = make_experiment(args)
         jobs, at_once, parallel = plan_run(args, exp, world_size, dist_device)
         plan.check_unfinished(jobs)
+        if rank == 0 and args.launcher != "slurm" and figures_error(args):
+            raise rundir.RunDirError(figures_error(args))  # said now, not after hours of training
         say = print if rank == 0 else (lambda *a, **k: None)  # under torchrun only rank 0 talks
         announce(exp, jobs, world_size, say, "Slurm jobs" if args.launcher == "slurm" else None)
         # in parallel mode (and for Slurm) the parent checks the data once and fills the cache the jobs read
@@ -281,6 +284,22 @@ def finish(args, exp, jobs, skipped):
         print(f"\nThe paper's claims on these runs (python -m resnet_repro.analysis claims):\n{checked}", end="")
     if not args.no_figures:
         report.draw_figures(Path(args.out) / exp.name, figures_dir(args))  # quick runs land in <figures>/quick
+
+
+def figures_error(args):
+    """Why the figures could not be drawn where they go (None if they can, or with --no-figures)."""
+    if args.no_figures:
+        return None
+    folder = figures_dir(args)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder) as f:  # a byte written and synced: a full disk refuses it
+            f.write(b"x")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return f"cannot write figures to {folder}: {e.strerror}; pass --figures elsewhere, or --no-figures"
+    return None
 
 
 def figures_dir(args):

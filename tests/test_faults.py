@@ -596,3 +596,20 @@ def test_a_loss_or_error_that_is_not_finite_is_named(tmp_path):
     with pytest.warns(UserWarning, match=r"metrics.csv: a loss or error that is not a finite number at line\(s\) 3"):
         rows = metrics_rows(path)
     assert len(rows) == 4
+
+
+def test_figures_that_could_not_be_written_are_said_before_training(tmp_path, tiny_dir, monkeypatch, capsys):
+    figures = tmp_path / "figs"
+    real = Path.mkdir
+
+    def mkdir(self, *a, **k):  # a read-only or full filesystem where the figures go (simulated: root ignores chmod)
+        if str(self).startswith(str(figures)):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    argv = [str(experiment(tmp_path, tiny_dir)), "--out", str(tmp_path / "res"), "--figures", str(figures), "--no-progress"]  # fmt: skip
+    assert run.main([*argv, "--jobs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot write figures to {figures}: Read-only file system" in err
+    assert not list((tmp_path / "res").rglob("metrics.csv"))  # nothing trained
