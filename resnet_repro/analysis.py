@@ -177,7 +177,10 @@ def main(argv=None):
         EXAMPLES,
     )
     df, args = _load(parser, argv)
-    draw(df, args.out, fig7=not args.no_fig7, device=args.device)
+    try:
+        draw(df, args.out, fig7=not args.no_fig7, device=args.device)
+    except (OSError, files.DiskFull) as e:  # a full or read-only disk: every file written whole or not at all
+        parser.exit(2, f"error: cannot write into {args.out}: {getattr(e, 'strerror', None) or e}\n")
     for prefix, subset, _ in _result_sets(df, args.out):
         try:
             print(f"\n{prefix}summary:\n{to_markdown(summary_table(subset))}", end="")
@@ -253,8 +256,11 @@ def compare_main(argv=None):
         fig = figures.fig_compare(sets)
     except (FileNotFoundError, ValueError, CannotDraw) as e:
         parser.exit(2, f"error: {e}\n")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    files.save_figure(fig, args.out, dpi=150)
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        files.save_figure(fig, args.out, dpi=150)
+    except (OSError, files.DiskFull) as e:
+        parser.exit(2, f"error: cannot write {args.out}: {getattr(e, 'strerror', None) or e}\n")
     print(f"compare: {args.out}")
     if len(sets) == 2:
         a, b = sets.values()

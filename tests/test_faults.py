@@ -613,3 +613,24 @@ def test_figures_that_could_not_be_written_are_said_before_training(tmp_path, ti
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"cannot write figures to {figures}: Read-only file system" in err
     assert not list((tmp_path / "res").rglob("metrics.csv"))  # nothing trained
+
+
+@pytest.mark.parametrize("command", ["draw", "compare"])
+def test_analysis_on_a_full_disk_is_one_line_and_keeps_the_previous_files(command, tmp_path, monkeypatch, capsys):
+    for run_name in ("plain20", "resnet20"):
+        write_run(tmp_path / "res", run_name)
+    out = tmp_path / "figs" if command == "draw" else tmp_path / "figs" / "c.png"
+    argv = [str(tmp_path / "res"), "--out", str(out)]
+    argv = [*argv, "--no-fig7"] if command == "draw" else ["compare", str(tmp_path / "res"), *argv]
+    assert analysis.main(argv) == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "figs").rglob("*") if p.is_file()}
+
+    def full(path, write):
+        raise files.DiskFull(f"disk full while writing {path}; the previous {Path(path).name} is intact.")
+
+    monkeypatch.setattr(files, "write_atomic", full)
+    with pytest.raises(SystemExit) as e:
+        analysis.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "disk full" in err
+    assert {p: p.read_bytes() for p in (tmp_path / "figs").rglob("*") if p.is_file()} == before
