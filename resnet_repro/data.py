@@ -84,11 +84,18 @@ def normalize(images, mean):
 
 
 def local_path(source, hint):
-    """The file or folder a --data source names ("mini": the bundled archive); DataError if it does not exist."""
+    """The file or folder a --data source names ("mini": the bundled archive); DataError if it does not exist. A
+    folder and a .tar.gz of it are one dataset: `X.tar.gz` is read from the folder `X` when only that is there,
+    and the other way round (a run's recorded data, say, where the user cloned the folder)."""
     path = MINI if source == "mini" else Path(source).expanduser()
-    if not path.exists():
-        raise DataError(f"data not found: {path} does not exist. {hint}")
-    return path
+    if path.exists():
+        return path
+    stem = dataset_name(path, None)
+    twins = [path.with_name(stem)] if stem != path.name else [path.with_name(path.name + s) for s in ARCHIVE_SUFFIXES]
+    for twin in twins:
+        if twin.exists():
+            return twin
+    raise DataError(f"data not found: {path} does not exist. {hint}")
 
 
 def dataset_name(path, checksum, known=KNOWN_DATASETS):

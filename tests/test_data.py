@@ -229,3 +229,17 @@ def test_a_cache_write_killed_midway_is_swept_when_the_cache_is_next_written(ima
     cache.unlink()
     assert memory.load(str(archive), data_dir=tmp_path / "d").checksum == first.checksum
     assert cache.exists() and not stale.exists()
+
+
+def test_a_run_recorded_with_the_archive_reads_the_folder_when_only_that_is_there(image_folder, tmp_path):
+    root, _ = image_folder
+    archive = write_tar_gz(root, tmp_path / "tiny.tar.gz", arcname="tiny")
+    packed = memory.load(str(archive), data_dir=tmp_path / "d")
+    archive.rename(tmp_path / "elsewhere.tar.gz")  # only the folder is left
+    assert memory.load(str(archive)).checksum == packed.checksum
+    shutil.move(root, tmp_path / "gone")
+    (tmp_path / "elsewhere.tar.gz").rename(archive)  # only the archive is left, asked for as the folder
+    assert memory.load(str(root), data_dir=tmp_path / "d").checksum == packed.checksum
+    archive.unlink()
+    with pytest.raises(DataError, match="data not found"):
+        memory.load(str(root))
