@@ -235,7 +235,10 @@ def predictions(run_dir, n=32, seed=0, device="cpu"):
     experiment, run = config.get("experiment", Path(run_dir).parent.name), config.get("run", Path(run_dir).name)
     title = f"{experiment}/{run}: {net_label(config['model'])} on {config.get('dataset', ds.name)}, {len(index)} of {len(ds.test)} test images (seed {seed})"
     fig = fig_predictions(images, labels, predicted, ds.classes, title)
-    return fig, int((predicted == labels).sum()), len(index), f"predictions-{experiment}-{run}.png"
+    # named by the result root too (results/cpu-8k -> "cpu-8k-"): the same run of two roots never shares a file
+    root = Path(run_dir).resolve().parent.parent
+    prefix = "" if root == Path("results").resolve() else f"{root.name}-"
+    return fig, int((predicted == labels).sum()), len(index), f"predictions-{prefix}{experiment}-{run}.png"
 
 
 PREDICTIONS_EXAMPLES = """examples:
@@ -258,7 +261,9 @@ def predictions_main(argv=None):
     parser.add_argument(
         "run_dir", type=Path, metavar="RUN_DIR", help="a run directory, e.g. results/degradation/resnet56"
     )
-    parser.add_argument("--out", type=Path, help="PNG to write (default: figures/predictions-<experiment>-<run>.png)")
+    parser.add_argument(
+        "--out", type=Path, help="PNG to write (default: figures/predictions-[<root>-]<experiment>-<run>.png)"
+    )
     parser.add_argument("--n", type=int, default=32, help="images to show (default: 32, as 4 rows of 8)")
     parser.add_argument("--seed", type=int, default=0, help="which test images (default: 0)")
     parser.add_argument("--device", default="cpu", help="device for the forward pass (default: cpu)")

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -135,3 +136,14 @@ def test_cli_says_when_a_done_run_has_no_weights(tmp_path, capsys):
         analysis.main(["predictions", str(run_dir)])
     err = capsys.readouterr().err
     assert "done but its weights are not here" in err and "not finished" not in err
+
+
+def test_the_same_run_of_two_result_roots_draws_two_files(tmp_path, monkeypatch, capsys):
+    write_image_folder(tmp_path / "images", n_test=9)
+    run_dir, _ = write_finished_run(tmp_path, tmp_path / "images")
+    shutil.copytree(run_dir, tmp_path / "elsewhere" / "tiny" / "resnet8")
+    monkeypatch.chdir(tmp_path)
+    for root in ("results", "elsewhere"):
+        assert analysis.main(["predictions", f"{root}/tiny/resnet8", "--n", "4"]) == 0
+    drawn = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
+    assert drawn == ["predictions-elsewhere-tiny-resnet8.png", "predictions-tiny-resnet8.png"]
