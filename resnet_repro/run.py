@@ -298,7 +298,8 @@ def figures_error(args):
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        return f"cannot write figures to {folder}: {e.strerror}; pass --figures elsewhere, or --no-figures"
+        elsewhere = "--figures elsewhere" if args.figures else "--out elsewhere (or --figures)"
+        return f"cannot write figures to {folder}: {e.strerror}; pass {elsewhere}, or --no-figures"
     return None
 
 
