@@ -42,7 +42,16 @@ ENVIRONMENT_KEYS = (
 
 
 # what the suite writes into a run directory: all that --overwrite deletes
-RUN_FILES = ("config.json", "status.json", "metrics.csv", "checkpoint.pt", "final.pt", "measures.json", "evaluation.json", "output.log")  # fmt: skip
+RUN_FILES = (
+    "config.json",
+    "status.json",
+    "metrics.csv",
+    "checkpoint.pt",
+    "final.pt",
+    "measures.json",
+    "evaluation.json",
+    "output.log",
+)
 
 
 class RunDirError(ValueError):
