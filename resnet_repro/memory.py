@@ -3,7 +3,7 @@ augmentation there (resnet_repro.data decides which dataset a run gets and calls
 
 Sources (`load(source, ...)`):
 - "cifar10", "cifar100": torchvision's download into `data_dir`, its checksums verified.
-- "mini": the bundled mini CIFAR-10 (500 train + 100 test images per class, built by assets/make_mini.py).
+- "mini": the bundled mini CIFAR-10 (500 train + 100 test images per class, built by tools/make_mini.py).
 - a directory with `train/` and `test/` ImageFolder trees (class per subfolder), or a `.tar.gz` of one.
   Archives are decoded once into `data_dir/cache/` and reused.
 

