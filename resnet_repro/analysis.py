@@ -202,8 +202,8 @@ def _load(parser, argv):
     parser.add_argument("--no-fig7", action="store_true", help="skip Fig. 7 (it loads final.pt and the test set)")
     parser.add_argument("--device", help="device for Fig. 7's forward passes (default: cuda if available, else cpu)")
     args = parser.parse_args(argv)
-    if args.device and device_error(args.device):
-        parser.exit(2, f"error: {device_error(args.device)}\n")
+    if args.device and (error := device_error(args.device)):
+        parser.exit(2, f"error: {error}\n")
     if args.out.exists() and not args.out.is_dir():
         parser.exit(2, f"error: --out {args.out} is a file; it must be a directory (or not exist yet)\n")
     try:

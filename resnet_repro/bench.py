@@ -196,8 +196,8 @@ def usage_error(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    if usage_error(args):
-        print(f"error: {usage_error(args)}", file=sys.stderr)
+    if error := usage_error(args):
+        print(f"error: {error}", file=sys.stderr)
         return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     shape = resolve_defaults(args, device)  # the spec's data fields

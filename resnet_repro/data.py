@@ -18,6 +18,7 @@ A Dataset's `train` and `test` are batch sources with one interface, whatever th
         (uint8 images, labels) of the given indices on the CPU, as the test sees them
 """
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,17 @@ def archive_cache(path, data_dir, tag=""):
     return Path(data_dir) / "cache" / f"{Path(path).name.split('.')[0]}-{md5_file(path)[:12]}{tag}"
 
 
+def running(pid):
+    """Whether a process `pid` exists (another one may be writing the same cache: torchrun's ranks)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
+
+
 def cached(path, compute, what):
     """torch.load(path) (tensors and plain data only), or compute() saved there first; a damaged copy is
     recomputed, never trusted. DataError naming `what` when it cannot be written (a full disk, no permission)."""
@@ -123,7 +135,7 @@ def cached(path, compute, what):
             pass
     for tmp in path.parent.glob(f"{path.name}.*.tmp"):  # what a write killed mid-way left (files.write_atomic)
         pid = tmp.name[len(path.name) + 1 : -len(".tmp")]
-        if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
+        if not (pid.isdigit() and running(int(pid))):
             tmp.unlink(missing_ok=True)
     value = compute()
     try:

@@ -213,8 +213,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="device for the forward pass (default: cpu)")
     parser.add_argument("--csv", type=Path, default=CSV, help=f"CSV the row is appended to (default: {CSV})")
     args = parser.parse_args(argv)
-    if device_error(args.device):
-        parser.exit(2, f"error: {device_error(args.device)}\n")
+    if error := device_error(args.device):
+        parser.exit(2, f"error: {error}\n")
     start = time.perf_counter()
     try:
         row, line = evaluate_weights(args.weights, args.data, args.model, args.data_dir, args.normalize, args.device)

@@ -268,8 +268,8 @@ def predictions_main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="which test images (default: 0)")
     parser.add_argument("--device", default="cpu", help="device for the forward pass (default: cpu)")
     args = parser.parse_args(argv)
-    if device_error(args.device):
-        parser.exit(2, f"error: {device_error(args.device)}\n")
+    if error := device_error(args.device):
+        parser.exit(2, f"error: {error}\n")
     if args.n < 1:
         parser.exit(2, f"error: --n must be at least 1, not {args.n}\n")
     if not args.run_dir.is_dir():

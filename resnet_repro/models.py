@@ -303,12 +303,13 @@ def pretrained_state_dict(name, source):
         url = torchvision.models.get_model_weights(f"resnet{depth}").DEFAULT.url
         cache = Path(torch.hub.get_dir()) / "checkpoints"
         try:
-            source = fetch_weights(url, cache)  # the torch cache, its file's hash checked like a download
+            path = fetch_weights(url, cache)  # the torch cache, its file's hash checked like a download
         except ValueError as e:
             raise ValueError(
                 f"torchvision's {name} weights: {e}. Offline, put {url} into {cache}/, or pass a weights file."
             ) from None
-    path = fetch_weights(source, Path(torch.hub.get_dir()) / "checkpoints")
+    else:
+        path = fetch_weights(source, Path(torch.hub.get_dir()) / "checkpoints")
     if not path.is_file():
         raise ValueError(f"weights file {path} not found; pass a file, a URL or 'torchvision'")
     return read_weights(path)[0]

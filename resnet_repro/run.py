@@ -208,8 +208,8 @@ def run(args, make_experiment):
         exp = make_experiment(args)
         jobs, at_once, parallel = plan_run(args, exp, world_size, dist_device)
         plan.check_unfinished(jobs)
-        if rank == 0 and args.launcher != "slurm" and figures_error(args):
-            raise rundir.RunDirError(figures_error(args))  # said now, not after hours of training
+        if rank == 0 and args.launcher != "slurm" and (error := figures_error(args)):
+            raise rundir.RunDirError(error)  # said now, not after hours of training
         say = print if rank == 0 else (lambda *a, **k: None)  # under torchrun only rank 0 talks
         announce(exp, jobs, world_size, say, "Slurm jobs" if args.launcher == "slurm" else None)
         # in parallel mode (and for Slurm) the parent checks the data once and fills the cache the jobs read
