@@ -207,6 +207,17 @@ def test_a_run_interrupted_by_the_code_of_the_first_cpu_campaign_resumes(tmp_pat
     assert csv_rows(old / "metrics.csv", drop=VARYING) == csv_rows(whole / "metrics.csv", drop=VARYING)
 
 
+def test_a_run_interrupted_by_the_code_before_the_subpackages_resumes(tmp_path, whole):
+    """tests/data/run-b0c555f: a run stopped by SIGINT at iteration 5 by commit b0c555f, the last code with flat
+    modules (resnet_repro.memory, .train, ...): checkpoints written then must resume under the subpackages."""
+    root = tmp_path / "data"
+    write_image_folder(root, n_train=48, n_test=12)
+    old = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "data" / "run-b0c555f", old)
+    assert run(spec(), memory.load(str(root)), old, resume=True, deterministic=True).state == "done"
+    assert csv_rows(old / "metrics.csv", drop=VARYING) == csv_rows(whole / "metrics.csv", drop=VARYING)
+
+
 def test_a_run_started_from_a_folder_resumes_and_is_skipped_from_a_tar_gz_of_it(tmp_path, monkeypatch, whole):
     root = tmp_path / "images"
     write_image_folder(root, n_train=48, n_test=12)  # the images `whole` trained on
