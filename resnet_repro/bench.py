@@ -179,7 +179,11 @@ def resolve_defaults(args, device):
 
 def usage_error(args):
     """Why these options cannot be measured, in one line (None if they can)."""
-    for flag, value, least in (("--iterations", args.iterations, 1), ("--batch", args.batch, 1), ("--warmup", args.warmup, 0)):  # fmt: skip
+    for flag, value, least in (
+        ("--iterations", args.iterations, 1),
+        ("--batch", args.batch, 1),
+        ("--warmup", args.warmup, 0),
+    ):
         if value is not None and value < least:
             return f"{flag} must be at least {least}, not {value}"
     if args.models is not None:
@@ -207,7 +211,10 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.batch > len(ds.train):
-        print(f"error: --batch {args.batch} is more than the {len(ds.train):,} training images of {ds.name}", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: --batch {args.batch} is more than the {len(ds.train):,} training images of {ds.name}",
+            file=sys.stderr,
+        )
         return 2
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -246,8 +253,13 @@ def bench_data(ds, spec, iterations, warmup, device, workers):
     print(f"{'data only':<10}{usual:>14.0f}{engine:>14.0f}{engine / usual:>8.1f}x   ({workers} workers, no model)")
     return [
         {"model": "-", "path": "usual-data", "images_per_second": round(usual, 1), "speedup": 1.0},
-        {"model": "-", "path": "engine-data", "images_per_second": round(engine, 1), "speedup": round(engine / usual, 2)},
-    ]  # fmt: skip
+        {
+            "model": "-",
+            "path": "engine-data",
+            "images_per_second": round(engine, 1),
+            "speedup": round(engine / usual, 2),
+        },
+    ]
 
 
 def bench_model(spec, ds, iterations, warmup, device, workers, check):
@@ -267,7 +279,7 @@ def bench_model(spec, ds, iterations, warmup, device, workers, check):
     return [
         {"model": spec.model, "path": "usual", "images_per_second": round(usual, 1), "speedup": 1.0},
         {"model": spec.model, "path": path, "images_per_second": round(engine, 1), "speedup": round(engine / usual, 2)},
-    ]  # fmt: skip
+    ]
 
 
 def append_rows(out, rows):

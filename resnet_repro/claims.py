@@ -131,42 +131,119 @@ PLAIN, RESNETS = (
 )
 DEGRADATION, TABLE2 = ("degradation", "depth"), ("imagenet18_34", "degradation18_34")
 CLAIMS = [
-    Claim("degradation", "plain-56 above plain-20 in final training and test error",
-          "Fig. 1, Fig. 6 left: plain-56's training and test error above plain-20's (curves only)",
-          ("plain20", "plain56"), above("plain56", "plain20"), DEGRADATION),
-    *[Claim(f"fix{d}", f"ResNet-{d} below plain-{d} in final training and test error",
+    Claim(
+        "degradation",
+        "plain-56 above plain-20 in final training and test error",
+        "Fig. 1, Fig. 6 left: plain-56's training and test error above plain-20's (curves only)",
+        ("plain20", "plain56"),
+        above("plain56", "plain20"),
+        DEGRADATION,
+    ),
+    *[
+        Claim(
+            f"fix{d}",
+            f"ResNet-{d} below plain-{d} in final training and test error",
             f"Fig. 6 left vs middle; Table 6: ResNet-{d} {T6[d]} test error (plain-{d}: curves only)",
-            (f"plain{d}", f"resnet{d}"), above(f"plain{d}", f"resnet{d}"), DEGRADATION) for d in (56, 20)],
-    *[Claim(f"depth{deep}", f"ResNet-{deep} below ResNet-{shallow} in final training and test error",
+            (f"plain{d}", f"resnet{d}"),
+            above(f"plain{d}", f"resnet{d}"),
+            DEGRADATION,
+        )
+        for d in (56, 20)
+    ],
+    *[
+        Claim(
+            f"depth{deep}",
+            f"ResNet-{deep} below ResNet-{shallow} in final training and test error",
             f"Table 6: {T6[deep]} vs {T6[shallow]} test error; Fig. 6 middle",
-            (f"resnet{shallow}", f"resnet{deep}"), above(f"resnet{shallow}", f"resnet{deep}")) for shallow, deep in ((20, 56), (56, 110))],
-    Claim("plain-depth", "plain nets' final training error rises with depth (20/32/44/56: those run, at least 2)",
-          "Fig. 6 left: the deeper plain net has the higher training error", PLAIN, ordered("train_err", True), least=2),
-    Claim("resnet-depth", "ResNets' final test error falls with depth (20/32/44/56/110: those run, at least 2)",
-          f"Table 6: {', '.join(str(T6[d]) for d in (20, 32, 44, 56, 110))} test error", RESNETS, ordered("test_err", False), least=2),
-    Claim("overfit1202", "ResNet-1202 above ResNet-110 in final test error, not above it in training error",
-          f"Table 6: {T6[1202]} vs {T6[110]} test error; Fig. 6 right: similar training error (overfitting)",
-          ("resnet110", "resnet1202"), overfits("resnet1202", "resnet110"), ("resnet1202", "depth", "degradation")),
-    *[Claim(f"fig7-{d}", f"ResNet-{d}'s layer responses below plain-{d}'s at most sorted positions",
+            (f"resnet{shallow}", f"resnet{deep}"),
+            above(f"resnet{shallow}", f"resnet{deep}"),
+        )
+        for shallow, deep in ((20, 56), (56, 110))
+    ],
+    Claim(
+        "plain-depth",
+        "plain nets' final training error rises with depth (20/32/44/56: those run, at least 2)",
+        "Fig. 6 left: the deeper plain net has the higher training error",
+        PLAIN,
+        ordered("train_err", True),
+        least=2,
+    ),
+    Claim(
+        "resnet-depth",
+        "ResNets' final test error falls with depth (20/32/44/56/110: those run, at least 2)",
+        f"Table 6: {', '.join(str(T6[d]) for d in (20, 32, 44, 56, 110))} test error",
+        RESNETS,
+        ordered("test_err", False),
+        least=2,
+    ),
+    Claim(
+        "overfit1202",
+        "ResNet-1202 above ResNet-110 in final test error, not above it in training error",
+        f"Table 6: {T6[1202]} vs {T6[110]} test error; Fig. 6 right: similar training error (overfitting)",
+        ("resnet110", "resnet1202"),
+        overfits("resnet1202", "resnet110"),
+        ("resnet1202", "depth", "degradation"),
+    ),
+    *[
+        Claim(
+            f"fig7-{d}",
+            f"ResNet-{d}'s layer responses below plain-{d}'s at most sorted positions",
             "Fig. 7: ResNets' responses generally smaller than their plain counterparts'",
-            (f"plain{d}", f"resnet{d}"), responses_below(f"resnet{d}", f"plain{d}"), DEGRADATION, fig7=True) for d in (20, 56)],
-    *[Claim(f"fig7-depth{deep}", f"ResNet-{deep}'s mean layer response below ResNet-{shallow}'s",
+            (f"plain{d}", f"resnet{d}"),
+            responses_below(f"resnet{d}", f"plain{d}"),
+            DEGRADATION,
+            fig7=True,
+        )
+        for d in (20, 56)
+    ],
+    *[
+        Claim(
+            f"fig7-depth{deep}",
+            f"ResNet-{deep}'s mean layer response below ResNet-{shallow}'s",
             "Fig. 7: the deeper ResNet has smaller responses (each layer modifies the signal less)",
-            (f"resnet{shallow}", f"resnet{deep}"), mean_below(f"resnet{deep}", f"resnet{shallow}"), DEGRADATION, fig7=True)
-      for shallow, deep in ((20, 56), (56, 110))],
-    Claim("table2-plain", "plain-34 above plain-18 in final training and test error",
-          f"Table 2: {T2[34][0]} vs {T2[18][0]} top-1 (ImageNet val, 10-crop); Fig. 4 left: higher training error",
-          ("plain18", "plain34"), above("plain34", "plain18", ten_crop=True), TABLE2),
-    Claim("table2-resnet", "ResNet-34 below ResNet-18 in final training and test error",
-          f"Table 2: {T2[34][1]} vs {T2[18][1]} top-1 (ImageNet val, 10-crop); Fig. 4 right",
-          ("resnet18", "resnet34"), above("resnet18", "resnet34", ten_crop=True), TABLE2),
-    Claim("table2-fix", "ResNet-34 below plain-34 in final training and test error",
-          f"Table 2: {T2[34][1]} vs {T2[34][0]} top-1 (ImageNet val, 10-crop); Fig. 4",
-          ("plain34", "resnet34"), above("plain34", "resnet34", ten_crop=True), TABLE2),
-    *[Claim(f"table6-{d}", f"ResNet-{d}'s final test error within 1 point of the paper's",
+            (f"resnet{shallow}", f"resnet{deep}"),
+            mean_below(f"resnet{deep}", f"resnet{shallow}"),
+            DEGRADATION,
+            fig7=True,
+        )
+        for shallow, deep in ((20, 56), (56, 110))
+    ],
+    Claim(
+        "table2-plain",
+        "plain-34 above plain-18 in final training and test error",
+        f"Table 2: {T2[34][0]} vs {T2[18][0]} top-1 (ImageNet val, 10-crop); Fig. 4 left: higher training error",
+        ("plain18", "plain34"),
+        above("plain34", "plain18", ten_crop=True),
+        TABLE2,
+    ),
+    Claim(
+        "table2-resnet",
+        "ResNet-34 below ResNet-18 in final training and test error",
+        f"Table 2: {T2[34][1]} vs {T2[18][1]} top-1 (ImageNet val, 10-crop); Fig. 4 right",
+        ("resnet18", "resnet34"),
+        above("resnet18", "resnet34", ten_crop=True),
+        TABLE2,
+    ),
+    Claim(
+        "table2-fix",
+        "ResNet-34 below plain-34 in final training and test error",
+        f"Table 2: {T2[34][1]} vs {T2[34][0]} top-1 (ImageNet val, 10-crop); Fig. 4",
+        ("plain34", "resnet34"),
+        above("plain34", "resnet34", ten_crop=True),
+        TABLE2,
+    ),
+    *[
+        Claim(
+            f"table6-{d}",
+            f"ResNet-{d}'s final test error within 1 point of the paper's",
             f"Table 6: {err} test error (original CIFAR-10{'; best of 5, mean 6.61±0.16' if d == 110 else ''})",
-            (f"resnet{d}",), within(f"resnet{d}", err), ("resnet1202",) * (d == 1202) + DEPTH_EXPERIMENTS) for d, err in T6.items()],
-]  # fmt: skip
+            (f"resnet{d}",),
+            within(f"resnet{d}", err),
+            ("resnet1202",) * (d == 1202) + DEPTH_EXPERIMENTS,
+        )
+        for d, err in T6.items()
+    ],
+]
 
 
 # --- the table -------------------------------------------------------------------------------------------------

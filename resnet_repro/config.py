@@ -35,7 +35,6 @@ class SpecError(Exception):
 
 @dataclass(frozen=True)
 class TrainSpec:
-    # fmt: off
     model: str = "resnet20"  # plain<depth> or resnet<depth>, see resnet_repro.models.available()
     shortcut: str | None = None  # "A", "B" or "C"; None: the family's default (A for CIFAR nets, B for 18..152)
     stem: str | None = None  # "cifar" or "imagenet"; None: the family's default
@@ -43,24 +42,40 @@ class TrainSpec:
     loader: str = "memory"  # "memory": decoded once, resident on the device, CIFAR's pad-crop-flip (resnet_repro.data);
     # "stream": decoded per step by DataLoader workers with the paper's ImageNet augmentation (resnet_repro.stream)
     train_size: int = 0  # >0: train on a fixed random subset of this many training images (the same for every seed)
-    val_size: int = 0  # >0: hold out this many training images and evaluate on them (the paper chose its schedule on 45k/5k)
+    val_size: int = (
+        0  # >0: hold out this many training images and evaluate on them (the paper chose its schedule on 45k/5k)
+    )
     image_size: int = 32  # images must be this size (CIFAR: 32) ... (stream: the side of the crops, 224)
     resize: bool = False  # ... unless resized to it when decoded (ImageFolder data, e.g. 224 for fine-tuning)
-    scale: tuple[int, ...] = (256, 480)  # stream: a training image's shorter side is resized to a random value in this range
-    test_resize: int = 256  # stream: an evaluation image's shorter side is resized to this, then the centre crop is taken
+    scale: tuple[int, ...] = (
+        256,
+        480,
+    )  # stream: a training image's shorter side is resized to a random value in this range
+    test_resize: int = (
+        256  # stream: an evaluation image's shorter side is resized to this, then the centre crop is taken
+    )
     lighting: float = 0.1  # stream: std of AlexNet's PCA colour augmentation (0: none)
     ten_crop: bool = False  # stream: after the last iteration also test with 10 crops (Table 2), into evaluation.json
-    init_weights: str = ""  # "": He init; "torchvision": its ImageNet weights (torch cache or download); or a weights file
+    init_weights: str = (
+        ""  # "": He init; "torchvision": its ImageNet weights (torch cache or download); or a weights file
+    )
     batch_size: int = 128  # the paper's mini-batch (it was split over 2 GPUs)
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4  # applied to every parameter, BN included
     iterations: int = 64_000  # the paper stops at 64k iterations (about 164 epochs of 50k)
-    schedule: str = "step"  # "step": lr x lr_decay at each milestone (the paper); "linear": lr falls linearly to 0 at the end
-    milestones: tuple[int, ...] = (32_000, 48_000)  # schedule = "step": lr multiplied by lr_decay at each of these iterations
+    schedule: str = (
+        "step"  # "step": lr x lr_decay at each milestone (the paper); "linear": lr falls linearly to 0 at the end
+    )
+    milestones: tuple[int, ...] = (
+        32_000,
+        48_000,
+    )  # schedule = "step": lr multiplied by lr_decay at each of these iterations
     lr_decay: float = 0.1
     ramp: int = 0  # >0: the lr rises linearly from lr/ramp to lr over the first `ramp` iterations
-    warmup_lr: float = 0.0  # >0: train at this lr until the training error falls below warmup_until_err (ResNet-110: 0.01)
+    warmup_lr: float = (
+        0.0  # >0: train at this lr until the training error falls below warmup_until_err (ResNet-110: 0.01)
+    )
     warmup_until_err: float = 80.0  # % training error, measured over the mini-batches since the last check
     seed: int = 0  # model init, data order and augmentation
     log_every: int = 0  # 0: one CSV row (and test) per epoch; N > 0: one every N iterations (short runs on small data)
@@ -68,7 +83,6 @@ class TrainSpec:
     precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; or "bf16", "fp32"
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
-    # fmt: on
 
     def __post_init__(self):
         from resnet_repro.models import parse_name
@@ -87,13 +101,17 @@ def _value_checks(s):
     floats = {f.name: getattr(s, f.name) for f in fields(s) if f.type is float}
     return [
         *((math.isfinite(v), f"{k} must be a finite number, not {v}") for k, v in floats.items()),
-        (s.lr <= FLOAT32_MAX and s.warmup_lr <= FLOAT32_MAX,
-         f"lr and warmup_lr must be at most {FLOAT32_MAX:.3g} (the optimizer applies them in float32)"),
+        (
+            s.lr <= FLOAT32_MAX and s.warmup_lr <= FLOAT32_MAX,
+            f"lr and warmup_lr must be at most {FLOAT32_MAX:.3g} (the optimizer applies them in float32)",
+        ),
         (0 <= s.momentum <= 1, f"momentum must be between 0 and 1, not {s.momentum}"),
         (s.weight_decay >= 0, f"weight_decay must not be negative, not {s.weight_decay}"),
         (s.warmup_until_err >= 0, f"warmup_until_err must not be negative, not {s.warmup_until_err}"),
-        (s.iterations <= MAX_ITERATIONS,
-         f"iterations must be at most {MAX_ITERATIONS:,} (the paper's longest run takes 600,000), not {s.iterations:,}"),
+        (
+            s.iterations <= MAX_ITERATIONS,
+            f"iterations must be at most {MAX_ITERATIONS:,} (the paper's longest run takes 600,000), not {s.iterations:,}",
+        ),
         (s.batch_size > 0 and s.eval_batch_size > 0, "batch sizes must be positive"),
         (s.iterations > 0, f"iterations must be positive, not {s.iterations}"),
         (s.lr > 0 and 0 < s.lr_decay <= 1, "lr must be positive and lr_decay in (0, 1]"),
@@ -104,7 +122,7 @@ def _value_checks(s):
         (s.ramp < s.iterations, f"ramp ({s.ramp}) must be shorter than iterations ({s.iterations})"),
         (s.image_size >= 8, f"image_size must be at least 8, not {s.image_size}"),
         (s.lighting >= 0, "lighting must not be negative"),
-    ]  # fmt: skip
+    ]
 
 
 def _choice_checks(s):
@@ -118,14 +136,20 @@ def _choice_checks(s):
         (s.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, not {s.precision!r}"),
         (s.loader in ("memory", "stream"), f"loader must be memory or stream, not {s.loader!r}"),
         (s.loader == "memory" or s.train_size == 0, 'train_size applies to loader = "memory"'),
-        (len(s.scale) == 2 and (s.loader == "memory" or s.image_size <= s.scale[0] <= s.scale[1]),
-         f"scale must be [low, high] with image_size ({s.image_size}) <= low <= high, not {list(s.scale)}"),
-        (s.loader == "memory" or s.test_resize >= s.image_size,
-         f"test_resize ({s.test_resize}) must be at least image_size ({s.image_size})"),
+        (
+            len(s.scale) == 2 and (s.loader == "memory" or s.image_size <= s.scale[0] <= s.scale[1]),
+            f"scale must be [low, high] with image_size ({s.image_size}) <= low <= high, not {list(s.scale)}",
+        ),
+        (
+            s.loader == "memory" or s.test_resize >= s.image_size,
+            f"test_resize ({s.test_resize}) must be at least image_size ({s.image_size})",
+        ),
         (s.loader == "stream" or not s.ten_crop, 'ten_crop needs loader = "stream" (crops of a larger image)'),
-        (s.loader == "memory" or s.val_size == 0,
-         'val_size applies to loader = "memory"; the stream loader evaluates on val/ (or test/)'),
-    ]  # fmt: skip
+        (
+            s.loader == "memory" or s.val_size == 0,
+            'val_size applies to loader = "memory"; the stream loader evaluates on val/ (or test/)',
+        ),
+    ]
 
 
 SPEC_FIELDS = {f.name: f for f in fields(TrainSpec)}
@@ -241,15 +265,23 @@ def load_experiment(name, quick=False, overrides=None, runs=None):
     if runs:
         unknown = [r for r in runs if r not in names]
         if unknown:
-            raise SpecError(f"unknown run(s) {', '.join(unknown)} in experiment {path.stem}; its runs are {', '.join(names)}")  # fmt: skip
+            raise SpecError(
+                f"unknown run(s) {', '.join(unknown)} in experiment {path.stem}; its runs are {', '.join(names)}"
+            )
         names = [n for n in names if n in runs]
     specs = {}
     for run in names:
         table = doc.get("run", {}).get(run, {})
-        layers = [(doc.get("train", {}), f"{path}: [train]"), *([(quick_table, f"{path}: [quick]")] if quick else []),
-                  (table, f"{path}: [run.{run}]"), (overrides or {}, "command line")]  # fmt: skip
+        layers = [
+            (doc.get("train", {}), f"{path}: [train]"),
+            *([(quick_table, f"{path}: [quick]")] if quick else []),
+            (table, f"{path}: [run.{run}]"),
+            (overrides or {}, "command line"),
+        ]
         if not _is_model(table.get("model", run)):
-            raise SpecError(f'{path}: run {run!r} is not a model name; give it one in [run.{run}], e.g. model = "resnet110"')  # fmt: skip
+            raise SpecError(
+                f'{path}: run {run!r} is not a model name; give it one in [run.{run}], e.g. model = "resnet110"'
+            )
         spec = TrainSpec(model=table.get("model", run))
         for changes, where in layers:
             spec = apply(spec, changes, where)
@@ -268,18 +300,26 @@ def _check_document(path, doc):
             raise SpecError(f"{path}: {key} must be a table ([{key}] followed by key = value lines), not {doc[key]!r}")
     for run, table in doc.get("run", {}).items():
         if not isinstance(table, dict):
-            raise SpecError(f"{path}: run.{run} must be a table ([run.{run}] followed by key = value lines), not {table!r}")  # fmt: skip
+            raise SpecError(
+                f"{path}: run.{run} must be a table ([run.{run}] followed by key = value lines), not {table!r}"
+            )
     names = doc.get("runs")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise SpecError(f'{path}: \'runs\' must be a non-empty list of run names, e.g. runs = ["plain20", "resnet20"]')
     for name in [path.stem, *names]:
         if not NAME.match(name):
             what = "experiment file name" if name == path.stem else "run name"
-            raise SpecError(f"{path}: {what} {name!r} is not a plain name (letters, digits, _ . + -, not starting with . or -): it names a folder")  # fmt: skip
+            raise SpecError(
+                f"{path}: {what} {name!r} is not a plain name (letters, digits, _ . + -, not starting with . or -): it names a folder"
+            )
     quick_table = dict(doc.get("quick", {}))
     quick_runs = quick_table.pop("runs", None)
-    if quick_runs is not None and (not isinstance(quick_runs, list) or not quick_runs or not set(quick_runs) <= set(names)):  # fmt: skip
-        raise SpecError(f"{path}: [quick] runs must be a non-empty list of names from runs = {names}, not {quick_runs!r}")  # fmt: skip
+    if quick_runs is not None and (
+        not isinstance(quick_runs, list) or not quick_runs or not set(quick_runs) <= set(names)
+    ):
+        raise SpecError(
+            f"{path}: [quick] runs must be a non-empty list of names from runs = {names}, not {quick_runs!r}"
+        )
     for extra in set(doc.get("run", {})) - set(names):
         raise SpecError(f"{path}: [run.{extra}] names no run in runs = {names}")
     return names, quick_table, quick_runs

@@ -104,7 +104,10 @@ def evaluations(root, csv, normalize):
     df = pd.read_csv(root / csv)
     df = df[df.normalize == normalize]
     shown = lambda w: f"[`{w.rsplit('/', 1)[-1]}`]({w})" if "://" in w else f"`{w}`"  # a URL: its file name, linked
-    rows = [(shown(w), m, d, f"{e:.2f}", f"{t:.2f}") for w, m, d, e, t in zip(df.weights, df.model, df.dataset, df.test_err, df.top5_err)]  # fmt: skip
+    rows = [
+        (shown(w), m, d, f"{e:.2f}", f"{t:.2f}")
+        for w, m, d, e, t in zip(df.weights, df.model, df.dataset, df.test_err, df.top5_err)
+    ]
     return table(("weights", "net", "test data", "test error (%)", "top-5 error (%)"), rows)
 
 
@@ -140,13 +143,23 @@ def phases(root, run_dir):
                 f"{late.test_err.min():.2f}–{late.test_err.max():.2f}",
             )
         )
-    header = ("lr", "rows", "iterations", "train err: first → last row", "test err: first → last row", "test err, 2nd half: min–max")  # fmt: skip
+    header = (
+        "lr",
+        "rows",
+        "iterations",
+        "train err: first → last row",
+        "test err: first → last row",
+        "test err, 2nd half: min–max",
+    )
     return table(header, rows)
 
 
 def last_rows(root, run_dir, n):
     df = metrics(root / run_dir).tail(int(n))
-    rows = [(f"{r.epoch:g}", f"{r.iteration:,}", f"{r.lr:g}", f"{r.train_err:.2f}", f"{r.test_err:.2f}") for r in df.itertuples()]  # fmt: skip
+    rows = [
+        (f"{r.epoch:g}", f"{r.iteration:,}", f"{r.lr:g}", f"{r.train_err:.2f}", f"{r.test_err:.2f}")
+        for r in df.itertuples()
+    ]
     return table(("epoch", "iteration", "lr", "train_err", "test_err"), rows)
 
 
@@ -158,7 +171,7 @@ def compare(root, a, b):
         (
             r["run"],
             *(f"{r[f'{m}_{s}']:.2f}" if m != "iterations" else f"{r[f'{m}_{s}']:,.0f}" for m in metrics_ for s in "ab"),
-        )  # fmt: skip
+        )
         for _, r in df.iterrows()
     ]
     header = ["run"] + [f"{m}_{s}" for m in metrics_ for s in "ab"]
@@ -197,7 +210,18 @@ def provenance(root, exp_dir):
             lr = f"{c['lr']:g}, ÷10 at {', '.join(f'{m:,}' for m in c['milestones'])}"
         else:
             lr = f"{c['lr']:g} after a ramp of {c['ramp']}, linear to 0"
-        rows.append((c["run"], f"{c['iterations']:,}", c["batch_size"], lr, c["seed"], c["threads"], c["torch"], f"`{c['commit']}`"))  # fmt: skip
+        rows.append(
+            (
+                c["run"],
+                f"{c['iterations']:,}",
+                c["batch_size"],
+                lr,
+                c["seed"],
+                c["threads"],
+                c["torch"],
+                f"`{c['commit']}`",
+            )
+        )
     header = ("run", "iterations", "batch", "lr", "seed", "threads at start", "torch", "started at commit")
     return table(header, rows) + f"\n\ndata: {', '.join(sorted(datasets))}; device: {', '.join(sorted(devices))}"
 

@@ -29,7 +29,22 @@ from resnet_repro.recipe import evaluate  # the engine's own test pass: the CSV'
 IMAGENET_CHANNEL = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 NORMALIZATIONS = ("run", "pixel-mean", "imagenet-channel", "M,M,M/S,S,S")
 CSV = Path("evaluations.csv")  # the current folder: the committed figures/evaluations.csv changes only when named
-CSV_COLUMNS = ["weights", "weights_md5", "model", "data", "dataset", "test_images", "normalize", "test_loss", "test_err", "top5_err", "run_last_test_err", "device", "torch", "commit"]  # fmt: skip
+CSV_COLUMNS = [
+    "weights",
+    "weights_md5",
+    "model",
+    "data",
+    "dataset",
+    "test_images",
+    "normalize",
+    "test_loss",
+    "test_err",
+    "top5_err",
+    "run_last_test_err",
+    "device",
+    "torch",
+    "commit",
+]
 
 
 class WeightsError(ValueError):
@@ -52,7 +67,9 @@ def build(state, config, name):
     if config and name and name != config["model"]:
         raise WeightsError(f"--model {name}, but the run's config says {config['model']}")
     if not config and not name:
-        raise WeightsError("the weights carry no config: name the net with --model (plain and residual nets have the same parameters)")  # fmt: skip
+        raise WeightsError(
+            "the weights carry no config: name the net with --model (plain and residual nets have the same parameters)"
+        )
     if config:
         model = models.build_model(config["model"], config["num_classes"], config.get("shortcut"), config.get("stem"))
     else:
@@ -82,7 +99,9 @@ def normalization(how, config, ds, data_dir, device, own_mean=None):
     run's per-pixel mean as its weights carry it; weights written before they carried it need the run's data."""
     if how == "run":
         if not config:
-            raise WeightsError("--normalize run needs our final.pt or checkpoint.pt; name how these weights were trained")  # fmt: skip
+            raise WeightsError(
+                "--normalize run needs our final.pt or checkpoint.pt; name how these weights were trained"
+            )
         if own_mean is not None:
             return own_mean, None, f"per-pixel mean of {config['dataset']} (the run's)"
         own = inspection.test_data(config | {"data_dir": data_dir}) if config["data"] != ds.source else ds
@@ -133,7 +152,9 @@ def evaluate_weights(weights, source=None, name=None, data_dir=None, normalize=N
     if ds.num_classes != model.fc.out_features:
         raise WeightsError(f"the weights have {model.fc.out_features} classes, {ds.name} has {ds.num_classes}")
     if not (normalize or config):
-        raise WeightsError(f"name how these weights were trained to normalize their input: --normalize, one of {', '.join(NORMALIZATIONS)}")  # fmt: skip
+        raise WeightsError(
+            f"name how these weights were trained to normalize their input: --normalize, one of {', '.join(NORMALIZATIONS)}"
+        )
     mean, std, described = normalization(normalize or "run", config, ds, data_dir, device, own_mean)
     net = model if std is None else nn.Sequential(Standardize(std), model)
     net = net.to(device, memory_format=torch.channels_last if spec.channels_last else torch.contiguous_format)
@@ -147,10 +168,20 @@ def evaluate_weights(weights, source=None, name=None, data_dir=None, normalize=N
         scores = inspection.cached(path.parent, data_checksum(ds, mean, std), device, "test", score)
     else:
         scores = score()
-    row = {"weights": str(weights), "weights_md5": data.md5_file(path), "model": name, "data": spec.data, "dataset": ds.name,
-           "test_images": len(ds.test), "normalize": normalize or "run", **{k: round(v, 6) for k, v in scores.items()},
-           "run_last_test_err": last_test_err(path, config, spec), "device": provenance.device_name(device),
-           "torch": str(torch.__version__), "commit": provenance.git_commit()}  # fmt: skip
+    row = {
+        "weights": str(weights),
+        "weights_md5": data.md5_file(path),
+        "model": name,
+        "data": spec.data,
+        "dataset": ds.name,
+        "test_images": len(ds.test),
+        "normalize": normalize or "run",
+        **{k: round(v, 6) for k, v in scores.items()},
+        "run_last_test_err": last_test_err(path, config, spec),
+        "device": provenance.device_name(device),
+        "torch": str(torch.__version__),
+        "commit": provenance.git_commit(),
+    }
     line = (
         f"{weights}: {name} on {ds.name}, {len(ds.test):,} test images, {described}: test error {row['test_err']:.2f}%, "
         f"loss {row['test_loss']:.4f}, top-5 error {row['top5_err']:.2f}% ({row['device']}"

@@ -84,7 +84,9 @@ def _legend(ax, train_style=None, train="train", test="test"):
 def _ylim(ax, runs, paper):
     """The paper's range, or 0 to a round 1.5x the highest final error where the runs end above it (short
     schedules, quick runs): like the paper's, early epochs may leave the top, the ends never do."""
-    ends = [rows.groupby("path", sort=False).tail(1)[["train_err", "test_err"]].to_numpy().ravel() for rows in runs.values()]  # fmt: skip
+    ends = [
+        rows.groupby("path", sort=False).tail(1)[["train_err", "test_err"]].to_numpy().ravel() for rows in runs.values()
+    ]
     last = max((v for end in ends for v in end if pd.notna(v)), default=0)
     ax.set_ylim(*(paper if last < 0.9 * paper[1] else (0, min(100, 10 * math.ceil(1.5 * last / 10)))))
 
@@ -177,7 +179,9 @@ def depth_finals(df):
     twice = final.run[final.duplicated(["run", "seed"])].unique()
     if len(twice):
         raise CannotDraw(f"ambiguous: several runs named {', '.join(twice)}; draw one result set at a time")
-    errors = {f"{c}{s}": (c, "mean" if not s else "std") for c in ("final_train_err", "final_test_err") for s in ("", "_std")}  # fmt: skip
+    errors = {
+        f"{c}{s}": (c, "mean" if not s else "std") for c in ("final_train_err", "final_test_err") for s in ("", "_std")
+    }
     runs = final.groupby("run").agg(
         depth=("depth", "first"), residual=("residual", "first"), n=("path", "size"), **errors
     )
@@ -200,7 +204,9 @@ def fig_depth(df):
             (line,) = ax.plot(x, rows[column], marker="o", color="k", label=label, **style)
             line.set_gid(f"{'resnet' if residual else 'plain'}:{label}")
             if (rows.n > 1).any():
-                bars = ax.errorbar(x, rows[column], yerr=rows[f"{column}_std"], fmt="none", ecolor="k", elinewidth=0.8, capsize=3)  # fmt: skip
+                bars = ax.errorbar(
+                    x, rows[column], yerr=rows[f"{column}_std"], fmt="none", ecolor="k", elinewidth=0.8, capsize=3
+                )
                 bars.lines[2][0].set_gid(f"{line.get_gid()}:sd")
         if rows.empty:
             ax.text(0.5, 0.5, f"no {name} run", transform=ax.transAxes, ha="center", color="0.5")
@@ -229,7 +235,11 @@ def fig_compare(sets):
             )
         frames.append(df.assign(results=label, net=df.run.map(net_label)))
     tidy = pd.concat(frames, ignore_index=True)
-    seeds = dict(estimator="mean", errorbar="sd") if any(several_seeds(df) for df in sets.values()) else dict(estimator=None)  # fmt: skip
+    seeds = (
+        dict(estimator="mean", errorbar="sd")
+        if any(several_seeds(df) for df in sets.values())
+        else dict(estimator=None)
+    )
     fig = Figure(figsize=(11, 3.8))
     axes = fig.subplots(1, 2, sharey=True)
     for ax, column, title in zip(axes, ("train_err", "test_err"), ("training error", "test error")):

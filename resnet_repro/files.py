@@ -72,8 +72,10 @@ def load_tensors(path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # what weights_only refuses: it names the class the pickle asks for
         found = re.search(r"Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+", str(e))
-        raise NotLoadable(f"{path}: refused: it holds objects that only code could rebuild "
-                          f"({found.group(0) if found else 'not plain data'}); only tensors and plain data are read") from None  # fmt: skip
+        raise NotLoadable(
+            f"{path}: refused: it holds objects that only code could rebuild "
+            f"({found.group(0) if found else 'not plain data'}); only tensors and plain data are read"
+        ) from None
     except Exception as e:  # a cut-off or foreign file fails inside the unpickler in many ways
         text = str(e).strip()
         raise NotLoadable(

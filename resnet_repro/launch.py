@@ -53,8 +53,11 @@ def in_this_process(jobs, datasets, say=print):
             if outcome.state == "failed":
                 say(f"{job.name}: FAILED: {outcome.message}", file=sys.stderr)
             if outcome.stop_signal and i < len(jobs) - 1 and world()[1] == 1:  # torchrun: ranks must agree
-                say(f"{outcome.stop_signal}: {job.name} finished, the next runs were not started; continue with "
-                    "the same command plus --resume", file=sys.stderr)  # fmt: skip
+                say(
+                    f"{outcome.stop_signal}: {job.name} finished, the next runs were not started; continue with "
+                    "the same command plus --resume",
+                    file=sys.stderr,
+                )
                 return outcomes, outcome.stop_signal
     return outcomes, None
 
@@ -92,8 +95,13 @@ def in_children(jobs, at_once, progress=True):
     from tqdm import tqdm
 
     pending, running, codes = sorted(jobs, key=plan.cost, reverse=True), {}, {}
-    bar = tqdm(total=sum(job.spec.iterations for job in jobs), desc=f"{len(jobs)} runs, {at_once} at once",
-               unit="it", disable=not progress, dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=sum(job.spec.iterations for job in jobs),
+        desc=f"{len(jobs)} runs, {at_once} at once",
+        unit="it",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     with bar, forwarding_signals(running) as stop:
         while running or (pending and not stop["signal"]):
             while pending and len(running) < at_once and not stop["signal"]:
@@ -107,7 +115,9 @@ def in_children(jobs, at_once, progress=True):
                 del running[name]
                 if proc.returncode in (130, 143) and not stop["signal"]:  # interrupted from outside: start nothing new
                     stop["signal"] = signal.Signals(proc.returncode - 128).name
-                bar.write(f"{name}: {rundir.read_status(job.run_dir)['state']} (exit {proc.returncode}, log: {Path(job.run_dir) / 'output.log'})")  # fmt: skip
+                bar.write(
+                    f"{name}: {rundir.read_status(job.run_dir)['state']} (exit {proc.returncode}, log: {Path(job.run_dir) / 'output.log'})"
+                )
             bar.update(sum(metrics.last_iteration(job.run_dir) for job in jobs) - bar.n)
             time.sleep(0.2)
     refused = [job for job in jobs if codes.get(job.name) == 2]
@@ -124,8 +134,14 @@ def start_child(job):
     except OSError as e:  # a read-only or otherwise unusable --out
         raise RunDirError(f"cannot write to {job.run_dir}: {e.strerror}; pass --out elsewhere") from None
     with log:  # the child holds its own copy of the descriptor
-        proc = subprocess.Popen([sys.executable, "-m", "resnet_repro.launch"], stdin=subprocess.PIPE, stdout=log,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "resnet_repro.launch"],
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
     proc.stdin.write(job.to_json() + "\n")
     proc.stdin.flush()  # and the pipe stays open: its end tells the child that the parent is gone
     return proc, job

@@ -174,8 +174,13 @@ def _decode_archive(path, size):
         raise DataError(
             f"corrupt or unreadable archive {path}: {why}. Get a fresh copy (expected a .tar.gz of an ImageFolder tree with train/ and test/)."
         ) from None
-    return {"classes": classes, "train_images": train.images, "train_labels": train.labels,
-            "test_images": test.images, "test_labels": test.labels}  # fmt: skip
+    return {
+        "classes": classes,
+        "train_images": train.images,
+        "train_labels": train.labels,
+        "test_images": test.images,
+        "test_labels": test.labels,
+    }
 
 
 def _decode_tree(readers, where, size=None):

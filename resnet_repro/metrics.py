@@ -14,10 +14,21 @@ from resnet_repro.rundir import RunDirError, read_text
 
 # metrics.csv: its columns, in order, and their types
 COLUMNS = {
-    "experiment": str, "run": str, "model": str, "depth": int, "residual": bool, "epoch": float,
-    "iteration": int, "lr": float, "train_loss": float, "train_err": float, "test_loss": float,
-    "test_err": float, "epoch_seconds": float, "images_per_second": float,
-}  # fmt: skip
+    "experiment": str,
+    "run": str,
+    "model": str,
+    "depth": int,
+    "residual": bool,
+    "epoch": float,
+    "iteration": int,
+    "lr": float,
+    "train_loss": float,
+    "train_err": float,
+    "test_loss": float,
+    "test_err": float,
+    "epoch_seconds": float,
+    "images_per_second": float,
+}
 
 
 def append_row(path, row):
@@ -90,8 +101,11 @@ def read_metrics(path, cut_off_ok=False):
         raise RunDirError(f"{path}: rows of several runs ({', '.join(sorted(runs))})")
     bad = [lineno for lineno, r in enumerate(rows, start=2) if not all(math.isfinite(r[c]) for c in ERRORS)]
     if bad:  # a diverged run writes none (it fails first); a hand-edited or foreign file may
-        warnings.warn(f"{path}: a loss or error that is not a finite number at line(s) {', '.join(map(str, bad))} "
-                      f"(edited by hand, or not written by this suite?)", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"{path}: a loss or error that is not a finite number at line(s) {', '.join(map(str, bad))} "
+            f"(edited by hand, or not written by this suite?)",
+            stacklevel=2,
+        )
     return rows
 
 

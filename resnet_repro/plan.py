@@ -56,8 +56,15 @@ def plan_jobs(exp, out, devices, options, seeds=None):
     land on different devices. options: the Job fields every run shares (data_dir, resume, overwrite,
     deterministic, progress, workers, threads)."""
     exp_dir = Path(out) / exp.name
-    specs = [(run, spec if seed is None else replace(spec, seed=seed)) for seed in seeds or [None] for run, spec in exp.runs.items()]  # fmt: skip
-    jobs = [Job(spec, exp.name, run, str(exp_dir / run_dir_name(run, spec.seed)), quick=exp.quick, **options) for run, spec in specs]  # fmt: skip
+    specs = [
+        (run, spec if seed is None else replace(spec, seed=seed))
+        for seed in seeds or [None]
+        for run, spec in exp.runs.items()
+    ]
+    jobs = [
+        Job(spec, exp.name, run, str(exp_dir / run_dir_name(run, spec.seed)), quick=exp.quick, **options)
+        for run, spec in specs
+    ]
     by_cost = sorted(jobs, key=cost, reverse=True)
     device = {job.name: str(devices[i % len(devices)]) for i, job in enumerate(by_cost)}
     return [replace(job, device=device[job.name]) for job in jobs]

@@ -37,8 +37,14 @@ CONFIG_COLUMNS = {
 }
 CONFIG_KEYS = {"planned_iterations": "iterations"}  # columns named apart from their config.json key
 # The paper's schedule of each experiment that reproduces one of its figures (Section 4.2; Section 3.4 for ImageNet)
-PAPER_ITERATIONS = {"degradation": 64_000, "depth": 64_000, "resnet1202": 64_000, "cifar100": 64_000,
-                    "degradation18_34": 64_000, "imagenet18_34": 600_000}  # fmt: skip
+PAPER_ITERATIONS = {
+    "degradation": 64_000,
+    "depth": 64_000,
+    "resnet1202": 64_000,
+    "cifar100": 64_000,
+    "degradation18_34": 64_000,
+    "imagenet18_34": 600_000,
+}
 # evaluation.json (the 10-crop test at the end of a run with ten_crop) joined onto every row; NaN without one
 EVALUATION_COLUMNS = {"top1_err_10crop": "top1_err", "top5_err_10crop": "top5_err"}
 DTYPES = {c: {str: "object", int: "int64", bool: "bool", float: "float64"}[t] for c, t in metrics.COLUMNS.items()}
@@ -106,12 +112,29 @@ def _load_run(run_dir):
 
 
 FINAL_COLUMNS = {
-    "experiment": "object", "run": "object", "model": "object", "depth": "int64", "residual": "bool",
-    "params": "Int64", "final_train_err": "float64", "final_test_err": "float64", "best_test_err": "float64",
-    "minutes": "float64", "images_per_second": "float64", "iterations": "int64", "epochs": "float64",
-    "state": "object", "quick": "bool", "seed": "Int64", "device": "object", "commit": "object", "path": "object",
-    "best_train_err": "float64", "dataset": "object", "planned_iterations": "Int64",
-}  # fmt: skip
+    "experiment": "object",
+    "run": "object",
+    "model": "object",
+    "depth": "int64",
+    "residual": "bool",
+    "params": "Int64",
+    "final_train_err": "float64",
+    "final_test_err": "float64",
+    "best_test_err": "float64",
+    "minutes": "float64",
+    "images_per_second": "float64",
+    "iterations": "int64",
+    "epochs": "float64",
+    "state": "object",
+    "quick": "bool",
+    "seed": "Int64",
+    "device": "object",
+    "commit": "object",
+    "path": "object",
+    "best_train_err": "float64",
+    "dataset": "object",
+    "planned_iterations": "Int64",
+}
 
 
 def final_metrics(df):
@@ -121,10 +144,31 @@ def final_metrics(df):
     for path, run in df.groupby("path", sort=False):
         run = run.sort_values("epoch")
         last = run.iloc[-1]
-        rows.append({**last[["experiment", "run", "model", "depth", "residual", "params", "state", "quick", "seed",
-                             "device", "commit", "dataset", "planned_iterations"]].to_dict(),
-                     **outcome(run.to_dict("records")), "epochs": last.epoch, "path": path,
-                     "best_train_err": run.train_err.min()})  # fmt: skip
+        rows.append(
+            {
+                **last[
+                    [
+                        "experiment",
+                        "run",
+                        "model",
+                        "depth",
+                        "residual",
+                        "params",
+                        "state",
+                        "quick",
+                        "seed",
+                        "device",
+                        "commit",
+                        "dataset",
+                        "planned_iterations",
+                    ]
+                ].to_dict(),
+                **outcome(run.to_dict("records")),
+                "epochs": last.epoch,
+                "path": path,
+                "best_train_err": run.train_err.min(),
+            }
+        )
     return pd.DataFrame(rows, columns=list(FINAL_COLUMNS)).astype(FINAL_COLUMNS)
 
 
@@ -141,14 +185,20 @@ def seed_summary(df):
         runs = runs.sort_values("seed")
         if runs.seed.duplicated().any():  # one seed in two result sets: counted once or not at all, never twice
             twice = runs[runs.seed.duplicated(keep=False)]
-            raise CannotDraw(f"ambiguous: {keys[SEED_GROUP.index('run')]} seed {twice.seed.iloc[0]} is in "
-                             f"{' and '.join(map(str, twice.path))}; summarise one result set at a time")  # fmt: skip
+            raise CannotDraw(
+                f"ambiguous: {keys[SEED_GROUP.index('run')]} seed {twice.seed.iloc[0]} is in "
+                f"{' and '.join(map(str, twice.path))}; summarise one result set at a time"
+            )
         row = dict(zip(SEED_GROUP, keys)) | runs.iloc[0][["model", "depth", "residual", "params", "quick"]].to_dict()
         row |= {"n": len(runs), "seeds": ",".join(map(str, runs.seed))}
         for m in SEED_ERRORS:
             row |= {f"{m}_{stat}": runs[m].agg(stat) for stat in ("mean", "std", "min", "max")}
-        row |= {"minutes": runs.minutes.mean(), "images_per_second": runs.images_per_second.mean(),
-                "iterations": runs.iterations.min(), "state": ", ".join(sorted(set(runs.state)))}  # fmt: skip
+        row |= {
+            "minutes": runs.minutes.mean(),
+            "images_per_second": runs.images_per_second.mean(),
+            "iterations": runs.iterations.min(),
+            "state": ", ".join(sorted(set(runs.state))),
+        }
         rows.append(row)
     columns = [*SEED_GROUP, "model", "depth", "residual", "params", "quick", "n", "seeds"]
     columns += [f"{m}_{stat}" for m in SEED_ERRORS for stat in ("mean", "std", "min", "max")]
@@ -165,13 +215,22 @@ def outcome(rows):
     the minutes (sum of the rows' times) and the training images/s (the median of the rows': a row slowed by
     other work on the machine moves it little)."""
     if not rows:
-        return {"iterations": 0, "final_train_err": math.nan, "final_test_err": math.nan, "best_test_err": math.nan,
-                "minutes": 0.0, "images_per_second": math.nan}  # fmt: skip
+        return {
+            "iterations": 0,
+            "final_train_err": math.nan,
+            "final_test_err": math.nan,
+            "best_test_err": math.nan,
+            "minutes": 0.0,
+            "images_per_second": math.nan,
+        }
     return {
-        "iterations": rows[-1]["iteration"], "final_train_err": rows[-1]["train_err"], "final_test_err": rows[-1]["test_err"],
-        "best_test_err": min(r["test_err"] for r in rows), "minutes": sum(r["epoch_seconds"] for r in rows) / 60,
+        "iterations": rows[-1]["iteration"],
+        "final_train_err": rows[-1]["train_err"],
+        "final_test_err": rows[-1]["test_err"],
+        "best_test_err": min(r["test_err"] for r in rows),
+        "minutes": sum(r["epoch_seconds"] for r in rows) / 60,
         "images_per_second": statistics.median(r["images_per_second"] for r in rows),
-    }  # fmt: skip
+    }
 
 
 def compare(a, b):

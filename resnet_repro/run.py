@@ -225,7 +225,9 @@ def run(args, make_experiment):
             outcomes, stopped = launch.in_this_process(todo, datasets, say)
             codes = {name: 1 if outcome.state == "failed" else 0 for name, outcome in outcomes.items()}
         if stopped:
-            say("interrupted; the runs wrote checkpoints: continue with the same command plus --resume", file=sys.stderr)  # fmt: skip
+            say(
+                "interrupted; the runs wrote checkpoints: continue with the same command plus --resume", file=sys.stderr
+            )
             return launch.exit_code(stopped)
         if rank == 0:
             finish(args, exp, jobs, skipped)
@@ -242,7 +244,9 @@ def plan_run(args, exp, world_size, dist_device):
         devices = [dist_device] if world_size > 1 else plan.chosen_devices(args.device)
         at_once = args.jobs or plan.default_jobs(devices, len(exp.runs) * len(args.seeds or [0]), world_size)
     if world_size > 1 and (at_once > 1 or args.device and "," in args.device):
-        raise cfg.SpecError("under torchrun each process trains a shard of every run: --jobs and several --device don't apply")  # fmt: skip
+        raise cfg.SpecError(
+            "under torchrun each process trains a shard of every run: --jobs and several --device don't apply"
+        )
     parallel = (at_once > 1 or len(devices) > 1) and len(exp.runs) * len(args.seeds or [0]) > 1
     options = job_options(args, devices, at_once, parallel)
     return distributed.from_rank0(plan.plan_jobs(exp, args.out, devices, options, args.seeds)), at_once, parallel
@@ -254,13 +258,16 @@ def job_options(args, devices, at_once, parallel):
     if args.launcher == "slurm":
         return slurm.job_options(args)
     return dict(
-        data_dir=str(args.data_dir), resume=args.resume, overwrite=args.overwrite, deterministic=args.deterministic,
+        data_dir=str(args.data_dir),
+        resume=args.resume,
+        overwrite=args.overwrite,
+        deterministic=args.deterministic,
         progress=not args.no_progress and not parallel,  # in parallel mode the parent's bar covers every run
         workers=args.workers if args.workers is not None else plan.default_workers(at_once),
         # on a CPU the runs at once share its cores (measured on 2 cores: two 1-thread processes train more
         # images/s in all than one 2-thread process, and two 2-thread ones fewer)
         threads=max(1, (os.cpu_count() or 1) // at_once) if parallel and cpu else 0,
-    )  # fmt: skip
+    )
 
 
 def announce(exp, jobs, world_size, say, where=None):
@@ -271,9 +278,11 @@ def announce(exp, jobs, world_size, say, where=None):
     say(
         f"{exp.name}: {len(jobs)} runs ({', '.join(exp.runs)}{each}), {first.iterations:,} iterations of batch {first.batch_size}, "
         f"on {where}{f' x {world_size} processes' if world_size > 1 else ''} -> {Path(jobs[0].run_dir).parent}/"
-    )  # fmt: skip
+    )
     if devices[0] == "cpu" and first.iterations > 5000:
-        say(f"note: no GPU; {first.iterations:,} iterations per run take many hours on a CPU (--quick runs the demo in minutes)")  # fmt: skip
+        say(
+            f"note: no GPU; {first.iterations:,} iterations per run take many hours on a CPU (--quick runs the demo in minutes)"
+        )
 
 
 def finish(args, exp, jobs, skipped):

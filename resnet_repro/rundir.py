@@ -297,8 +297,11 @@ def check_checkpoint(run_dir, state):
     own = read_json(run_dir / "config.json")
     theirs = state.get("config")
     diffs = config_changes(own, theirs) if isinstance(theirs, dict) else ["no config in it"]
-    diffs += [f"{k}: {own.get(k)!r} -> {theirs.get(k)!r}" for k in ("experiment", "run")
-              if isinstance(theirs, dict) and own.get(k) != theirs.get(k)]  # fmt: skip
+    diffs += [
+        f"{k}: {own.get(k)!r} -> {theirs.get(k)!r}"
+        for k in ("experiment", "run")
+        if isinstance(theirs, dict) and own.get(k) != theirs.get(k)
+    ]
     if diffs:
         raise RunDirError(
             f"{run_dir / 'checkpoint.pt'} is not this run's ({'; '.join(diffs)}): resuming would mix two runs; "
@@ -327,8 +330,10 @@ def record_resumption(run_dir, config, iteration):
     write_json(recorded | {"resumed": [*recorded.get("resumed", []), now]}, path)
     before = ([recorded] + recorded.get("resumed", []))[-1].get("threads")
     if before is not None and config.get("threads") != before and config.get("device") == "cpu":
-        return (f"resuming with {config['threads']} CPU thread(s) where it ran with {before}: not bitwise the same as "
-                f"an unbroken run from here on (recorded in config.json)")  # fmt: skip
+        return (
+            f"resuming with {config['threads']} CPU thread(s) where it ran with {before}: not bitwise the same as "
+            f"an unbroken run from here on (recorded in config.json)"
+        )
     return ""
 
 
@@ -347,11 +352,16 @@ def config_changes(old, new, defaults=None):
     decide what is computed only (not ENVIRONMENT_KEYS). A key the old config lacks counts as its value in
     `defaults` (from resnet_repro.config: a key added since the run started)."""
     defaults = SPEC_DEFAULTS if defaults is None else defaults
-    diffs = [f"{k}: {_json(old.get(k))!r} -> {_json(v)!r}" for k, v in new.items() if k not in ENVIRONMENT_KEYS
-             and k != "dataset_checksum" and _json(old.get(k, defaults.get(k))) != _json(v)]  # fmt: skip
+    diffs = [
+        f"{k}: {_json(old.get(k))!r} -> {_json(v)!r}"
+        for k, v in new.items()
+        if k not in ENVIRONMENT_KEYS and k != "dataset_checksum" and _json(old.get(k, defaults.get(k))) != _json(v)
+    ]
     if "dataset_checksum" in new and old.get("dataset_checksum") != new["dataset_checksum"]:
-        diffs.append(f"data: {old.get('data')!r} -> {new.get('data')!r} (other images: checksum "
-                     f"{str(old.get('dataset_checksum'))[:8]} -> {new['dataset_checksum'][:8]})")  # fmt: skip
+        diffs.append(
+            f"data: {old.get('data')!r} -> {new.get('data')!r} (other images: checksum "
+            f"{str(old.get('dataset_checksum'))[:8]} -> {new['dataset_checksum'][:8]})"
+        )
     return diffs
 
 

@@ -27,14 +27,23 @@ DEFAULTS = {"partition": None, "account": None, "gpus_per_run": 1, "cpus_per_run
 
 def add_options(p):
     g = p.add_argument_group("launching", "where the runs train (--launcher slurm: one Slurm job per run and seed)")
-    g.add_argument("--launcher", choices=("local", "slurm"), default="local",
-                   help="local: on this machine (default); slurm: submit each run x seed as a Slurm job and return")  # fmt: skip
+    g.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: on this machine (default); slurm: submit each run x seed as a Slurm job and return",
+    )
     g.add_argument("--partition", help="Slurm partition (default: the cluster's)")
     g.add_argument("--account", help="Slurm account to charge (default: yours)")
-    g.add_argument("--gpus-per-run", type=int, help="GPUs of one run (default 1; 0: a CPU job; 2+: DDP, one process each)")  # fmt: skip
+    g.add_argument(
+        "--gpus-per-run", type=int, help="GPUs of one run (default 1; 0: a CPU job; 2+: DDP, one process each)"
+    )
     g.add_argument("--cpus-per-run", type=int, help="CPU cores of one run (default 10), shared by its processes")
-    g.add_argument("--time", help="time limit of one job, MINUTES or H:MM:SS (default 4:00:00); a run that needs "
-                   f"longer is requeued and resumes, up to {MAX_TIMEOUTS} times")  # fmt: skip
+    g.add_argument(
+        "--time",
+        help="time limit of one job, MINUTES or H:MM:SS (default 4:00:00); a run that needs "
+        f"longer is requeued and resumes, up to {MAX_TIMEOUTS} times",
+    )
 
 
 def option_error(args):
@@ -69,9 +78,15 @@ def minutes(text):
 def parameters(opts, name):
     """submitit's parameters of one job: a process per GPU (one for a CPU job), the cores shared among them."""
     tasks = max(1, opts["gpus_per_run"])
-    params = dict(name=name, timeout_min=minutes(opts["time"]), gpus_per_node=opts["gpus_per_run"] or None,
-                  tasks_per_node=tasks, cpus_per_task=max(1, opts["cpus_per_run"] // tasks),
-                  slurm_partition=opts["partition"], slurm_account=opts["account"])  # fmt: skip
+    params = dict(
+        name=name,
+        timeout_min=minutes(opts["time"]),
+        gpus_per_node=opts["gpus_per_run"] or None,
+        tasks_per_node=tasks,
+        cpus_per_task=max(1, opts["cpus_per_run"] // tasks),
+        slurm_partition=opts["partition"],
+        slurm_account=opts["account"],
+    )
     return {k: v for k, v in params.items() if v is not None}
 
 
@@ -80,8 +95,15 @@ def job_options(args):
     --gpus-per-run processes (threads, and DataLoader workers unless --workers)."""
     threads = parameters(options(args), "")["cpus_per_task"]
     workers = args.workers if args.workers is not None else min(8, threads)
-    return dict(data_dir=str(args.data_dir), resume=args.resume, overwrite=args.overwrite,
-                deterministic=args.deterministic, progress=False, workers=workers, threads=threads)  # fmt: skip
+    return dict(
+        data_dir=str(args.data_dir),
+        resume=args.resume,
+        overwrite=args.overwrite,
+        deterministic=args.deterministic,
+        progress=False,
+        workers=workers,
+        threads=threads,
+    )
 
 
 def make_executor(folder, cluster="slurm"):
@@ -113,8 +135,17 @@ def submit(jobs, opts, folder, executor=None):
     executor = executor or make_executor(Path(folder) / "%j")
     executor.update_parameters(**parameters(opts, jobs[0].experiment))
     aside = [set_aside(job.run_dir) for job in jobs if job.overwrite]
-    ready = [replace(job, resume=True, overwrite=False, progress=False, run_dir=str(Path(job.run_dir).absolute()),
-                     data_dir=str(Path(job.data_dir).absolute())).to_json() for job in jobs]  # fmt: skip
+    ready = [
+        replace(
+            job,
+            resume=True,
+            overwrite=False,
+            progress=False,
+            run_dir=str(Path(job.run_dir).absolute()),
+            data_dir=str(Path(job.data_dir).absolute()),
+        ).to_json()
+        for job in jobs
+    ]
     try:
         submitted = executor.map_array(TrainTask(), ready)
     except Exception as e:  # sbatch refused (a mistyped partition, an account without access): nothing was queued
@@ -122,7 +153,9 @@ def submit(jobs, opts, folder, executor=None):
             put_back(run_dir, moved)
         text = str(e).strip().splitlines()
         why = next((line.strip() for line in text if "error" in line.lower()), text[0] if text else type(e).__name__)
-        raise SpecError(f"--launcher slurm: the submission was refused, nothing was submitted and no run changed: {why}") from None  # fmt: skip
+        raise SpecError(
+            f"--launcher slurm: the submission was refused, nothing was submitted and no run changed: {why}"
+        ) from None
     for _, moved in aside:
         shutil.rmtree(moved)  # it holds the run's own files only (rundir.RUN_FILES)
     return submitted
@@ -156,8 +189,10 @@ def report(jobs, submitted, say=print):
     for job, sjob in zip(jobs, submitted):
         say(f"{job.name}: Slurm job {sjob.job_id}, log {sjob.paths.stdout}")
     exp_dir = Path(jobs[0].run_dir).parent
-    say(f"{len(submitted)} jobs submitted; they write {exp_dir}/ as local runs do. When they end, the same command "
-        f"plus --resume continues any that stopped, and `uv run python -m resnet_repro.analysis {exp_dir}` draws them")  # fmt: skip
+    say(
+        f"{len(submitted)} jobs submitted; they write {exp_dir}/ as local runs do. When they end, the same command "
+        f"plus --resume continues any that stopped, and `uv run python -m resnet_repro.analysis {exp_dir}` draws them"
+    )
 
 
 class TrainTask:

@@ -28,8 +28,21 @@ PAPER_TABLE6_MEAN = {110: (6.61, 0.16, 5)}  # the paper's 110: best of 5 runs, t
 PAPER_TABLE2 = {18: (27.94, 27.88), 34: (28.54, 25.03)}  # layers: (plain, ResNet)
 TABLE2_RUNS = ("plain18", "plain34", "resnet18", "resnet34")
 SUMMARY_NOTE = "errors in %; final = last row; minutes = sum of row times; images/s: training, median of rows"
-SUMMARY_COLUMNS = ["experiment", "run", "params", "final_train_err", "final_test_err", "best_test_err", "minutes", "images_per_second", "iterations", "state"]  # fmt: skip
-SEEDS_NOTE = "errors in %, mean ± std (n seeds) where a run has several; final = last row; minutes, images/s: mean of the seeds'"  # fmt: skip
+SUMMARY_COLUMNS = [
+    "experiment",
+    "run",
+    "params",
+    "final_train_err",
+    "final_test_err",
+    "best_test_err",
+    "minutes",
+    "images_per_second",
+    "iterations",
+    "state",
+]
+SEEDS_NOTE = (
+    "errors in %, mean ± std (n seeds) where a run has several; final = last row; minutes, images/s: mean of the seeds'"
+)
 SPREAD = ("final_train_err", "final_test_err", "best_test_err")  # the summary's columns given as mean ± std
 
 
@@ -123,12 +136,20 @@ def table6_seeds(runs):
         run = runs.get(f"resnet{depth}")
         err = ends(run) if run is not None else pd.Series(dtype=float)
         paper_mean, paper_std, paper_n = PAPER_TABLE6_MEAN.get(depth, (paper_err, float("nan"), 1))
-        rows.append({
-            "depth": depth, "params": run.params.iloc[-1] if run is not None else pd.NA, "test_err": err.mean(),
-            "test_err_std": err.std(), "n": len(err), "best_of_seeds": err.min(), "paper_params": int(paper_params),
-            "paper_test_err": paper_err, "paper_mean_std": f"{paper_mean:.2f} ± {paper_std:.2f} ({paper_n})" if paper_n > 1 else None,
-            "diff": err.mean() - paper_mean,
-        })  # fmt: skip
+        rows.append(
+            {
+                "depth": depth,
+                "params": run.params.iloc[-1] if run is not None else pd.NA,
+                "test_err": err.mean(),
+                "test_err_std": err.std(),
+                "n": len(err),
+                "best_of_seeds": err.min(),
+                "paper_params": int(paper_params),
+                "paper_test_err": paper_err,
+                "paper_mean_std": f"{paper_mean:.2f} ± {paper_std:.2f} ({paper_n})" if paper_n > 1 else None,
+                "diff": err.mean() - paper_mean,
+            }
+        )
     table = pd.DataFrame(rows).astype({"params": "Int64"})
     sample = pd.concat(runs.values())
     table.attrs["note"] = title_of(

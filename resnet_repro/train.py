@@ -77,9 +77,17 @@ class Engine:
         self.first_bad = torch.full((), -1, device=self.device, dtype=torch.int64)  # first non-finite loss
         self.per_epoch = len(dataset.train) // self.spec.batch_size
         if self.per_epoch == 0:
-            raise RunFailed(f"the training split has {len(dataset.train)} images, fewer than one batch of {self.spec.batch_size}")  # fmt: skip
-        self.bar = tqdm(total=self.spec.iterations, desc=job.run, unit="it", disable=not (job.progress and self.main),
-                        dynamic_ncols=True, file=sys.stderr)  # fmt: skip
+            raise RunFailed(
+                f"the training split has {len(dataset.train)} images, fewer than one batch of {self.spec.batch_size}"
+            )
+        self.bar = tqdm(
+            total=self.spec.iterations,
+            desc=job.run,
+            unit="it",
+            disable=not (job.progress and self.main),
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
 
     def run(self, checkpoint):
         """Train from `checkpoint` (or from the start) to the end. Returns the signal that came while the run was
@@ -97,8 +105,10 @@ class Engine:
                 self.finish()  # the 10-crop test if asked, final.pt
             except torch.OutOfMemoryError:
                 batch = self.spec.batch_size
-                raise RunFailed(f"out of GPU memory at batch size {batch}; try a smaller batch "
-                                f"(--set batch_size={batch // 2}) or fewer concurrent runs") from None  # fmt: skip
+                raise RunFailed(
+                    f"out of GPU memory at batch size {batch}; try a smaller batch "
+                    f"(--set batch_size={batch // 2}) or fewer concurrent runs"
+                ) from None
         return self.stop["signal"] or ""
 
     def start(self):
@@ -175,10 +185,14 @@ class Engine:
     def check_warmup(self, window):
         """End the warm-up (ResNet-110) once the training error since the last check is below warmup_until_err."""
         sums, steps = window
-        err = recipe.percent(all_sum(self.meter.sums[1] - sums[1]).item(), (self.meter.steps - steps) * self.spec.batch_size)  # fmt: skip
+        err = recipe.percent(
+            all_sum(self.meter.sums[1] - sums[1]).item(), (self.meter.steps - steps) * self.spec.batch_size
+        )
         if err < self.spec.warmup_until_err:
             self.p.warmup_end = self.p.iteration
-            tqdm.write(f"{self.config['run']}: warm-up ended at iteration {self.p.iteration} (training error {err:.1f}%)")  # fmt: skip
+            tqdm.write(
+                f"{self.config['run']}: warm-up ended at iteration {self.p.iteration} (training error {err:.1f}%)"
+            )
         return self.meter.snapshot()
 
     def show(self, lr, seconds):
@@ -213,14 +227,23 @@ class Engine:
         p.best_test_err = min(p.best_test_err, test_err)
         p.csv_rows += 1
         row = {
-            "experiment": config["experiment"], "run": config["run"], "model": spec.model, "depth": config["depth"],
-            "residual": config["residual"], "iteration": p.iteration, "lr": f"{recipe.lr_at(p.iteration - 1, spec, p.warmup_end):.6g}",
-            "epoch": round(p.iteration * spec.batch_size / len(self.dataset.train), 3) if spec.log_every else p.csv_rows,
-            "train_loss": f"{train_loss:.6g}", "train_err": f"{train_err:.4f}",
-            "test_loss": f"{test_loss:.6g}", "test_err": f"{test_err:.4f}",
+            "experiment": config["experiment"],
+            "run": config["run"],
+            "model": spec.model,
+            "depth": config["depth"],
+            "residual": config["residual"],
+            "iteration": p.iteration,
+            "lr": f"{recipe.lr_at(p.iteration - 1, spec, p.warmup_end):.6g}",
+            "epoch": round(p.iteration * spec.batch_size / len(self.dataset.train), 3)
+            if spec.log_every
+            else p.csv_rows,
+            "train_loss": f"{train_loss:.6g}",
+            "train_err": f"{train_err:.4f}",
+            "test_loss": f"{test_loss:.6g}",
+            "test_err": f"{test_err:.4f}",
             "epoch_seconds": f"{self.meter.seconds + time.perf_counter() - eval_start:.3f}",
             "images_per_second": f"{self.meter.images_per_second():.1f}",
-        }  # fmt: skip
+        }
         if self.main:
             metrics.append_row(self.run_dir / "metrics.csv", row)
         self.meter = recipe.Meter(self.device, spec.batch_size)
@@ -237,13 +260,25 @@ class Engine:
         sums = all_sum(meter.sums.clone()).cpu() if meter.steps else None  # a collective: before the rank check
         if not self.main:
             return
-        rng = {"torch": torch.get_rng_state(), "data": self.generator.get_state(),
-               "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}  # fmt: skip
-        files.save({
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **vars(p),
-            "perm": None if p.perm is None else p.perm.cpu(), "sums": sums, "row_steps": meter.steps,
-            "train_seconds": meter.seconds, "config": self.config, "rng": rng,
-        }, self.run_dir / "checkpoint.pt")  # fmt: skip
+        rng = {
+            "torch": torch.get_rng_state(),
+            "data": self.generator.get_state(),
+            "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
+        files.save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                **vars(p),
+                "perm": None if p.perm is None else p.perm.cpu(),
+                "sums": sums,
+                "row_steps": meter.steps,
+                "train_seconds": meter.seconds,
+                "config": self.config,
+                "rng": rng,
+            },
+            self.run_dir / "checkpoint.pt",
+        )
 
     def interrupt(self):
         if self.meter.steps:  # steps since the last row's checkpoint
@@ -260,8 +295,14 @@ class Engine:
             tqdm.write(f"{self.config['run']}: 10-crop test on {len(self.dataset.test):,} images")
             test_loss, top1, top5 = self.test(views=10)
             if self.main:
-                evaluation = {"views": 10, "iteration": self.p.iteration, "images": len(self.dataset.test),
-                              "test_loss": round(test_loss, 6), "top1_err": round(top1, 4), "top5_err": round(top5, 4)}  # fmt: skip
+                evaluation = {
+                    "views": 10,
+                    "iteration": self.p.iteration,
+                    "images": len(self.dataset.test),
+                    "test_loss": round(test_loss, 6),
+                    "top1_err": round(top1, 4),
+                    "top5_err": round(top5, 4),
+                }
                 rundir.write_json(evaluation, self.run_dir / "evaluation.json")
         if self.main:
             # the mean travels with the weights: evaluating them needs no training data

@@ -51,17 +51,27 @@ def usual_loader(ds, spec, workers, device):
 
     if spec.loader == "stream":  # the usual ImageNet loop
         normalize = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-        transform = transforms.Compose([
-            transforms.RandomResizedCrop(ds.train.crop), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize,
-        ])  # fmt: skip
+        transform = transforms.Compose(
+            [
+                transforms.RandomResizedCrop(ds.train.crop),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                normalize,
+            ]
+        )
         dataset = PILFiles(ds.train.files, ds.train.labels, transform)
     else:
         mean = ds.train.images.float().mean((0, 2, 3)) / 255
         std = (ds.train.images.float() / 255).std((0, 2, 3))
         normalize = transforms.Normalize(mean.tolist(), std.tolist())
-        transform = transforms.Compose([
-            transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize,
-        ])  # fmt: skip
+        transform = transforms.Compose(
+            [
+                transforms.RandomCrop(32, padding=4),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                normalize,
+            ]
+        )
         dataset = PILArrays(ds.train.images.cpu(), ds.train.labels.cpu(), transform)
     loader = torch.utils.data.DataLoader(
         dataset,

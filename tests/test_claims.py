@@ -22,18 +22,42 @@ def write_run(root, run, err, experiment="degradation", seed=0, planned=64_000, 
     run_dir.mkdir(parents=True)
     test = err + 2 if test is None else test
     rows = [
-        {"experiment": experiment, "run": run, "model": run, "depth": depth, "residual": kind == "resnet",
-         "epoch": e, "iteration": 100 * e, "lr": 0.1, "train_loss": 1.0, "train_err": err + EPOCHS - e,
-         "test_loss": 1.0, "test_err": test + EPOCHS - e, "epoch_seconds": 1.0, "images_per_second": 100.0}
+        {
+            "experiment": experiment,
+            "run": run,
+            "model": run,
+            "depth": depth,
+            "residual": kind == "resnet",
+            "epoch": e,
+            "iteration": 100 * e,
+            "lr": 0.1,
+            "train_loss": 1.0,
+            "train_err": err + EPOCHS - e,
+            "test_loss": 1.0,
+            "test_err": test + EPOCHS - e,
+            "epoch_seconds": 1.0,
+            "images_per_second": 100.0,
+        }
         for e in range(1, EPOCHS + 1)
-    ]  # fmt: skip
+    ]
     with open(run_dir / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, list(metrics.COLUMNS))
         writer.writeheader()
         writer.writerows(rows)
-    config = {"experiment": experiment, "run": run, "model": run, "depth": depth, "residual": kind == "resnet",
-              "dataset": dataset, "data": "cifar10", "quick": dataset == MINI, "seed": seed, "params": 1000,
-              "iterations": planned, "num_classes": 10}  # fmt: skip
+    config = {
+        "experiment": experiment,
+        "run": run,
+        "model": run,
+        "depth": depth,
+        "residual": kind == "resnet",
+        "dataset": dataset,
+        "data": "cifar10",
+        "quick": dataset == MINI,
+        "seed": seed,
+        "params": 1000,
+        "iterations": planned,
+        "num_classes": 10,
+    }
     (run_dir / "config.json").write_text(json.dumps(config))
     (run_dir / "status.json").write_text(json.dumps({"state": state, "message": ""}))
     return run_dir

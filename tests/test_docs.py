@@ -40,7 +40,7 @@ CHEAP = {
     "uv run python -m resnet_repro.run --list": None,
     "uv run python -m resnet_repro.analysis results/cpu-demo --no-fig7": "dir",
     "uv run python -m resnet_repro.analysis compare results/cpu-demo/degradation-quick results/cpu-8k/degradation": "png",
-    "uv run python -m resnet_repro.analysis compare results/cpu-8k/degradation/resnet20 results/cpu-full/degradation/resnet20 --out figures/resnet20-full-vs-8k.png": "png",  # fmt: skip
+    "uv run python -m resnet_repro.analysis compare results/cpu-8k/degradation/resnet20 results/cpu-full/degradation/resnet20 --out figures/resnet20-full-vs-8k.png": "png",
 }
 
 
@@ -95,7 +95,9 @@ def shown_commands():
 @pytest.mark.parametrize("path", DOCS, ids=name)
 def test_blocks_equal_their_sources(path):
     stale = docs.stale_blocks(path)
-    assert not stale, f"{name(path)}: these blocks differ from their sources: {stale}; run `uv run python -m resnet_repro.docs`"  # fmt: skip
+    assert not stale, (
+        f"{name(path)}: these blocks differ from their sources: {stale}; run `uv run python -m resnet_repro.docs`"
+    )
 
 
 def test_models_block_matches_the_nets():
@@ -154,7 +156,9 @@ def test_prose_numbers_match_the_csvs():
 def test_full_schedule_reading_matches_the_csvs():
     """README's and docs/results.md's reading of the full-schedule ResNet-56 against ResNet-20, from their CSVs."""
     readme, results = (" ".join((ROOT / doc).read_text().split()) for doc in ("README.md", "docs/results.md"))
-    a, b = (docs.metrics(ROOT / f"results/cpu-full/degradation/{n}").set_index("epoch") for n in ("resnet20", "resnet56"))  # fmt: skip
+    a, b = (
+        docs.metrics(ROOT / f"results/cpu-full/degradation/{n}").set_index("epoch") for n in ("resnet20", "resnet56")
+    )
     errs = ["train_err", "test_err"]
     gap = (a[errs] - b[errs]).round(2)  # positive where ResNet-56 is below
     for doc in (readme, results):
@@ -174,9 +178,9 @@ def test_full_schedule_reading_matches_the_csvs():
     hours = pd.read_csv(ROOT / "figures/summary.csv").set_index("run").minutes["resnet56"] / 60
     assert f"ResNet-56 about {hours:.0f} hours" in results
     first = f"its first row: {b.test_err.iloc[0]:.2f}% test error against ResNet-20's {a.test_err.iloc[0]:.2f}%"
-    last = f"({b.test_err.iloc[-1]:.2f}% vs {a.test_err.iloc[-1]:.2f}%) and {gap.train_err.iloc[-1]:.2f} below in training error ({b.train_err.iloc[-1]:.2f}% vs {a.train_err.iloc[-1]:.2f}%)"  # fmt: skip
-    a8, b8 = (docs.metrics(ROOT / f"results/cpu-8k/degradation/{n}").iloc[-1] for n in ("resnet20", "resnet56"))  # fmt: skip
-    short = f"ResNet-56 {b8.test_err - a8.test_err:.2f} points above in test error, {b8.train_err - a8.train_err:.2f} in training error"  # fmt: skip
+    last = f"({b.test_err.iloc[-1]:.2f}% vs {a.test_err.iloc[-1]:.2f}%) and {gap.train_err.iloc[-1]:.2f} below in training error ({b.train_err.iloc[-1]:.2f}% vs {a.train_err.iloc[-1]:.2f}%)"
+    a8, b8 = (docs.metrics(ROOT / f"results/cpu-8k/degradation/{n}").iloc[-1] for n in ("resnet20", "resnet56"))
+    short = f"ResNet-56 {b8.test_err - a8.test_err:.2f} points above in test error, {b8.train_err - a8.train_err:.2f} in training error"
     assert first in results and last in results and short in results
 
 

@@ -18,7 +18,9 @@ from resnet_repro.evaluation import WeightsError, evaluate_weights
 def train_tiny(root):
     """A finished tiny run (resnet8, 3 classes, 10 iterations) on its own ImageFolder under root: its directory."""
     write_image_folder(root / "images", n_train=48, n_test=12)
-    spec = TrainSpec(model="resnet8", data=str(root / "images"), batch_size=16, iterations=10, milestones=(5, 8), eval_batch_size=8)  # fmt: skip
+    spec = TrainSpec(
+        model="resnet8", data=str(root / "images"), batch_size=16, iterations=10, milestones=(5, 8), eval_batch_size=8
+    )
     train_run(spec, memory.load(spec.data), root / "exp" / "resnet8", experiment="exp", run="resnet8")
     return root / "exp" / "resnet8"
 
@@ -97,7 +99,11 @@ def fixed_resnet8():
     with torch.no_grad():
         for name, t in model.state_dict().items():
             if t.is_floating_point():
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if "running_var" in name else torch.randn(t.shape, generator=g) * 0.5)  # fmt: skip
+                t.copy_(
+                    torch.rand(t.shape, generator=g) + 0.5
+                    if "running_var" in name
+                    else torch.randn(t.shape, generator=g) * 0.5
+                )
     return model.eval()
 
 

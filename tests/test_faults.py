@@ -74,13 +74,16 @@ def test_rows_of_a_start_that_died_before_its_first_checkpoint_are_not_duplicate
 # one line, no traceback
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["--device", "foo"], "--device foo: foo is not a device"),
-    (["--device", "cpu,"], "an empty item is not a device"),
-    (["--device", "mps"], "MPS is not available here"),
-    (["--runs", ""], "--runs names no run"),
-    (["--seed", str(2**70)], "--seed must be between 0 and 2**63 - 1"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--device", "foo"], "--device foo: foo is not a device"),
+        (["--device", "cpu,"], "an empty item is not a device"),
+        (["--device", "mps"], "MPS is not available here"),
+        (["--runs", ""], "--runs names no run"),
+        (["--seed", str(2**70)], "--seed must be between 0 and 2**63 - 1"),
+    ],
+)
 def test_bad_options_exit_2_with_one_line(argv, match, capsys):
     with pytest.raises(SystemExit) as e:
         run.parse_args(["degradation", *argv])
@@ -102,13 +105,16 @@ def test_a_directory_option_naming_a_file_is_a_usage_error(tmp_path, flag, capsy
     assert e.value.code == 2 and f"{flag} {tmp_path / 'f'} is a file" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("content,match", [
-    (b'runs = ["plain20"]\ntrain = 5\n', "train must be a table"),
-    (b'runs = ["plain20"]\nrun = 3\n', "run must be a table"),
-    (b'runs = ["plain20"]\n[run]\nplain20 = 1\n', "run.plain20 must be a table"),
-    (b'runs = ["plain20"]\n# \xff\xfe\n', "not UTF-8 text"),
-    (None, "is not a file"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (b'runs = ["plain20"]\ntrain = 5\n', "train must be a table"),
+        (b'runs = ["plain20"]\nrun = 3\n', "run must be a table"),
+        (b'runs = ["plain20"]\n[run]\nplain20 = 1\n', "run.plain20 must be a table"),
+        (b'runs = ["plain20"]\n# \xff\xfe\n', "not UTF-8 text"),
+        (None, "is not a file"),
+    ],
+)
 def test_bad_experiment_files_exit_2_with_one_line(tmp_path, content, match, capsys):
     path = tmp_path / "x.toml"
     path.mkdir() if content is None else path.write_bytes(content)
@@ -140,12 +146,27 @@ def analysed_run(tmp_path):
     return tmp_path / "e" / "resnet8"
 
 
-@pytest.mark.parametrize("file,change,match", [
-    ("metrics.csv", lambda b: b + b"\xff\xfe\n", "metrics.csv: not UTF-8 text"),
-    ("config.json", lambda b: json.dumps({**json.loads(b), "params": 1.5}).encode(), "params must be an integer, not 1.5"),
-    ("config.json", lambda b: json.dumps({**json.loads(b), "seed": "zero"}).encode(), "seed must be an integer, not 'zero'"),
-    ("config.json", lambda b: json.dumps({**json.loads(b), "iterations": "8k"}).encode(), "iterations must be an integer, not '8k'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "file,change,match",
+    [
+        ("metrics.csv", lambda b: b + b"\xff\xfe\n", "metrics.csv: not UTF-8 text"),
+        (
+            "config.json",
+            lambda b: json.dumps({**json.loads(b), "params": 1.5}).encode(),
+            "params must be an integer, not 1.5",
+        ),
+        (
+            "config.json",
+            lambda b: json.dumps({**json.loads(b), "seed": "zero"}).encode(),
+            "seed must be an integer, not 'zero'",
+        ),
+        (
+            "config.json",
+            lambda b: json.dumps({**json.loads(b), "iterations": "8k"}).encode(),
+            "iterations must be an integer, not '8k'",
+        ),
+    ],
+)
 def test_analysis_names_the_damaged_file(tmp_path, file, change, match, capsys):
     d = analysed_run(tmp_path)
     (d / file).write_bytes(change((d / file).read_bytes()))
@@ -355,14 +376,17 @@ def test_weights_that_would_run_code_are_refused_in_one_line_by_finetune_and_pre
 # bad values, checked before training and named
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["--set", "weight_decay=-1"], "weight_decay must not be negative"),
-    (["--set", "lr=1e308"], "lr and warmup_lr must be at most 3.4e+38"),
-    (["--set", "lr=inf"], "lr must be a finite number, not inf"),
-    (["--set", "momentum=nan"], "momentum must be a finite number, not nan"),
-    (["--set", "warmup_until_err=nan"], "warmup_until_err must be a finite number, not nan"),
-    (["--iterations", str(10**20)], "iterations must be at most 1,000,000,000"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--set", "weight_decay=-1"], "weight_decay must not be negative"),
+        (["--set", "lr=1e308"], "lr and warmup_lr must be at most 3.4e+38"),
+        (["--set", "lr=inf"], "lr must be a finite number, not inf"),
+        (["--set", "momentum=nan"], "momentum must be a finite number, not nan"),
+        (["--set", "warmup_until_err=nan"], "warmup_until_err must be a finite number, not nan"),
+        (["--iterations", str(10**20)], "iterations must be at most 1,000,000,000"),
+    ],
+)
 def test_bad_values_exit_2_naming_the_key(tmp_path, tiny_dir, argv, match, capsys):
     assert cli(experiment(tmp_path, tiny_dir), "--out", tmp_path / "res", *argv) == 2
     err = capsys.readouterr().err
@@ -531,7 +555,11 @@ def test_an_unknown_device_is_one_line_for_analysis_commands(command, tmp_path, 
     with pytest.raises(SystemExit) as e:
         analysis.main([*command, "--device", "foo"])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and err == "error: --device foo: foo is not a device; use cpu, cuda, cuda:1, ... or a comma-separated list of them\n"  # fmt: skip
+    assert (
+        e.value.code == 2
+        and err
+        == "error: --device foo: foo is not a device; use cpu, cuda, cuda:1, ... or a comma-separated list of them\n"
+    )
 
 
 def test_a_net_of_absurd_depth_is_refused_at_once():
@@ -552,8 +580,14 @@ def crafted_weights(path, kind):
     return path
 
 
-@pytest.mark.parametrize("kind,match", [("a list", "holds a list, not a state dict"), ("another net", "do not fit"),
-                                        ("no model", "its config names no model")])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind,match",
+    [
+        ("a list", "holds a list, not a state dict"),
+        ("another net", "do not fit"),
+        ("no model", "its config names no model"),
+    ],
+)
 def test_weights_that_cannot_be_used_are_one_line_for_evaluate_and_finetune(kind, match, tmp_path, capsys):
     from resnet_repro import finetune
 
@@ -608,7 +642,14 @@ def test_figures_that_could_not_be_written_are_said_before_training(tmp_path, ti
         return real(self, *a, **k)
 
     monkeypatch.setattr(Path, "mkdir", mkdir)
-    argv = [str(experiment(tmp_path, tiny_dir)), "--out", str(tmp_path / "res"), "--figures", str(figures), "--no-progress"]  # fmt: skip
+    argv = [
+        str(experiment(tmp_path, tiny_dir)),
+        "--out",
+        str(tmp_path / "res"),
+        "--figures",
+        str(figures),
+        "--no-progress",
+    ]
     assert run.main([*argv, "--jobs", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"cannot write figures to {figures}: Read-only file system" in err

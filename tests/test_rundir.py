@@ -9,9 +9,22 @@ from resnet_repro import metrics, results, rundir
 
 
 def row(it, train_err, test_err, seconds=1.5):
-    return {"experiment": "e", "run": "resnet8", "model": "resnet8", "depth": 8, "residual": True, "epoch": it // 10,
-            "iteration": it, "lr": 0.1, "train_loss": 1.0, "train_err": train_err, "test_loss": 1.0,
-            "test_err": test_err, "epoch_seconds": seconds, "images_per_second": 100.0}  # fmt: skip
+    return {
+        "experiment": "e",
+        "run": "resnet8",
+        "model": "resnet8",
+        "depth": 8,
+        "residual": True,
+        "epoch": it // 10,
+        "iteration": it,
+        "lr": 0.1,
+        "train_loss": 1.0,
+        "train_err": train_err,
+        "test_loss": 1.0,
+        "test_err": test_err,
+        "epoch_seconds": seconds,
+        "images_per_second": 100.0,
+    }
 
 
 def test_rows_read_back_typed_and_truncate_to_the_checkpoints_count(tmp_path):
@@ -20,8 +33,14 @@ def test_rows_read_back_typed_and_truncate_to_the_checkpoints_count(tmp_path):
         metrics.append_row(path, row(it, train_err, test_err))
     rows = metrics.read_metrics(path)
     assert [r["iteration"] for r in rows] == [10, 20, 30] and rows[0]["residual"] is True
-    assert results.outcome(rows) == {"iterations": 30, "final_train_err": 30.0, "final_test_err": 50.0,
-                                    "best_test_err": 45.0, "minutes": 4.5 / 60, "images_per_second": 100.0}  # fmt: skip
+    assert results.outcome(rows) == {
+        "iterations": 30,
+        "final_train_err": 30.0,
+        "final_test_err": 50.0,
+        "best_test_err": 45.0,
+        "minutes": 4.5 / 60,
+        "images_per_second": 100.0,
+    }
     slowed = [dict(r, images_per_second=ips) for r, ips in zip(rows, (100.0, 10.0, 90.0))]  # one row slowed down
     assert results.outcome(slowed)["images_per_second"] == 90.0
     metrics.truncate_rows(path, 2)

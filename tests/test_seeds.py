@@ -162,7 +162,9 @@ def test_fig6_fig_depth_and_compare_draw_the_seeds_mean_and_spread(tmp_path):
     write_seeds(tmp_path, "resnet56", [0, 1])
     df = results.load_runs(tmp_path)
     (residual,) = figures.fig6(df).axes  # the panel of the runs there are: the residual one
-    assert {c.get_gid() for c in residual.collections} == {f"{r}:{c}:band" for r in ("resnet20", "resnet56") for c in ("train", "test")}  # fmt: skip
+    assert {c.get_gid() for c in residual.collections} == {
+        f"{r}:{c}:band" for r in ("resnet20", "resnet56") for c in ("train", "test")
+    }
     depth = figures.fig_depth(df).axes[1]
     test = {ln.get_gid(): ln for ln in depth.get_lines()}["resnet:test"]
     ends = [rows[-1]["test_err"] for rows in resnet20.values()]

@@ -34,8 +34,19 @@ def experiment(tmp_path, tiny_dir, runs=("plain8", "resnet8"), iterations=400):
 
 
 def start(exp, out, *extra, **popen):
-    cmd = [sys.executable, "-m", "resnet_repro.run", str(exp), "--out", str(out), "--no-progress", "--no-figures",
-           "--device", "cpu", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "resnet_repro.run",
+        str(exp),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--no-figures",
+        "--device",
+        "cpu",
+        *extra,
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
@@ -198,7 +209,15 @@ def test_ctrl_c_while_the_data_loads_starts_no_run_and_exits_130(tmp_path, tiny_
 
     monkeypatch.setattr(launch, "load_datasets", loading)
     handlers, active = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}, list(stopping._active)
-    argv = [str(experiment(tmp_path, tiny_dir)), "--out", str(tmp_path / "res"), "--jobs", "2", "--no-progress", "--no-figures"]  # fmt: skip
+    argv = [
+        str(experiment(tmp_path, tiny_dir)),
+        "--out",
+        str(tmp_path / "res"),
+        "--jobs",
+        "2",
+        "--no-progress",
+        "--no-figures",
+    ]
     try:
         code = stopping.stop_requests_until_exit(lambda: run.main(argv))
     finally:

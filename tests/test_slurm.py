@@ -24,8 +24,9 @@ def test_time_limits_in_minutes_or_h_mm_ss():
 
 def test_a_job_is_a_process_per_gpu_sharing_the_runs_cores():
     opts = slurm.DEFAULTS | {"gpus_per_run": 2, "partition": "gpu", "time": "2:00:00"}
-    assert slurm.parameters(opts, "depth") == dict(name="depth", timeout_min=120, gpus_per_node=2, tasks_per_node=2,
-                                                   cpus_per_task=5, slurm_partition="gpu")  # fmt: skip
+    assert slurm.parameters(opts, "depth") == dict(
+        name="depth", timeout_min=120, gpus_per_node=2, tasks_per_node=2, cpus_per_task=5, slurm_partition="gpu"
+    )
     cpu = slurm.parameters(slurm.DEFAULTS | {"gpus_per_run": 0}, "depth")
     assert "gpus_per_node" not in cpu and cpu["tasks_per_node"] == 1 and cpu["cpus_per_task"] == 10
 
@@ -89,8 +90,22 @@ def wait_until(condition, timeout=240, what=""):
 @pytest.mark.slow
 def test_runs_are_submitted_as_jobs_that_write_their_run_directories(tmp_path, tiny_dir, monkeypatch, capsys):
     local_executor(monkeypatch)
-    argv = [experiment(tmp_path, tiny_dir), "--out", tmp_path / "res", "--seeds", "0,1", "--launcher", "slurm",
-            "--gpus-per-run", "0", "--cpus-per-run", "1", "--time", "10", "--no-progress"]  # fmt: skip
+    argv = [
+        experiment(tmp_path, tiny_dir),
+        "--out",
+        tmp_path / "res",
+        "--seeds",
+        "0,1",
+        "--launcher",
+        "slurm",
+        "--gpus-per-run",
+        "0",
+        "--cpus-per-run",
+        "1",
+        "--time",
+        "10",
+        "--no-progress",
+    ]
     assert run.main(list(map(str, argv))) == 0  # returns once submitted
     out = capsys.readouterr().out
     assert "2 runs (resnet8 x 2 seeds (0, 1))" in out and "on Slurm jobs" in out
@@ -141,6 +156,8 @@ def test_a_refused_submission_with_overwrite_loses_no_run(tmp_path, tiny_dir):
 
     jobs = [job(config.TrainSpec(model="resnet8", data=str(tiny_dir)), exp_dir, experiment="pair", overwrite=True)]
     opts = {"gpus_per_run": 0, "cpus_per_run": 1, "time": "10", "partition": "gpux", "account": None}
-    with pytest.raises(config.SpecError, match="refused, nothing was submitted and no run changed: sbatch: error: invalid partition"):  # fmt: skip
+    with pytest.raises(
+        config.SpecError, match="refused, nothing was submitted and no run changed: sbatch: error: invalid partition"
+    ):
         slurm.submit(jobs, opts, tmp_path / "slurm", Refusing())
     assert {p.name: p.read_text() for p in exp_dir.iterdir() if p.name != "lock"} == finished

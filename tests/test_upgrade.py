@@ -20,7 +20,9 @@ spec_of.loader.exec_module(upgrade_results)
 
 
 def spec(data_path):
-    return TrainSpec(model="resnet8", data=str(data_path), batch_size=16, iterations=10, milestones=(5, 8), eval_batch_size=8)  # fmt: skip
+    return TrainSpec(
+        model="resnet8", data=str(data_path), batch_size=16, iterations=10, milestones=(5, 8), eval_batch_size=8
+    )
 
 
 def as_old_code_left_it(run_dir, outside):

@@ -46,8 +46,10 @@ def upgrade(run_dir, data_path, say=print):
         if name == "final.pt" and "mean" not in saved:
             ds = data.load_for(spec_from_config(config | {"data": str(data_path)}), "data")
             if ds.checksum != config["dataset_checksum"]:
-                say(f"{run_dir}: {data_path} is not the run's data (checksum {ds.checksum[:8]}, the run's "
-                    f"{config['dataset_checksum'][:8]}); {name} left as it was")  # fmt: skip
+                say(
+                    f"{run_dir}: {data_path} is not the run's data (checksum {ds.checksum[:8]}, the run's "
+                    f"{config['dataset_checksum'][:8]}); {name} left as it was"
+                )
                 continue
             new["mean"] = ds.mean.cpu()
         if inner or len(new) != len(saved):
