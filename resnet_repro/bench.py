@@ -3,17 +3,17 @@
 (a) "usual": how CIFAR is commonly trained in PyTorch: a torchvision-style dataset of PIL images with
     RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor and Normalize, a DataLoader with workers,
     fp32, eager, and `.item()` on every step for the running loss and accuracy.
-(b) "engine": resnet_repro.recipe.train_step on uint8 data resident on the device, batched augmentation
+(b) "engine": resnet_repro.engine.recipe.train_step on uint8 data resident on the device, batched augmentation
     there, bf16 autocast on CUDA, channels_last, fused SGD, no host sync inside the loop.
 Same model, batch and number of iterations, in one process; warm-up iterations are not timed.
 
 With --loader stream (a folder of JPEGs, the ImageNet recipe of experiments/imagenet18_34.toml):
 (a) "usual": torchvision's ImageFolder (PIL decode) with RandomResizedCrop, RandomHorizontalFlip,
     ToTensor, Normalize in DataLoader workers, fp32, eager, `.item()` every step;
-(b) "engine": resnet_repro.stream's workers (torchvision.io decode, crop-then-resize, lighting on the
+(b) "engine": resnet_repro.data.stream's workers (torchvision.io decode, crop-then-resize, lighting on the
     device) feeding the engine's step. Both are also timed without a model ("data only"): if that rate
     is not well above the engine's, the GPU waits for the CPU and more workers (cores) are needed.
-The usual loop lives in resnet_repro.usual.
+The usual loop lives in resnet_repro.engine.usual.
 """
 
 import argparse
@@ -25,11 +25,13 @@ from pathlib import Path
 
 import torch
 
-from resnet_repro import data, files, provenance, recipe
+from resnet_repro import data, files
 from resnet_repro.config import TrainSpec
+from resnet_repro.data import EpochPlan
+from resnet_repro.engine import provenance, recipe
+from resnet_repro.engine.usual import batches, error_rate, run_usual, sync, usual_loader
+from resnet_repro.launch.plan import device_error
 from resnet_repro.models import parse_name
-from resnet_repro.plan import device_error
-from resnet_repro.usual import batches, error_rate, run_usual, sync, usual_loader
 
 COLUMNS = (
     "date",
@@ -51,7 +53,9 @@ def engine_batches(ds, spec, device, generator):
     epoch = 0
     while True:
         perm = torch.randperm(len(ds.train), device=device, generator=generator)
-        yield from ds.train.train_batches(perm, 0, spec.batch_size, ds.mean, generator, spec.seed, epoch, device)
+        yield from ds.train.train_batches(
+            EpochPlan(perm, 0, spec.batch_size, ds.mean, generator, spec.seed, epoch, device)
+        )
         epoch += 1
 
 

@@ -39,8 +39,10 @@ class TrainSpec:
     shortcut: str | None = None  # "A", "B" or "C"; None: the family's default (A for CIFAR nets, B for 18..152)
     stem: str | None = None  # "cifar" or "imagenet"; None: the family's default
     data: str = "cifar10"  # cifar10, cifar100 (downloaded), mini (bundled), or a path to an ImageFolder dir / .tar.gz
-    loader: str = "memory"  # "memory": decoded once, resident on the device, CIFAR's pad-crop-flip (resnet_repro.data);
-    # "stream": decoded per step by DataLoader workers with the paper's ImageNet augmentation (resnet_repro.stream)
+    loader: str = (
+        "memory"  # "memory": decoded once, resident on the device, CIFAR's pad-crop-flip (resnet_repro.data.memory);
+    )
+    # "stream": decoded per step by DataLoader workers with the paper's ImageNet augmentation (resnet_repro.data.stream)
     train_size: int = 0  # >0: train on a fixed random subset of this many training images (the same for every seed)
     val_size: int = (
         0  # >0: hold out this many training images and evaluate on them (the paper chose its schedule on 45k/5k)

@@ -15,8 +15,12 @@ from pathlib import Path
 import torch
 
 from resnet_repro import config as cfg
-from resnet_repro import data, distributed, files, launch, plan, provenance, report, rundir, slurm, stopping
-from resnet_repro.plan import device_error
+from resnet_repro import data, files
+from resnet_repro.analysis import report
+from resnet_repro.engine import distributed, provenance, rundir, stopping
+from resnet_repro.launch import local as launch
+from resnet_repro.launch import plan, slurm
+from resnet_repro.launch.plan import device_error
 
 EPILOG = """\
 examples:

@@ -2,6 +2,7 @@ import csv
 import functools
 import hashlib
 import http.server
+import importlib.util
 import io
 import json
 import os
@@ -16,9 +17,18 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet_repro import metrics, models
+from resnet_repro import models
+from resnet_repro.engine import metrics
 
 CLASSES = ["airplane", "automobile", "bird"]
+
+
+def load_tool(name):
+    """tools/<name>.py, the repository's own tooling (outside the package), as a module."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_images(n, size=32, seed=0):
@@ -117,14 +127,14 @@ eval_batch_size = {eval_batch_size}
 
 def job(spec, run_dir, experiment="exp", run=None, **options):
     """A plan.Job of `spec` into run_dir (its name is the run's unless `run` is given), on the CPU, no progress bar."""
-    from resnet_repro.plan import Job
+    from resnet_repro.launch.plan import Job
 
     return Job(spec, experiment, run or Path(run_dir).name, str(run_dir), progress=False, **options)
 
 
 def interrupt_at(monkeypatch, step, sig=signal.SIGINT):
     """Send `sig` to ourselves from inside the `step`-th augmentation call (mid-iteration)."""
-    from resnet_repro import memory
+    from resnet_repro.data import memory
 
     calls = {"n": 0}
     real = memory.augment
@@ -140,7 +150,7 @@ def interrupt_at(monkeypatch, step, sig=signal.SIGINT):
 
 def train_run(spec, dataset, run_dir, **options):
     """train.train of job(spec, run_dir, **options): its Outcome."""
-    from resnet_repro import train
+    from resnet_repro.engine import train
 
     return train.train(job(spec, run_dir, **options), dataset)
 

@@ -10,8 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import FULL, MINI, write_run  # noqa: F401  (write_run: other test modules import it from here too)
-from resnet_repro import analysis, figures, inspection, metrics, models, results, tables
-from resnet_repro.analysis import compare, draw, final_metrics, load_runs
+from resnet_repro import models
+from resnet_repro.analysis import cli as analysis
+from resnet_repro.analysis import figures, inspection, results, tables
+from resnet_repro.analysis.cli import compare, draw, final_metrics, load_runs
+from resnet_repro.engine import metrics
 
 COLUMNS = list(metrics.COLUMNS)
 

@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from conftest import write_image_folder
-from resnet_repro import bench, memory, stream, usual
+from resnet_repro import bench
 from resnet_repro.config import TrainSpec
+from resnet_repro.data import memory, stream
+from resnet_repro.engine import usual
 
 SHORT = "--models resnet8 --iterations 3 --warmup 1 --device cpu --workers 0".split()  # a few timed steps
 

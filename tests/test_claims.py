@@ -5,10 +5,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from resnet_repro import analysis, claims, metrics, models
-from resnet_repro.claims import claims_table
-from resnet_repro.results import CannotDraw, load_runs
-from resnet_repro.tables import to_markdown
+from resnet_repro import models
+from resnet_repro.analysis import claims
+from resnet_repro.analysis import cli as analysis
+from resnet_repro.analysis.claims import claims_table
+from resnet_repro.analysis.results import CannotDraw, load_runs
+from resnet_repro.analysis.tables import to_markdown
+from resnet_repro.engine import metrics
 
 FULL, MINI = "CIFAR-10 (JPEG q75 copy)", "CIFAR-10 mini (JPEG q75 copy, 500+100 per class)"
 EPOCHS = 4

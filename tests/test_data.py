@@ -7,8 +7,9 @@ import torch
 from torchvision import datasets
 
 from conftest import CLASSES, write_cifar10_python_tgz, write_image_folder, write_tar_gz
-from resnet_repro import data, memory
-from resnet_repro.data import DataError
+from resnet_repro import data
+from resnet_repro.data import memory
+from resnet_repro.data.sources import DataError
 
 
 def test_image_folder_decodes_exact_pixels_and_labels(image_folder):

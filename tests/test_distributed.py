@@ -14,8 +14,10 @@ import torch
 
 from conftest import TIMING, write_image_folder
 from conftest import csv_rows as rows
-from resnet_repro import memory, recipe, run, stream
+from resnet_repro import run
 from resnet_repro.config import TrainSpec
+from resnet_repro.data import memory, stream
+from resnet_repro.engine import recipe
 from resnet_repro.models import build_model
 
 pytestmark = pytest.mark.slow  # torchrun subprocesses

@@ -12,6 +12,7 @@ import re
 import runpy
 import shlex
 import signal
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -19,8 +20,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from resnet_repro import docs, files, models, stopping
+from conftest import load_tool
+from resnet_repro import files, models
+from resnet_repro.engine import stopping
 
+docs = load_tool("docs")
 ROOT = docs.ROOT
 DOCS = docs.doc_paths()
 SPEED_TABLE = "| net | 1 process, 2 threads | 2 processes, 1 thread each (sum) | ratio |"
@@ -96,7 +100,7 @@ def shown_commands():
 def test_blocks_equal_their_sources(path):
     stale = docs.stale_blocks(path)
     assert not stale, (
-        f"{name(path)}: these blocks differ from their sources: {stale}; run `uv run python -m resnet_repro.docs`"
+        f"{name(path)}: these blocks differ from their sources: {stale}; run `uv run python tools/docs.py`"
     )
 
 
@@ -123,7 +127,7 @@ def test_tables_come_from_files(path):
     text = without_fences(docs.BLOCK.sub("", path.read_text()))
     headers = [m.group(1) for m in re.finditer(r"(?:^|\n\n)(\|.*\|)\n\|[-|]+\|", text)]
     typed = [h for h in headers if (name(path), h) not in HAND_TABLES]
-    assert not typed, f"{name(path)}: tables typed by hand (put them in a block, see resnet_repro/docs.py): {typed}"
+    assert not typed, f"{name(path)}: tables typed by hand (put them in a block, see tools/docs.py): {typed}"
 
 
 def test_prose_numbers_match_the_csvs():
@@ -190,15 +194,33 @@ def test_shown_modules_exist():
 
 
 def test_layout_names_modules_that_exist():
+    """README's tree: every folder and module it names exists where it says, every layer of the package is in
+    it, and every `module.function` of the run's path is there."""
     readme = (ROOT / "README.md").read_text()
-    layout = re.search(r"## Code layout\n(.*?)\n## ", readme, re.S).group(1)
-    named = set(re.findall(r"^\s+(\w+)\.py\s", layout, re.M))
-    assert {"config", "run", "train", "rundir", "data", "models", "analysis"} <= named
-    missing = {m for m in named if not (ROOT / "resnet_repro" / f"{m}.py").exists()}
-    assert not missing, f"README's layout names modules that do not exist: {sorted(missing)}"
-    for module, attr in re.findall(r"`(\w+)\.(\w+)[(`]", layout):  # run.main, train.train(...), not final.pt
-        if (ROOT / "resnet_repro" / f"{module}.py").exists():
-            assert hasattr(importlib.import_module(f"resnet_repro.{module}"), attr), f"{module}.{attr}"
+    layout = re.search(r"## Code layout\n.*?```\n(.*?)```", readme, re.S).group(1)
+    found, folder = {}, None
+    for line in layout.splitlines():
+        if m := re.match(r"  (\w+)/\s", line):
+            folder = m.group(1)
+            found[folder] = ROOT / "resnet_repro" / folder
+        elif re.match(r"  \w+\.py\s", line):
+            folder = None
+        if line.startswith("tools/"):
+            folder = "../tools"
+        for module in re.findall(r"(?<![\w/.-])(\w+)\.py\b", line if not line.startswith("  ") else line[2:]):
+            where = ROOT / "resnet_repro" / (folder or "") / f"{module}.py"
+            found[f"{folder}/{module}" if folder else module] = where
+    missing = sorted(name for name, path in found.items() if not path.exists())
+    assert not missing, f"README's layout names modules that do not exist: {missing}"
+    layers = {p.name for p in (ROOT / "resnet_repro").iterdir() if (p / "__init__.py").exists()}
+    assert layers == {"models", "data", "engine", "launch", "analysis"} and layers <= set(found)
+    modules = {p.stem: p for p in (ROOT / "resnet_repro").rglob("*.py") if not p.name.startswith("__")}
+    path_of_a_run = re.search(r"The path of one run.*?\n\n", readme, re.S).group(0)
+    for module, attr in re.findall(r"`(\w+)\.(\w+)[(`]", path_of_a_run):
+        if attr in ("csv", "pt"):
+            continue
+        path = modules[module].relative_to(ROOT).with_suffix("")
+        assert hasattr(importlib.import_module(".".join(path.parts)), attr), f"{module}.{attr}"
 
 
 def test_shown_flags_exist():
@@ -256,10 +278,12 @@ def test_cheap_commands_run(command, tmp_path, monkeypatch):
 
 
 def test_help_of_every_cli_runs():
-    for module in ("run", "analysis", "bench", "finetune", "models", "docs"):
+    for module in ("run", "analysis", "bench", "finetune", "models"):
         assert "usage:" in help_text(f"resnet_repro.{module}")
     for sub in SUBCOMMANDS["resnet_repro.analysis"]:
         assert f"analysis {sub}" in help_text("resnet_repro.analysis", sub)
+    tool = subprocess.run([sys.executable, ROOT / "tools" / "docs.py", "--help"], capture_output=True, text=True)
+    assert tool.returncode == 0 and "usage: python tools/docs.py" in tool.stdout
 
 
 @pytest.mark.parametrize("path", DOCS, ids=name)
@@ -301,7 +325,7 @@ def committed_texts():
     the committed results and figures (the configs inside their .pt files too)."""
     for path in [*DOCS, *sorted((ROOT / "experiments").glob("*.toml"))]:
         yield name(path), path.read_text(), path.parent
-    for module in ("run", "analysis", "bench", "finetune", "models", "docs"):
+    for module in ("run", "analysis", "bench", "finetune", "models"):
         yield f"python -m resnet_repro.{module} --help", help_text(f"resnet_repro.{module}"), ROOT
     for sub in SUBCOMMANDS["resnet_repro.analysis"]:
         yield f"python -m resnet_repro.analysis {sub} --help", help_text("resnet_repro.analysis", sub), ROOT

@@ -10,9 +10,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import CLASSES, train_run, write_image_folder
-from resnet_repro import analysis, evaluation, files, inspection, memory, metrics, models
+from resnet_repro import files, models
+from resnet_repro.analysis import cli as analysis
+from resnet_repro.analysis import evaluation, inspection
+from resnet_repro.analysis.evaluation import WeightsError, evaluate_weights
 from resnet_repro.config import TrainSpec
-from resnet_repro.evaluation import WeightsError, evaluate_weights
+from resnet_repro.data import memory
+from resnet_repro.engine import metrics
 
 
 def train_tiny(root):

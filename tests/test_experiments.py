@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from resnet_repro import config, models
-from resnet_repro.recipe import lr_at
+from resnet_repro.engine.recipe import lr_at
 
 CIFAR = dict(batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4, iterations=64_000, milestones=(32_000, 48_000))
 IMAGENET = dict(

@@ -12,9 +12,13 @@ import pytest
 import torch
 
 from conftest import TIMING, csv_rows, train_run, write_image_folder, write_run
-from resnet_repro import analysis, data, files, inspection, memory, run, rundir
+from resnet_repro import data, files, run
+from resnet_repro.analysis import cli as analysis
+from resnet_repro.analysis import inspection
 from resnet_repro.config import TrainSpec
-from resnet_repro.metrics import read_metrics as metrics_rows
+from resnet_repro.data import memory
+from resnet_repro.engine import rundir
+from resnet_repro.engine.metrics import read_metrics as metrics_rows
 from resnet_repro.models import parse_name as models_parse
 
 

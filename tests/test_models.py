@@ -3,7 +3,7 @@ import torch
 import torchvision
 
 from resnet_repro import models
-from resnet_repro.models import build_model, num_params
+from resnet_repro.models import build_model, num_params, summary
 
 # Exact parameter counts; Table 6 of the paper rounds them (0.27M ... 19.4M). 10 classes unless the name says otherwise.
 CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
@@ -184,7 +184,7 @@ def test_common_cifar_checkpoint_layout_maps_onto_ours():
 
 
 def test_models_cli_prints_the_table(capsys):
-    models.main(["resnet20", "plain56"])
+    summary.main(["resnet20", "plain56"])
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:4] == ["name", "layers", "params", "mult-adds"]
     assert out[1].split()[:4] == ["resnet20", "20", "269,722", "40.55M"]
@@ -193,6 +193,6 @@ def test_models_cli_prints_the_table(capsys):
 
 def test_models_cli_rejects_unknown_names(capsys):
     with pytest.raises(SystemExit) as e:
-        models.main(["vgg16"])
+        summary.main(["vgg16"])
     assert e.value.code == 2
     assert "unknown model 'vgg16'" in capsys.readouterr().err

@@ -7,7 +7,10 @@ from matplotlib.colors import to_rgba
 from PIL import Image
 
 from conftest import CLASSES, write_image_folder
-from resnet_repro import analysis, data, inspection, memory, models
+from resnet_repro import data, models
+from resnet_repro.analysis import cli as analysis
+from resnet_repro.analysis import inspection
+from resnet_repro.data import memory
 
 
 def fixed_model(seed=0):

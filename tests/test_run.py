@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from conftest import write_image_folder
-from resnet_repro import launch, plan, run, tables
+from resnet_repro import run
+from resnet_repro.analysis import tables
+from resnet_repro.launch import local as launch
+from resnet_repro.launch import plan
 
 
 @pytest.fixture(scope="module")

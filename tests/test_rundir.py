@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from resnet_repro import metrics, results, rundir
+from resnet_repro.analysis import results
+from resnet_repro.engine import metrics, rundir
 
 
 def row(it, train_err, test_err, seconds=1.5):

@@ -11,8 +11,10 @@ import pytest
 import torch
 from test_analysis import write_run
 
-from resnet_repro import figures, plan, results, run, tables
+from resnet_repro import run
+from resnet_repro.analysis import figures, results, tables
 from resnet_repro.config import Experiment, TrainSpec
+from resnet_repro.launch import plan
 
 # --- planning --------------------------------------------------------------------------------
 

@@ -14,8 +14,10 @@ import pytest
 import torch
 
 from conftest import TIMING, csv_rows, train_run, write_experiment, write_image_folder
-from resnet_repro import memory, recipe, run, rundir
+from resnet_repro import run
 from resnet_repro.config import TrainSpec
+from resnet_repro.data import memory
+from resnet_repro.engine import recipe, rundir
 
 pytestmark = pytest.mark.slow  # subprocesses
 
@@ -199,7 +201,8 @@ def test_one_ctrl_c_delivered_twice_within_a_second_still_writes_a_checkpoint(ti
 
 
 def test_ctrl_c_while_the_data_loads_starts_no_run_and_exits_130(tmp_path, tiny_dir, monkeypatch, capsys):
-    from resnet_repro import launch, stopping
+    from resnet_repro.engine import stopping
+    from resnet_repro.launch import local as launch
 
     real = launch.load_datasets
 

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from conftest import TIMING, csv_rows, job, write_experiment, write_image_folder
-from resnet_repro import config, plan, run, rundir, slurm
+from resnet_repro import config, run
+from resnet_repro.engine import rundir
+from resnet_repro.launch import plan, slurm
 
 submitit = pytest.importorskip("submitit")  # in the dev group; `uv sync --extra slurm` for users
 

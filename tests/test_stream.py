@@ -10,8 +10,11 @@ import torch
 from PIL import Image
 
 from conftest import TIMING, csv_rows, train_run, write_tar_gz
-from resnet_repro import data, inspection, recipe, rundir, stream
+from resnet_repro import data
+from resnet_repro.analysis import inspection
 from resnet_repro.config import SpecError, TrainSpec
+from resnet_repro.data import EpochPlan, stream
+from resnet_repro.engine import recipe, rundir
 from resnet_repro.models import build_model
 
 CLASSES = ["n01", "n02", "n03"]
@@ -135,7 +138,7 @@ def test_batches_do_not_depend_on_the_number_of_workers(folder, tmp_path):
     for workers in (0, 2):
         ds = load(folder, tmp_path, workers=workers)
         perm = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(3))
-        runs.append(list(ds.train.train_batches(perm, 1, 6, ds.mean, None, seed=1, epoch=2, device="cpu")))
+        runs.append(list(ds.train.train_batches(EpochPlan(perm, 1, 6, ds.mean, None, seed=1, epoch=2))))
     assert len(runs[0]) == len(ds.train) // 6 - 1  # from position 1 on
     for (x0, y0), (x2, y2) in zip(*runs):
         assert torch.equal(x0, x2) and torch.equal(y0, y2)

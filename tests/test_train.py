@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from conftest import TIMING, csv_rows, interrupt_at, train_run, write_image_folder, write_tar_gz
-from resnet_repro import memory, metrics, recipe, rundir, train
 from resnet_repro.config import TrainSpec
+from resnet_repro.data import memory
+from resnet_repro.engine import metrics, recipe, rundir, train
 from resnet_repro.models import build_model, num_params
 
 VARYING = (*TIMING, "run")  # and the run name, which differs between the two directories

@@ -1,7 +1,6 @@
 """tools/upgrade_results.py: runs written before the weights carried their mean, with the training machine's
 paths, still skip, resume, evaluate and draw once upgraded; and the committed runs are upgraded."""
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -9,14 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TIMING, csv_rows, interrupt_at, train_run, write_image_folder, write_tar_gz
-from resnet_repro import data, evaluation, files, inspection, memory, results, rundir
+from conftest import TIMING, csv_rows, interrupt_at, load_tool, train_run, write_image_folder, write_tar_gz
+from resnet_repro import files
+from resnet_repro.analysis import evaluation, inspection, results
 from resnet_repro.config import TrainSpec
+from resnet_repro.data import memory
+from resnet_repro.engine import rundir
 
 ROOT = Path(__file__).resolve().parent.parent
-spec_of = importlib.util.spec_from_file_location("upgrade_results", ROOT / "tools" / "upgrade_results.py")
-upgrade_results = importlib.util.module_from_spec(spec_of)
-spec_of.loader.exec_module(upgrade_results)
+upgrade_results = load_tool("upgrade_results")
 
 
 def spec(data_path):
@@ -69,7 +69,7 @@ def test_old_runs_with_machine_paths_skip_resume_evaluate_and_draw_once_upgraded
     assert torch.equal(final["mean"], local.mean) and final["config"]["data"] == "data/images.tar.gz"
     assert files.load_tensors(stopped / "checkpoint.pt")["config"]["data_dir"] == "data"
     store = json.loads((done / "measures.json").read_text())
-    assert store["weights_md5"] == data.md5_file(done / "final.pt") and store["measures"]  # still valid
+    assert store["weights_md5"] == files.md5_file(done / "final.pt") and store["measures"]  # still valid
 
     assert train_run(spec("data/images.tar.gz"), local, done).state == "skipped"
     assert train_run(spec("data/images.tar.gz"), local, stopped, resume=True, deterministic=True).state == "done"
@@ -93,4 +93,4 @@ def test_the_committed_runs_are_upgraded():
         assert saved["config"]["data"] == config["data"] and not upgrade_results.leaves_repository(config["data"])
         measures = path.parent / "measures.json"
         if measures.exists():
-            assert json.loads(measures.read_text())["weights_md5"] == data.md5_file(path), path
+            assert json.loads(measures.read_text())["weights_md5"] == files.md5_file(path), path

@@ -17,8 +17,9 @@ import re
 import sys
 from pathlib import Path
 
-from resnet_repro import data, files, rundir
+from resnet_repro import data, files
 from resnet_repro.config import spec_from_config
+from resnet_repro.engine import rundir
 
 LOG_PATH = re.compile(r"(?<=-> )\S*/(?=results/)")  # "-> /somewhere/results/..." as the run printed it
 
@@ -40,7 +41,7 @@ def upgrade(run_dir, data_path, say=print):
         path = run_dir / name
         if not path.exists():
             continue
-        saved, old_md5 = files.load_tensors(path), data.md5_file(path)
+        saved, old_md5 = files.load_tensors(path), files.md5_file(path)
         inner = {k: v for k, v in fix.items() if k in saved["config"]}
         new = {**saved, "config": saved["config"] | inner}
         if name == "final.pt" and "mean" not in saved:
@@ -58,8 +59,8 @@ def upgrade(run_dir, data_path, say=print):
         measures = run_dir / "measures.json"
         if name == "final.pt" and measures.exists():
             store = rundir.read_json(measures)
-            if store.get("weights_md5") == old_md5 != data.md5_file(path):
-                rundir.write_json(store | {"weights_md5": data.md5_file(path)}, measures)
+            if store.get("weights_md5") == old_md5 != files.md5_file(path):
+                rundir.write_json(store | {"weights_md5": files.md5_file(path)}, measures)
                 changed.append("measures.json")
     log = run_dir / "output.log"
     if log.exists():

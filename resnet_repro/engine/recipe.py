@@ -1,6 +1,6 @@
 """The paper's recipe as functions (Section 3.4 and 4.2): the learning rate of an iteration, the model and its
 SGD optimizer, one training step, the evaluation of a split, and the meter that sums a row's training
-metrics on the device. resnet_repro.train runs them in a loop; resnet_repro.bench times them."""
+metrics on the device. resnet_repro.engine.train runs them in a loop; resnet_repro.bench times them."""
 
 import math
 
@@ -8,10 +8,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from resnet_repro.data import DataError
-from resnet_repro.distributed import all_sum, world
+from resnet_repro.data.sources import DataError
+from resnet_repro.engine.distributed import all_sum, world
+from resnet_repro.engine.rundir import RunFailed
 from resnet_repro.models import build_model
-from resnet_repro.rundir import RunFailed
 
 
 def configure_torch(device, deterministic):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from resnet_repro import rundir
-from resnet_repro.results import load_runs, several_seeds
-from resnet_repro.tables import SUMMARY_COLUMNS, runs_table, seeds_table, to_markdown
+from resnet_repro.analysis.results import load_runs, several_seeds
+from resnet_repro.analysis.tables import SUMMARY_COLUMNS, runs_table, seeds_table, to_markdown
+from resnet_repro.engine import rundir
 
 
 def summary(jobs, skipped=()):
@@ -48,9 +48,9 @@ def _empty_row(job, state):
 
 
 def claims(exp_dir):
-    """The paper's claims the experiment's runs allow (resnet_repro.claims, Fig. 7's aside: they need a pass over
+    """The paper's claims the experiment's runs allow (resnet_repro.analysis.claims, Fig. 7's aside: they need a pass over
     the test set per net; `analysis` checks them), as Markdown: "" when the runs allow none."""
-    from resnet_repro.claims import claims_table
+    from resnet_repro.analysis.claims import claims_table
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -64,6 +64,6 @@ def claims(exp_dir):
 
 
 def draw_figures(exp_dir, out):
-    from resnet_repro import analysis
+    from resnet_repro.analysis import cli as analysis
 
     analysis.draw([exp_dir], out, fig7=False)  # prints what it drew and what it could not

@@ -5,7 +5,7 @@ compare, draw, claims_table`.
 - `draw(paths, out_dir)`: every figure and table the runs allow, as PNG, PDF, Markdown and CSV. Within one
   drawing each run name must belong to one run directory; quick runs (config `quick`) are drawn apart,
   into `out_dir/quick`.
-- `claims_table(df)`: the paper's claims checked on the runs, a verdict each (resnet_repro.claims); `draw` and
+- `claims_table(df)`: the paper's claims checked on the runs, a verdict each (resnet_repro.analysis.claims); `draw` and
   `claims` write it as claims.md and claims.csv.
 """
 
@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from resnet_repro import evaluation, figures, files, inspection
-from resnet_repro.claims import claims_table
-from resnet_repro.plan import device_error
-from resnet_repro.results import CannotDraw, compare, final_metrics, load_runs, shorter_than_paper, title_of
-from resnet_repro.tables import summary_table, table2, table6, to_markdown
+from resnet_repro import files
+from resnet_repro.analysis import evaluation, figures, inspection
+from resnet_repro.analysis.claims import claims_table
+from resnet_repro.analysis.results import CannotDraw, compare, final_metrics, load_runs, shorter_than_paper, title_of
+from resnet_repro.analysis.tables import summary_table, table2, table6, to_markdown
+from resnet_repro.launch.plan import device_error
 
 __all__ = ["load_runs", "final_metrics", "compare", "draw", "claims_table", "main"]
 
@@ -286,8 +287,3 @@ def compare_path(folders):
     parts = [Path(p).relative_to(Path(p).anchor).parts for p in folders]
     names = ["-".join(x[1:] if x[:1] == ("results",) else x) for x in parts]
     return Path("figures/compare") / ("-vs-".join(names) + ".png")
-
-
-if __name__ == "__main__":
-    files.utf8_console()
-    sys.exit(main())

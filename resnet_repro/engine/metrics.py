@@ -9,8 +9,8 @@ import os
 import warnings
 from pathlib import Path
 
+from resnet_repro.engine.rundir import RunDirError, read_text
 from resnet_repro.files import DiskFull, write_atomic
-from resnet_repro.rundir import RunDirError, read_text
 
 # metrics.csv: its columns, in order, and their types
 COLUMNS = {

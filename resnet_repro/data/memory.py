@@ -1,5 +1,5 @@
 """The in-memory loader: CIFAR-style datasets as uint8 tensors on the training device, and batched
-augmentation there (resnet_repro.data decides which dataset a run gets and calls this for loader = "memory").
+augmentation there (resnet_repro.data.loader.load_for picks the loader and calls this for loader = "memory").
 
 Sources (`load(source, ...)`):
 - "cifar10", "cifar100": torchvision's download into `data_dir`, its checksums verified.
@@ -23,14 +23,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from resnet_repro.data import DataError, Dataset, archive_cache, cached, dataset_name, image_tree, local_path, normalize
+from resnet_repro.data.sources import (
+    DataError,
+    Dataset,
+    archive_cache,
+    cached,
+    dataset_name,
+    image_tree,
+    local_path,
+    normalize,
+)
 
 CACHE_VERSION = 1
 
 
 @dataclass
 class Split:
-    """A split in device memory, a batch source (see resnet_repro.data)."""
+    """A split in device memory: a BatchSource (resnet_repro.data.loader)."""
 
     images: torch.Tensor  # uint8 (N, 3, H, W)
     labels: torch.Tensor  # int64 (N,)
@@ -38,12 +47,13 @@ class Split:
     def __len__(self):
         return len(self.labels)
 
-    def train_batches(self, perm, pos, batch, mean, generator, seed, epoch, device, rank=0, world_size=1):
+    def train_batches(self, plan):
         # augmented on the device; every process draws for the whole batch, so the draws match one process
-        for p in range(pos, len(self) // batch):
-            idx = perm[p * batch : (p + 1) * batch]
-            x, labels = augment(normalize(self.images[idx], mean), generator), self.labels[idx]
-            yield x[rank::world_size], labels[rank::world_size]
+        batch, shard = plan.batch_size, slice(plan.rank, None, plan.world_size)
+        for p in range(plan.start, len(self) // batch):
+            idx = plan.perm[p * batch : (p + 1) * batch]
+            x, labels = augment(normalize(self.images[idx], plan.mean), plan.generator), self.labels[idx]
+            yield x[shard], labels[shard]
 
     def eval_batches(self, mean, batch_size, device, rank=0, world_size=1, views=1):
         if views != 1:

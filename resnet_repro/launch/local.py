@@ -1,8 +1,8 @@
 """Launching jobs (plan.Job): one after another in this process (so does each torchrun rank), or each in a child
-process of its own (`--jobs N`, several devices); resnet_repro.slurm submits each as a Slurm job. A child and a
+process of its own (`--jobs N`, several devices); resnet_repro.launch.slurm submits each as a Slurm job. A child and a
 Slurm job train their Job through the same entry, `train_job`.
 
-A child is `python -m resnet_repro.launch`: it reads its Job as JSON from stdin and keeps the pipe open. When
+A child is `python -m resnet_repro.launch.local`: it reads its Job as JSON from stdin and keeps the pipe open. When
 the parent dies (even by SIGKILL) the pipe closes, and the child checkpoints and stops as on SIGTERM. The parent
 forwards SIGINT/SIGTERM to its children, starts no further run once one came (or once a child was
 interrupted), waits for their checkpoints and exits 128 + the signal's number (130, 143).
@@ -19,10 +19,12 @@ from pathlib import Path
 
 import torch
 
-from resnet_repro import data, files, metrics, plan, provenance, recipe, rundir, stopping, train
+from resnet_repro import data, files
 from resnet_repro.config import SpecError
-from resnet_repro.distributed import world
-from resnet_repro.rundir import Interrupted, RunDirError
+from resnet_repro.engine import metrics, provenance, recipe, rundir, stopping, train
+from resnet_repro.engine.distributed import world
+from resnet_repro.engine.rundir import Interrupted, RunDirError
+from resnet_repro.launch import plan
 
 
 def setup_process(job):
@@ -135,7 +137,7 @@ def start_child(job):
         raise RunDirError(f"cannot write to {job.run_dir}: {e.strerror}; pass --out elsewhere") from None
     with log:  # the child holds its own copy of the descriptor
         proc = subprocess.Popen(
-            [sys.executable, "-m", "resnet_repro.launch"],
+            [sys.executable, "-m", "resnet_repro.launch.local"],
             stdin=subprocess.PIPE,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -182,7 +184,7 @@ def train_job(job):
 
 
 def child_main():
-    """python -m resnet_repro.launch: train the Job on stdin's first line, as in_children starts it. Exit status:
+    """python -m resnet_repro.launch.local: train the Job on stdin's first line, as in_children starts it. Exit status:
     0 done or skipped, 1 failed, 2 refused (a run directory that cannot be used), 128 + signal if interrupted."""
     job = plan.Job.from_json(sys.stdin.readline())
     threading.Thread(target=_stop_when_the_parent_dies, daemon=True).start()

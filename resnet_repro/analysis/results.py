@@ -1,5 +1,5 @@
 """Results: every run's metrics.csv, config.json and status as one tidy pandas frame, and what the figures and
-tables (resnet_repro.figures, resnet_repro.tables) select from it. Nothing here trains or changes a run.
+tables (resnet_repro.analysis.figures, resnet_repro.analysis.tables) select from it. Nothing here trains or changes a run.
 
 - `load_runs(*paths)`: every run under the paths, one row per run and CSV row. A malformed file raises
   ValueError naming the file and line; a cut-off last line (a run killed mid-row) is left out with a warning.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from resnet_repro import metrics, rundir
+from resnet_repro.engine import metrics, rundir
 
 # config.json keys joined onto every row; seed and params may be absent (nullable ints)
 CONFIG_COLUMNS = {

@@ -4,7 +4,7 @@ their mean, with a `<column>_std` column and `n` beside it: Markdown shows "mean
 
 import pandas as pd
 
-from resnet_repro.results import (
+from resnet_repro.analysis.results import (
     DEPTH_EXPERIMENTS,
     CannotDraw,
     final_metrics,

@@ -1,4 +1,4 @@
-"""python -m resnet_repro.docs: rewrite the derived blocks of README.md and docs/*.md.
+"""python tools/docs.py: rewrite the derived blocks of README.md and docs/*.md.
 
 A number in a table of the docs is never typed: it sits in a block between two markers, and this
 module writes the block from the committed files (tests/test_docs.py fails when one differs):
@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from resnet_repro import config, files
+from resnet_repro.analysis.results import compare as compare_sets
 from resnet_repro.models import CIFAR_DEPTHS, build_model, input_size, multiply_adds, num_params, weighted_layers
-from resnet_repro.results import compare as compare_sets
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"<!-- (include|generated): (.+?) -->\n(.*?)<!-- end \1 -->", re.S)
@@ -91,8 +91,8 @@ def claims(root, csv, ids=""):
 
 def seeds(root, exp_dir):
     """Mean ± std (n) of each run's final errors over its seeds (tables.seeds_table)."""
-    from resnet_repro.results import load_runs
-    from resnet_repro.tables import SPREAD, seeds_table, to_markdown
+    from resnet_repro.analysis.results import load_runs
+    from resnet_repro.analysis.tables import SPREAD, seeds_table, to_markdown
 
     table = seeds_table(load_runs(root / exp_dir))
     columns = ["run", "seeds", *(f"{c}{std}" for c in SPREAD for std in ("", "_std")), "n"]
@@ -164,7 +164,7 @@ def last_rows(root, run_dir, n):
 
 
 def compare(root, a, b):
-    """resnet_repro.results.compare(a, b): final errors of the runs of two result sets, matched by name."""
+    """resnet_repro.analysis.results.compare(a, b): final errors of the runs of two result sets, matched by name."""
     df = compare_sets(root / a, root / b)
     metrics_ = ("final_train_err", "final_test_err", "iterations")
     rows = [
@@ -300,7 +300,7 @@ def stale_blocks(path, root=ROOT, skip=SLOW):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m resnet_repro.docs",
+        prog="python tools/docs.py",
         description="Rewrite the blocks of README.md and docs/*.md that are derived from figures/, results/ "
         "and experiments/ (between <!-- include: FILE --> or <!-- generated: NAME ARGS --> and its end marker).",
     )

@@ -12,7 +12,7 @@ results/<experiment>/<run>/
     evaluation.json  the 10-crop test at the end of a run with ten_crop
     output.log       what the run printed, when a parent process (--jobs) started it
     measures.json    Fig. 7's layer responses and `analysis evaluate`'s scores of final.pt, keyed by the md5 of
-                     final.pt and of the test data (resnet_repro.inspection.cached), so that a redraw reads them
+                     final.pt and of the test data (resnet_repro.analysis.inspection.cached), so that a redraw reads them
 """
 
 import contextlib
@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from resnet_repro.config import SPEC_DEFAULTS
-from resnet_repro.distributed import from_rank0, world
+from resnet_repro.engine.distributed import from_rank0, world
 from resnet_repro.files import DiskFull, NotLoadable, load_tensors, write_atomic
 
 # config.json keys that may differ on --resume (where and when it runs, not what it computes); the data is

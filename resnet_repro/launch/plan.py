@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from resnet_repro import rundir
 from resnet_repro.config import TrainSpec, spec_from_config
+from resnet_repro.engine import rundir
 from resnet_repro.models import parse_name
 
 

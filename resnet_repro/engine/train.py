@@ -17,11 +17,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from resnet_repro import files, metrics, provenance, recipe, rundir
-from resnet_repro.distributed import all_sum, first_set, rank0_buffers, world
+from resnet_repro import files
+from resnet_repro.data import EpochPlan
+from resnet_repro.engine import metrics, provenance, recipe, rundir
+from resnet_repro.engine.distributed import all_sum, first_set, rank0_buffers, world
+from resnet_repro.engine.rundir import Interrupted, RunFailed
+from resnet_repro.engine.stopping import stop_requests
 from resnet_repro.models import load_pretrained, pretrained_state_dict
-from resnet_repro.rundir import Interrupted, RunFailed
-from resnet_repro.stopping import stop_requests
 
 SYNC_EVERY = 50  # iterations between host syncs: the progress bar's numbers, the non-finite check, torchrun's stop vote
 WARMUP_CHECK = 50  # iterations between checks of the warm-up's training error
@@ -148,9 +150,10 @@ class Engine:
         spec, p = self.spec, self.p
         if p.perm is None:
             p.perm, p.pos = torch.randperm(len(self.dataset.train), device=self.device, generator=self.generator), 0
-        batches = self.dataset.train.train_batches(
+        plan = EpochPlan(
             p.perm, p.pos, spec.batch_size, self.dataset.mean, self.generator, spec.seed, p.epoch, self.device, *world()
         )
+        batches = self.dataset.train.train_batches(plan)
         batches, start, window = recipe.data_errors(batches), time.perf_counter(), self.meter.snapshot()
         stopped = False
         while p.pos < self.per_epoch and p.iteration < spec.iterations and not stopped:

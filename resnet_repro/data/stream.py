@@ -27,7 +27,16 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.io import ImageReadMode, decode_image
 
-from resnet_repro.data import DataError, Dataset, archive_cache, cached, dataset_name, image_tree, local_path, normalize
+from resnet_repro.data.sources import (
+    DataError,
+    Dataset,
+    archive_cache,
+    cached,
+    dataset_name,
+    image_tree,
+    local_path,
+    normalize,
+)
 
 # AlexNet's PCA of ImageNet's RGB pixels (values in [0, 1]), as used by the usual ResNet reimplementations
 EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
@@ -38,8 +47,8 @@ CACHE_VERSION = 1
 
 @dataclass
 class JpegSplit:
-    """One split of an image folder: files and labels, decoded when a batch asks for them; a batch source
-    (see resnet_repro.data)."""
+    """One split of an image folder: files and labels, decoded when a batch asks for them; a BatchSource
+    (resnet_repro.data.loader)."""
 
     files: list  # absolute paths, sorted by class then name
     labels: torch.Tensor  # int64 (N,)
@@ -52,13 +61,13 @@ class JpegSplit:
     def __len__(self):
         return len(self.labels)
 
-    def train_batches(self, perm, pos, batch, mean, generator, seed, epoch, device, rank=0, world_size=1):
+    def train_batches(self, plan):
         # decoded and cropped by the workers, each image's draws seeded by (seed, epoch, index); lighting on the device
-        order = perm.cpu()
-        shards = [order[p * batch : (p + 1) * batch][rank::world_size].tolist() for p in range(pos, len(self) // batch)]
-        for x, y, shift in _loader(_TrainItems(self, seed, epoch), shards, self.workers, device):
-            x, y, shift = (t.to(device, non_blocking=True) for t in (x, y, shift))
-            yield lighting(normalize(x, mean), shift), y
+        order, batch, shard = plan.perm.cpu(), plan.batch_size, slice(plan.rank, None, plan.world_size)
+        shards = [order[p * batch : (p + 1) * batch][shard].tolist() for p in range(plan.start, len(self) // batch)]
+        for x, y, shift in _loader(_TrainItems(self, plan.seed, plan.epoch), shards, self.workers, plan.device):
+            x, y, shift = (t.to(plan.device, non_blocking=True) for t in (x, y, shift))
+            yield lighting(normalize(x, plan.mean), shift), y
 
     def eval_batches(self, mean, batch_size, device, rank=0, world_size=1, views=1):
         for x, y in crops(self, list(range(rank, len(self), world_size)), max(1, batch_size // views), device, views):
@@ -138,7 +147,7 @@ def _worker_context():
     """Workers start from a fork server, not by forking this process: a fork while another thread holds one of
     CPython's locks hangs the child for good (seen under torchrun, whose processes run threads)."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["resnet_repro.stream"])  # the server imports torch once; forks from it are quick
+    ctx.set_forkserver_preload(["resnet_repro.data.stream"])  # the server imports torch once; forks from it are quick
     return ctx
 
 

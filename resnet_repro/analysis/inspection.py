@@ -19,12 +19,13 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from resnet_repro import data, files, models, rundir
+from resnet_repro import data, files, models
+from resnet_repro.analysis.figures import COLORS, finish, net_label
+from resnet_repro.analysis.results import CannotDraw, require, select
 from resnet_repro.config import spec_from_config
-from resnet_repro.figures import COLORS, finish, net_label
+from resnet_repro.engine import rundir
 from resnet_repro.files import DiskFull, NotLoadable, load_tensors
-from resnet_repro.plan import device_error
-from resnet_repro.results import CannotDraw, require, select
+from resnet_repro.launch.plan import device_error
 
 FIG7_RUNS = ("plain20", "plain56", "resnet20", "resnet56", "resnet110")
 MEASURES = "measures.json"  # in a run directory: Fig. 7's responses and test scores of its final.pt (see `cached`)
@@ -117,7 +118,7 @@ def cached(run_dir, data_checksum, device, name, compute):
     computed there for these weights (md5 of final.pt), this data and this kind of device; else compute()
     (a JSON value), kept there. A damaged measures.json is computed again; a read-only one is not written."""
     path = Path(run_dir) / MEASURES
-    weights = data.md5_file(Path(run_dir) / "final.pt")
+    weights = files.md5_file(Path(run_dir) / "final.pt")
     try:
         store = rundir.read_json(path) if path.exists() else {}
     except rundir.RunDirError:

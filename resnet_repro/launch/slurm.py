@@ -17,8 +17,10 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from resnet_repro import distributed, launch, plan, rundir
 from resnet_repro.config import SpecError
+from resnet_repro.engine import distributed, rundir
+from resnet_repro.launch import local as launch
+from resnet_repro.launch import plan
 
 INSTALL = "--launcher slurm needs submitit: uv sync --extra slurm (or pip install submitit)"
 MAX_TIMEOUTS = 20  # requeues after a job's --time ran out: a run may take up to 21 slots of --time

@@ -1,10 +1,10 @@
-"""The paper's figures, drawn from a frame of resnet_repro.results.load_runs: one matplotlib Figure each.
+"""The paper's figures, drawn from a frame of resnet_repro.analysis.results.load_runs: one matplotlib Figure each.
 
 - `fig1` (plain-20 vs plain-56), `fig6` (plain, ResNet, ResNet-110/1202), `fig4` (18 vs 34 layers),
   `fig_depth` (final error against depth), `fig_compare` (several result folders, via seaborn).
 A run with several seeds is drawn as the mean of its seeds with a band of ± their std (error bars in
 `fig_depth`); a run of one seed as its own curve.
-Figures of a finished model (Fig. 7, predictions) are in resnet_repro.inspection.
+Figures of a finished model (Fig. 7, predictions) are in resnet_repro.analysis.inspection.
 """
 
 import math
@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from resnet_repro import models
-from resnet_repro.results import (
+from resnet_repro.analysis.results import (
     DEPTH_EXPERIMENTS,
     CannotDraw,
     final_metrics,

@@ -21,10 +21,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resnet_repro import data, files, inspection, metrics, models, provenance
+from resnet_repro import data, files, models
+from resnet_repro.analysis import inspection
 from resnet_repro.config import SpecError, TrainSpec, spec_from_config
-from resnet_repro.plan import device_error
-from resnet_repro.recipe import evaluate  # the engine's own test pass: the CSV's numbers
+from resnet_repro.engine import metrics, provenance
+from resnet_repro.engine.recipe import evaluate  # the engine's own test pass: the CSV's numbers
+from resnet_repro.launch.plan import device_error
 
 IMAGENET_CHANNEL = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 NORMALIZATIONS = ("run", "pixel-mean", "imagenet-channel", "M,M,M/S,S,S")
@@ -170,7 +172,7 @@ def evaluate_weights(weights, source=None, name=None, data_dir=None, normalize=N
         scores = score()
     row = {
         "weights": str(weights),
-        "weights_md5": data.md5_file(path),
+        "weights_md5": files.md5_file(path),
         "model": name,
         "data": spec.data,
         "dataset": ds.name,

@@ -1,22 +1,6 @@
-"""Which dataset a run trains on: the one owner of that question for the whole suite.
-
-- `data_key(spec)`: the spec fields that decide a run's dataset; runs with equal keys share one load.
-- `load_for(spec, ...)`: that dataset, by spec.loader: "memory" (resnet_repro.memory: decoded once, resident on
-  the device) or "stream" (resnet_repro.stream: JPEGs decoded per batch by DataLoader workers).
-- What both loaders share: the Dataset they return, DataError, where a --data source is, archive checksums
-  and the caches under data_dir/cache/, ImageFolder trees, the per-pixel mean subtraction.
-
-A Dataset's `train` and `test` are batch sources with one interface, whatever the loader:
-    len(split)
-    split.train_batches(perm, pos, batch, mean, generator, seed, epoch, device, rank, world_size)
-        the epoch's batches from position `pos` of the permutation `perm`, as (normalized augmented float
-        images, labels): this process's shard of each global batch under torchrun
-    split.eval_batches(mean, batch_size, device, rank, world_size, views=1)
-        this process's shard of the split in order, as (normalized float images, labels); views=10: AlexNet's
-        10 crops, (B, 10, 3, H, W) (stream splits)
-    split.sample(index)
-        (uint8 images, labels) of the given indices on the CPU, as the test sees them
-"""
+"""What the two loaders share: the Dataset they return, DataError, where a --data source is and what results
+call it, archive checksums and the caches under data_dir/cache/, ImageFolder trees, the per-pixel mean
+subtraction."""
 
 import os
 from dataclasses import dataclass
@@ -24,9 +8,10 @@ from pathlib import Path
 
 import torch
 
+from resnet_repro.data.loader import BatchSource
 from resnet_repro.files import DiskFull, NotLoadable, load_tensors, md5_file, save
 
-MINI = Path(__file__).with_name("assets") / "cifar10-mini.tar.gz"
+MINI = Path(__file__).resolve().parents[1] / "assets" / "cifar10-mini.tar.gz"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
 # Datasets with a public name, by content (Dataset.checksum) -> the name results must carry. Known by what
 # they hold, not by file: a folder and a .tar.gz of the same images are one dataset.
@@ -37,8 +22,6 @@ KNOWN_DATASETS = {
     "2ffcca9cd550c1b0f6277a861748bb00": "CIFAR-10 mini (JPEG q75 copy, 500+100 per class)",
 }
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")
-# the TrainSpec fields that decide what a run's dataset holds (see data_key)
-DATA_FIELDS = ("data", "loader", "val_size", "train_size", "image_size", "resize", "scale", "test_resize", "lighting")
 
 
 class DataError(Exception):
@@ -49,8 +32,8 @@ class DataError(Exception):
 class Dataset:
     name: str  # what results must call it, e.g. "CIFAR-10 (JPEG q75 copy)"
     classes: list
-    train: object  # a batch source (see the module doc)
-    test: object  # the test split, or the held-out validation split with val_size > 0
+    train: BatchSource
+    test: BatchSource  # the test split, or the held-out validation split with val_size > 0
     mean: torch.Tensor  # float32 (3, H, W): per-pixel mean of the training images, in [0, 1]
     checksum: str  # of the images and labels of both splits (stream: of the file names and sizes)
     source: str
@@ -58,25 +41,6 @@ class Dataset:
     @property
     def num_classes(self):
         return len(self.classes)
-
-
-def data_key(spec):
-    """What decides a run's dataset: runs with equal keys share one load (see load_for)."""
-    return tuple(tuple(v) if isinstance(v, list) else v for v in (getattr(spec, f) for f in DATA_FIELDS))
-
-
-def load_for(spec, data_dir="data", device="cpu", workers=0):
-    """The dataset a TrainSpec asks for, on `device`: resnet_repro.memory's for loader = "memory",
-    resnet_repro.stream's for "stream" (decoded by `workers` DataLoader processes)."""
-    if spec.loader == "stream":
-        from resnet_repro import stream
-
-        return stream.load(
-            spec.data, data_dir, device, spec.image_size, spec.test_resize, spec.scale, spec.lighting, workers
-        )
-    from resnet_repro import memory
-
-    return memory.load(spec.data, data_dir, device, spec.val_size, spec.image_size, spec.resize, spec.train_size)
 
 
 def normalize(images, mean):

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from resnet_repro import inspection
-from resnet_repro.figures import net_label
+from resnet_repro.analysis import inspection
+from resnet_repro.analysis.figures import net_label
+from resnet_repro.analysis.results import DEPTH_EXPERIMENTS, PAPER_ITERATIONS, CannotDraw, rank
+from resnet_repro.analysis.tables import PAPER_TABLE2, PAPER_TABLE6
 from resnet_repro.models import parse_name
-from resnet_repro.results import DEPTH_EXPERIMENTS, PAPER_ITERATIONS, CannotDraw, rank
-from resnet_repro.tables import PAPER_TABLE2, PAPER_TABLE6
 
 COLUMNS = ["group", "id", "claim", "paper", "runs", "margin", "verdict"]
 NOTE = (

@@ -1,5 +1,5 @@
 """What config.json records besides the spec: the model's facts, the data, and where, on what and from
-which commit a run ran (resnet_repro.rundir.ENVIRONMENT_KEYS may change on --resume, the rest may not)."""
+which commit a run ran (resnet_repro.engine.rundir.ENVIRONMENT_KEYS may change on --resume, the rest may not)."""
 
 import subprocess
 import sys
@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from resnet_repro.distributed import world
+from resnet_repro.engine.distributed import world
 from resnet_repro.models import num_params, parse_name, resolve
 
 
 def git_commit():
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the checkout this package runs from, if any
     try:
         run = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10)  # noqa: E731
         commit = run("rev-parse", "--short", "HEAD").stdout.strip()

@@ -1,0 +1,51 @@
+"""The paper's plain and residual networks (`resnet`), and the weights they start from or are checked with
+(`weights`). `python -m resnet_repro.models` prints their layers, parameters and multiply-adds."""
+
+from resnet_repro.models.resnet import (
+    CIFAR_DEPTHS,
+    IMAGENET_LAYERS,
+    MAX_CIFAR_DEPTH,
+    SHORTCUTS,
+    STEMS,
+    BasicBlock,
+    Bottleneck,
+    PadShortcut,
+    ResNet,
+    available,
+    build_model,
+    input_size,
+    is_imagenet_family,
+    multiply_adds,
+    num_params,
+    parse_name,
+    resolve,
+    response_points,
+    weighted_layers,
+)
+from resnet_repro.models.weights import convert_cifar_state_dict, load_pretrained, pretrained_state_dict, read_weights
+
+__all__ = [
+    "CIFAR_DEPTHS",
+    "IMAGENET_LAYERS",
+    "MAX_CIFAR_DEPTH",
+    "SHORTCUTS",
+    "STEMS",
+    "BasicBlock",
+    "Bottleneck",
+    "PadShortcut",
+    "ResNet",
+    "available",
+    "build_model",
+    "convert_cifar_state_dict",
+    "input_size",
+    "is_imagenet_family",
+    "load_pretrained",
+    "multiply_adds",
+    "num_params",
+    "parse_name",
+    "pretrained_state_dict",
+    "read_weights",
+    "resolve",
+    "response_points",
+    "weighted_layers",
+]
