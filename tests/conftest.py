@@ -23,9 +23,13 @@ from resnet_repro.engine import metrics
 CLASSES = ["airplane", "automobile", "bird"]
 
 
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
+FIXTURES = ROOT / "tests" / "fixtures"  # committed run directories of older code
+
+
 def load_tool(name):
     """tools/<name>.py, the repository's own tooling (outside the package), as a module."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "tools" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

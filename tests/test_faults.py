@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TIMING, csv_rows, train_run, write_image_folder, write_run
+from conftest import ROOT, TIMING, csv_rows, train_run, write_image_folder, write_run
 from resnet_repro import data, files, run
 from resnet_repro.analysis import cli as analysis
 from resnet_repro.analysis import inspection
@@ -616,7 +616,7 @@ def test_a_c_locale_still_prints_and_writes_utf8(tmp_path):
     import sys
 
     env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     argv = [sys.executable, "-m", "resnet_repro.analysis", "results/cpu-demo", "--out", str(tmp_path), "--no-fig7"]
     done = subprocess.run(argv, cwd=root, env=env, capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-500:]

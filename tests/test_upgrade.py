@@ -3,19 +3,17 @@ paths, still skip, resume, evaluate and draw once upgraded; and the committed ru
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TIMING, csv_rows, interrupt_at, load_tool, train_run, write_image_folder, write_tar_gz
+from conftest import ROOT, TIMING, csv_rows, interrupt_at, load_tool, train_run, write_image_folder, write_tar_gz
 from resnet_repro import files
 from resnet_repro.analysis import evaluation, inspection, results
 from resnet_repro.config import TrainSpec
 from resnet_repro.data import memory
 from resnet_repro.engine import rundir
 
-ROOT = Path(__file__).resolve().parent.parent
 upgrade_results = load_tool("upgrade_results")
 
 

@@ -1,18 +1,13 @@
-"""Which loader a run's dataset comes from, and the one interface both loaders serve.
-
-A Dataset's `train` and `test` are BatchSources, whatever the loader: "memory" (resnet_repro.data.memory: decoded
-once, resident on the device, CIFAR's pad-crop-flip) or "stream" (resnet_repro.data.stream: JPEGs decoded per
-batch by DataLoader workers, the paper's ImageNet augmentation).
-"""
+"""The one interface both loaders serve: a Dataset's `train` and `test` are BatchSources, whatever the loader,
+"memory" (resnet_repro.data.memory: decoded once, resident on the device, CIFAR's pad-crop-flip) or "stream"
+(resnet_repro.data.stream: JPEGs decoded per batch by DataLoader workers, the paper's ImageNet augmentation).
+The engine asks a BatchSource for an epoch's batches with an EpochPlan."""
 
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-
-# the TrainSpec fields that decide what a run's dataset holds (see data_key)
-DATA_FIELDS = ("data", "loader", "val_size", "train_size", "image_size", "resize", "scale", "test_resize", "lighting")
 
 
 @dataclass(frozen=True)
@@ -45,22 +40,3 @@ class BatchSource(Protocol):
 
     def sample(self, index) -> tuple[torch.Tensor, torch.Tensor]:
         """(uint8 images, labels) of the given indices on the CPU, as the test sees them."""
-
-
-def data_key(spec):
-    """What decides a run's dataset: runs with equal keys share one load (see load_for)."""
-    return tuple(tuple(v) if isinstance(v, list) else v for v in (getattr(spec, f) for f in DATA_FIELDS))
-
-
-def load_for(spec, data_dir="data", device="cpu", workers=0):
-    """The Dataset a TrainSpec asks for, on `device`: resnet_repro.data.memory's for loader = "memory",
-    resnet_repro.data.stream's for "stream" (decoded by `workers` DataLoader processes)."""
-    if spec.loader == "stream":
-        from resnet_repro.data import stream
-
-        return stream.load(
-            spec.data, data_dir, device, spec.image_size, spec.test_resize, spec.scale, spec.lighting, workers
-        )
-    from resnet_repro.data import memory
-
-    return memory.load(spec.data, data_dir, device, spec.val_size, spec.image_size, spec.resize, spec.train_size)

@@ -8,20 +8,17 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TIMING, csv_rows, train_run, write_experiment, write_image_folder
+from conftest import ROOT, TIMING, csv_rows, train_run, write_experiment, write_image_folder
 from resnet_repro import run
 from resnet_repro.config import TrainSpec
 from resnet_repro.data import memory
 from resnet_repro.engine import recipe, rundir
 
 pytestmark = pytest.mark.slow  # subprocesses
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")

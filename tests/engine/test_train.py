@@ -1,12 +1,11 @@
 import json
 import shutil
 import signal
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TIMING, csv_rows, interrupt_at, train_run, write_image_folder, write_tar_gz
+from conftest import FIXTURES, TIMING, csv_rows, interrupt_at, train_run, write_image_folder, write_tar_gz
 from resnet_repro.config import TrainSpec
 from resnet_repro.data import memory
 from resnet_repro.engine import metrics, recipe, rundir, train
@@ -198,23 +197,23 @@ def test_log_every_resume_is_exact(tiny, whole_logged, tmp_path, monkeypatch, st
 
 
 def test_a_run_interrupted_by_the_code_of_the_first_cpu_campaign_resumes(tmp_path, whole):
-    """tests/data/run-b432720: a run stopped by SIGINT at iteration 5 (mid-epoch) by commit b432720, whose
+    """tests/fixtures/run-b432720: a run stopped by SIGINT at iteration 5 (mid-epoch) by commit b432720, whose
     checkpoints predate log_every; campaign runs started then must still resume."""
     root = tmp_path / "data"
     write_image_folder(root, n_train=48, n_test=12)  # the same images the fixture trained on
     old = tmp_path / "old"
-    shutil.copytree(Path(__file__).parent / "data" / "run-b432720", old)
+    shutil.copytree(FIXTURES / "run-b432720", old)
     run(spec(), memory.load(str(root)), old, resume=True, deterministic=True)
     assert csv_rows(old / "metrics.csv", drop=VARYING) == csv_rows(whole / "metrics.csv", drop=VARYING)
 
 
 def test_a_run_interrupted_by_the_code_before_the_subpackages_resumes(tmp_path, whole):
-    """tests/data/run-b0c555f: a run stopped by SIGINT at iteration 5 by commit b0c555f, the last code with flat
+    """tests/fixtures/run-b0c555f: a run stopped by SIGINT at iteration 5 by commit b0c555f, the last code with flat
     modules (resnet_repro.memory, .train, ...): checkpoints written then must resume under the subpackages."""
     root = tmp_path / "data"
     write_image_folder(root, n_train=48, n_test=12)
     old = tmp_path / "old"
-    shutil.copytree(Path(__file__).parent / "data" / "run-b0c555f", old)
+    shutil.copytree(FIXTURES / "run-b0c555f", old)
     assert run(spec(), memory.load(str(root)), old, resume=True, deterministic=True).state == "done"
     assert csv_rows(old / "metrics.csv", drop=VARYING) == csv_rows(whole / "metrics.csv", drop=VARYING)
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import CLASSES, train_run, write_image_folder
+from conftest import CLASSES, ROOT, train_run, write_image_folder
 from resnet_repro import files, models
 from resnet_repro.analysis import cli as analysis
 from resnet_repro.analysis import evaluation, inspection
@@ -200,7 +200,7 @@ def test_a_runs_final_pt_evaluates_where_its_training_data_is_gone(tmp_path):
 
 
 def test_evaluate_writes_where_the_user_is_never_into_the_committed_figures(run_dir, tmp_path, monkeypatch, capsys):
-    committed = Path(__file__).resolve().parent.parent / "figures" / "evaluations.csv"
+    committed = ROOT / "figures" / "evaluations.csv"
     before = committed.read_bytes()
     monkeypatch.chdir(tmp_path)
     assert analysis.main(["evaluate", str(run_dir / "final.pt")]) == 0

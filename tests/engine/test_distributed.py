@@ -7,12 +7,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TIMING, write_image_folder
+from conftest import ROOT, TIMING, write_image_folder
 from conftest import csv_rows as rows
 from resnet_repro import run
 from resnet_repro.config import TrainSpec
@@ -21,8 +20,6 @@ from resnet_repro.engine import recipe
 from resnet_repro.models import build_model
 
 pytestmark = pytest.mark.slow  # torchrun subprocesses
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
