@@ -21,7 +21,9 @@ import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+_PACKAGE = Path(__file__).resolve().parent
+# a wheel ships experiments/ inside the package; a checkout (or editable install) reads the top-level one users edit
+EXPERIMENTS_DIR = _PACKAGE / "experiments" if (_PACKAGE / "experiments").is_dir() else _PACKAGE.parent / "experiments"
 EXPERIMENT_KEYS = ("description", "runs", "train", "quick", "run")
 FLOAT32_MAX = 3.4e38
 MAX_ITERATIONS = 10**9
