@@ -1,6 +1,8 @@
-"""Atomic file writes, the one way .pt files are read, and the one way weights are downloaded, shared by the run
-directory, the data caches and the weights a user passes in."""
+"""Atomic file writes, the one way rows are appended to a CSV file, the one way .pt files are read, and the one way
+weights are downloaded, shared by the run directory, the data caches, the analysis and the weights a user passes
+in."""
 
+import csv
 import errno
 import hashlib
 import io
@@ -45,6 +47,47 @@ def write_atomic(path, write):
 def write_text(path, text):
     """A text file as UTF-8 (whatever the locale), atomically (see write_atomic)."""
     write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+class HeaderMismatch(ValueError):
+    """A CSV file to append to whose header is not the columns of its rows."""
+
+
+def append_csv(path, columns, rows, lineterminator="\r\n"):
+    """Append `rows` (dicts over `columns`) to the CSV file at `path`, creating it and its folder with the header
+    where it is absent or empty, in one write, flushed and fsynced: a row is in the file whole or not at all, and
+    a full disk (DiskFull) leaves the file as it was. HeaderMismatch where the file's header is not `columns`."""
+    path = Path(path)
+    existed = path.exists()
+    new = not existed or path.stat().st_size == 0
+    if not new:
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            header = next(csv.reader(f), [])
+        if header != list(columns):
+            raise HeaderMismatch(f"{path}: its columns are {','.join(header)}, not {','.join(columns)}")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator=lineterminator)
+    if new:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer.writeheader()
+    writer.writerows(rows)
+    data = memoryview(buf.getvalue().encode("utf-8"))
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        except OSError as e:
+            os.ftruncate(fd, size)  # a row cut off by the error goes
+            if not existed:
+                path.unlink(missing_ok=True)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(f"disk full while writing {path}; no row was added") from None
+            raise
+    finally:
+        os.close(fd)
 
 
 def save_figure(fig, path, **kwargs):

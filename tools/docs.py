@@ -22,7 +22,9 @@ import numpy as np
 import pandas as pd
 
 from resnet_repro import config, files
+from resnet_repro.analysis.results import PAPER_ITERATIONS, load_runs
 from resnet_repro.analysis.results import compare as compare_sets
+from resnet_repro.analysis.tables import SPREAD, seeds_table, to_markdown
 from resnet_repro.models import CIFAR_DEPTHS, build_model, input_size, multiply_adds, num_params, weighted_layers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +32,7 @@ BLOCK = re.compile(r"<!-- (include|generated): (.+?) -->\n(.*?)<!-- end \1 -->",
 SLOW = ("models",)  # counts multiply-adds of every net: a minute on 2 busy cores (the tests check its params)
 # training FLOPs ~ 3 x forward (2 x mult-adds) per image x 64k iterations x 128, plus the test pass of
 # 10,000 images after each of the 164 epochs: the GPU estimate's FLOPs per multiply-add of a CIFAR run
-FLOPS_PER_MULT_ADD = 2 * (3 * 64_000 * 128 + 164 * 10_000)
+FLOPS_PER_MULT_ADD = 2 * (3 * PAPER_ITERATIONS["depth"] * 128 + 164 * 10_000)
 ASSUMED_FLOPS = 5e12  # an assumed sustained rate (FLOP/s), not a measured one
 
 
@@ -39,8 +41,8 @@ def doc_paths(root=ROOT):
 
 
 def table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
+    """A Markdown table (tables.to_markdown) of rows of cells written out already."""
+    return to_markdown(pd.DataFrame(list(rows), columns=list(header), dtype=object)).rstrip("\n")
 
 
 def metrics(run_dir):
@@ -91,9 +93,6 @@ def claims(root, csv, ids=""):
 
 def seeds(root, exp_dir):
     """Mean ± std (n) of each run's final errors over its seeds (tables.seeds_table)."""
-    from resnet_repro.analysis.results import load_runs
-    from resnet_repro.analysis.tables import SPREAD, seeds_table, to_markdown
-
     table = seeds_table(load_runs(root / exp_dir))
     columns = ["run", "seeds", *(f"{c}{std}" for c in SPREAD for std in ("", "_std")), "n"]
     return to_markdown(table[columns]).strip()

@@ -15,8 +15,15 @@ import pandas as pd
 
 from resnet_repro.analysis import inspection
 from resnet_repro.analysis.figures import net_label
-from resnet_repro.analysis.results import DEPTH_EXPERIMENTS, PAPER_ITERATIONS, CannotDraw, rank
-from resnet_repro.analysis.tables import PAPER_TABLE2, PAPER_TABLE6
+from resnet_repro.analysis.results import (
+    DEPTH_EXPERIMENTS,
+    PAPER_ITERATIONS,
+    CannotDraw,
+    not_done,
+    preferred,
+    reached,
+)
+from resnet_repro.analysis.tables import PAPER_TABLE2, PAPER_TABLE6, PAPER_TABLE6_MEAN
 from resnet_repro.models import parse_name
 
 COLUMNS = ["group", "id", "claim", "paper", "runs", "margin", "verdict"]
@@ -26,6 +33,7 @@ NOTE = (
     "positive where the claim holds; the paper's numbers are on the original CIFAR-10 (Table 6) and ImageNet (Table 2)"
 )
 T6 = {depth: err for depth, (_, err) in PAPER_TABLE6.items()}
+T6_MEAN = {depth: f"; best of {n}, mean {mean:.2f}±{std:.2f}" for depth, (mean, std, n) in PAPER_TABLE6_MEAN.items()}
 T2 = PAPER_TABLE2  # layers: (plain, ResNet) top-1 error
 
 
@@ -236,7 +244,7 @@ CLAIMS = [
         Claim(
             f"table6-{d}",
             f"ResNet-{d}'s final test error within 1 point of the paper's",
-            f"Table 6: {err} test error (original CIFAR-10{'; best of 5, mean 6.61±0.16' if d == 110 else ''})",
+            f"Table 6: {err} test error (original CIFAR-10{T6_MEAN.get(d, '')})",
             (f"resnet{d}",),
             within(f"resnet{d}", err),
             ("resnet1202",) * (d == 1202) + DEPTH_EXPERIMENTS,
@@ -249,23 +257,29 @@ CLAIMS = [
 # --- the table -------------------------------------------------------------------------------------------------
 
 
-def claims_table(df, fig7=True, device=None, responses=None):
+def claims_table(df, fig7=True, device=None, responses=None, checked=None):
     """One row per group of runs (see the module doc) and claim: COLUMNS, with attrs["note"] (tables.to_markdown
-    renders it). CannotDraw without any run. fig7=False leaves Fig. 7's claims unchecked; responses: run
-    directory -> Series of its layer responses (default: inspection.run_response_std on `device`, kept in
-    each run's measures.json, each test set loaded once)."""
+    renders it) and attrs["groups"] (each group's run directories and fig7). CannotDraw without any run.
+    fig7=False leaves Fig. 7's claims unchecked; responses: run directory -> Series of its layer responses
+    (default: inspection.run_response_std on `device`, kept in each run's measures.json, each test set loaded
+    once). checked: a claims table of these runs or more; its rows of a group of the same run directories,
+    checked with the same fig7, are taken as they are instead of checking the group again."""
     if df.empty:
         raise CannotDraw("missing: any run")
     if responses is None:
         images = {}
         responses = lambda run_dir: inspection.run_response_std(run_dir, device, images)  # noqa: E731
-    rows = []
+    rows, checked_groups = [], {}
     for label, group in groups(df):
+        checked_groups[label] = (tuple(sorted(group.path.unique())), fig7)
+        if checked is not None and checked.attrs.get("groups", {}).get(label) == checked_groups[label]:
+            rows += checked[checked.group == label].to_dict("records")
+            continue
         for claim in CLAIMS:
             found = check(claim, group, responses if fig7 else None)
             rows.append({"group": label, "id": claim.id, "claim": claim.claim, "paper": claim.paper, **found})
     table = pd.DataFrame(rows, columns=COLUMNS)
-    table.attrs["note"] = NOTE
+    table.attrs |= {"note": NOTE, "groups": checked_groups}
     return table
 
 
@@ -292,13 +306,12 @@ def check(claim, group, responses):
     by_seed, also = pick(claim, group)
     units, missing, cannot, done_any = {}, {}, [], set()
     for seed, paths in by_seed.items():
-        done = {n: p for n, p in paths.items() if is_done(group[group.path == p])}
+        late = {n: not_done(group[group.path == p]) for n, p in paths.items()}
+        done = {n: p for n, p in paths.items() if late[n].empty}
         done_any |= set(done)
         lacking = [n for n in claim.runs if n not in done]
         if (len(done) < claim.least) if claim.least else lacking:
-            missing[seed] = [
-                n if n not in paths else f"{n} ({not_done(group[group.path == paths[n]])})" for n in lacking
-            ]
+            missing[seed] = [n if n not in paths else f"{n} (not done: {how_far(late[n])})" for n in lacking]
             continue
         runs = {n: group[group.path == p].sort_values("epoch") for n, p in done.items()}
         runs = {n: Run(rows, rows.iloc[-1]) for n, rows in runs.items()}
@@ -322,28 +335,23 @@ def check(claim, group, responses):
 
 def pick(claim, group):
     """({seed: {name: run directory}}, [run directories left out]) for the claim's run names in the group: a name
-    several experiments ran is taken from the first of claim.prefer; of two equally preferred, the first path."""
+    several experiments ran is taken from the first of claim.prefer (results.preferred); of two equally preferred,
+    the first path."""
     by_seed, also = {}, []
     for name in claim.runs:
-        rows = group[group.run == name].drop_duplicates("path")
+        rows = group[group.run == name]
         for seed, runs in rows.groupby(rows.seed.astype(object).where(rows.seed.notna(), None), dropna=False):
-            ranked = sorted((rank(e, claim.prefer), p) for p, e in zip(runs.path, runs.experiment))
-            ties = [p for r, p in ranked if r == ranked[0][0]]
-            by_seed.setdefault(seed, {})[name] = ties[0]
-            also += ties[1:]
+            first, *others = preferred(runs, name, claim.prefer).path
+            by_seed.setdefault(seed, {})[name] = first
+            also += others
     return dict(sorted(by_seed.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))), also
 
 
-def is_done(rows):
-    last = rows.sort_values("epoch").iloc[-1]
-    planned = last.planned_iterations
-    return last.state == "done" or (last.state == "unknown" and pd.notna(planned) and last.iteration >= planned)
-
-
-def not_done(rows):
-    last = rows.sort_values("epoch").iloc[-1]
-    planned = f" of {last.planned_iterations:,}" if pd.notna(last.planned_iterations) else ""
-    return f"not done: {last.state} at iteration {last.iteration:,}{planned}"
+def how_far(late):
+    """The state and progress of a run directory not done, from its row of results.not_done: "stopped at
+    iteration 1,564 of 64,000"."""
+    last = late.iloc[0]
+    return f"{last.state} at {reached(last)}"
 
 
 def seed_label(seed):

@@ -20,7 +20,7 @@ from resnet_repro.analysis import evaluation, figures, inspection
 from resnet_repro.analysis.claims import claims_table
 from resnet_repro.analysis.results import CannotDraw, compare, final_metrics, load_runs, shorter_than_paper, title_of
 from resnet_repro.analysis.tables import summary_table, table2, table6, to_markdown
-from resnet_repro.launch.plan import device_error
+from resnet_repro.engine.devices import device_error
 
 __all__ = ["load_runs", "final_metrics", "compare", "draw", "claims_table", "main"]
 
@@ -32,7 +32,7 @@ FIGURE_RUNS = {
 }
 
 
-def draw(paths, out_dir="figures", fig7=True, device=None):
+def draw(paths, out_dir="figures", fig7=True, device=None, claims=None):
     """Draw every figure and table the runs allow into out_dir (`<name>.png/.pdf`, `<table>.md/.csv`).
 
     paths: a path, a list of paths (see load_runs) or a frame from load_runs. Quick runs go to
@@ -40,13 +40,14 @@ def draw(paths, out_dir="figures", fig7=True, device=None):
     out_dir/<N>-iterations ("8000-iterations/<name>"). Returns {name: [written paths]} for what was
     drawn and {name: "missing: ..."} (or "ambiguous: ...", "skipped") for the rest; prints both.
     fig7=False skips Fig. 7, which loads final.pt and the test set. device: for Fig. 7 (default cuda if any).
+    claims: claims_table of these runs where the caller has it (claims.md takes its rows, see claims_table).
     """
     df = (
         paths if isinstance(paths, pd.DataFrame) else load_runs(*([paths] if isinstance(paths, (str, Path)) else paths))
     )
     result = {}
     for prefix, subset, folder in _result_sets(df, Path(out_dir)):
-        result |= _draw_set(subset, folder, fig7, device, prefix)
+        result |= _draw_set(subset, folder, fig7, device, prefix, claims)
     return result
 
 
@@ -63,7 +64,7 @@ def _result_sets(df, out_dir):
     return sets + ([("quick/", df[df.quick], out_dir / "quick")] if df.quick.any() else [])
 
 
-def _draw_set(df, out_dir, with_fig7, device, prefix):
+def _draw_set(df, out_dir, with_fig7, device, prefix, checked=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     result, absent, images = {}, {}, {}  # images: each test set loaded once, for Fig. 7 and its claims
     for name in FIGURES:
@@ -75,7 +76,7 @@ def _draw_set(df, out_dir, with_fig7, device, prefix):
         except CannotDraw as e:
             result[name] = str(e)
     responses = lambda run_dir: inspection.run_response_std(run_dir, device, images)  # noqa: E731
-    for name, make in (TABLES | {"claims": lambda d: claims_table(d, with_fig7, device, responses)}).items():
+    for name, make in (TABLES | {"claims": lambda d: claims_table(d, with_fig7, device, responses, checked)}).items():
         try:
             result[name] = _write_table(make(df), out_dir, name)
         except CannotDraw as e:

@@ -13,7 +13,6 @@ A run's final.pt scores are kept in its measures.json (see inspection.cached): a
 """
 
 import argparse
-import csv
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -25,8 +24,8 @@ from resnet_repro import data, files, models
 from resnet_repro.analysis import inspection
 from resnet_repro.config import SpecError, TrainSpec, spec_from_config
 from resnet_repro.engine import metrics, provenance
+from resnet_repro.engine.devices import device_error, device_name
 from resnet_repro.engine.recipe import evaluate  # the engine's own test pass: the CSV's numbers
-from resnet_repro.launch.plan import device_error
 
 IMAGENET_CHANNEL = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 NORMALIZATIONS = ("run", "pixel-mean", "imagenet-channel", "M,M,M/S,S,S")
@@ -180,7 +179,7 @@ def evaluate_weights(weights, source=None, name=None, data_dir=None, normalize=N
         "normalize": normalize or "run",
         **{k: round(v, 6) for k, v in scores.items()},
         "run_last_test_err": last_test_err(path, config, spec),
-        "device": provenance.device_name(device),
+        "device": device_name(device),
         "torch": str(torch.__version__),
         "commit": provenance.git_commit(),
     }
@@ -204,17 +203,11 @@ def last_test_err(path, config, spec):
 
 
 def append_row(row, path):
-    """Append the row to the CSV at `path`, with the header when the file is new."""
-    path = Path(path)
-    if path.exists() and path.read_text().split("\n", 1)[0] != ",".join(CSV_COLUMNS):
-        raise WeightsError(f"{path} has other columns than an evaluations CSV; pass another --csv")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with open(path, "a", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, CSV_COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    """Append the row to the CSV at `path`, with the header when the file is new (files.append_csv)."""
+    try:
+        files.append_csv(path, CSV_COLUMNS, [row])
+    except files.HeaderMismatch:
+        raise WeightsError(f"{path} has other columns than an evaluations CSV; pass another --csv") from None
 
 
 EXAMPLES = """examples:

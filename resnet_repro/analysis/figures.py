@@ -19,8 +19,8 @@ from resnet_repro.analysis.results import (
     DEPTH_EXPERIMENTS,
     CannotDraw,
     final_metrics,
-    rank,
     require,
+    run_state,
     select,
     several_seeds,
     title_of,
@@ -65,12 +65,6 @@ def _curve(ax, rows, column, style, label=None, scale=1e4):
     marker = "o" if len(x) == 1 else None  # a line of one point draws nothing
     (line,) = ax.plot(x, y, color=COLORS.get(depth), label=label, marker=marker, **style)
     line.set_gid(gid)
-
-
-def state_of(rows):
-    """The state of a run: of its one seed, or the first not done of its seeds ("done" if all are)."""
-    states = rows.drop_duplicates("path").state
-    return next((s for s in states if s != "done"), "done")
 
 
 def _legend(ax, train_style=None, train="train", test="test"):
@@ -131,7 +125,7 @@ def fig6(df):
             if name in runs:
                 rows = runs[name]
                 _curve(ax, rows, "train_err", TRAIN_DASHED, scale=scale)
-                _curve(ax, rows, "test_err", TEST_BOLD, net_label(name, state_of(rows)), scale)
+                _curve(ax, rows, "test_err", TEST_BOLD, net_label(name, run_state(rows)), scale)
         absent = [net_label(n) for n in panel if n not in runs]
         if absent:  # above the panel, where no curve or legend can be
             ax.set_title("not run: " + ", ".join(absent), loc="left", fontsize="x-small", color="gray")
@@ -158,7 +152,7 @@ def fig4(df):
             if name in runs:
                 rows = runs[name]
                 _curve(ax, rows, "train_err", TRAIN_THIN, scale=scale)
-                _curve(ax, rows, "test_err", TEST_BOLD, net_label(name, state_of(rows)), scale)
+                _curve(ax, rows, "test_err", TEST_BOLD, net_label(name, run_state(rows)), scale)
         ax.set(xlabel=xlabel, ylabel="error (%)")
         ax.set_ylim(0, None)
         _legend(ax, TRAIN_THIN, test=test)
@@ -174,11 +168,8 @@ def depth_finals(df):
     final = final[~final.model.map(models.is_imagenet_family).astype(bool)]
     if final.empty:
         raise CannotDraw("missing: any CIFAR-family run (plain20 ... resnet1202)")
-    final = final.assign(rank=final.experiment.map(lambda e: rank(e, DEPTH_EXPERIMENTS)))
-    final = final[final["rank"] == final.groupby("run")["rank"].transform("min")]  # a run of several experiments
-    twice = final.run[final.duplicated(["run", "seed"])].unique()
-    if len(twice):
-        raise CannotDraw(f"ambiguous: several runs named {', '.join(twice)}; draw one result set at a time")
+    runs = select(df[df.path.isin(final.path)], final.run.unique(), prefer=DEPTH_EXPERIMENTS)
+    final = final[final.path.isin(pd.concat(runs.values()).path)]
     errors = {
         f"{c}{s}": (c, "mean" if not s else "std") for c in ("final_train_err", "final_test_err") for s in ("", "_std")
     }

@@ -24,8 +24,8 @@ from resnet_repro.analysis.figures import COLORS, finish, net_label
 from resnet_repro.analysis.results import CannotDraw, require, select
 from resnet_repro.config import spec_from_config
 from resnet_repro.engine import rundir
+from resnet_repro.engine.devices import default_device, device_error
 from resnet_repro.files import DiskFull, NotLoadable, load_tensors
-from resnet_repro.launch.plan import device_error
 
 FIG7_RUNS = ("plain20", "plain56", "resnet20", "resnet56", "resnet110")
 MEASURES = "measures.json"  # in a run directory: Fig. 7's responses and test scores of its final.pt (see `cached`)
@@ -85,7 +85,7 @@ def run_response_std(run_dir, device=None, images=None):
     """Fig. 7's layer_response_std of a run's final.pt over its test set (loaded as its config says), as a
     Series by module name. Kept in run_dir/measures.json and read from there while final.pt and the
     normalized test images are unchanged. images: {data source: (images, checksum)}, filled and reused."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     model, config = load_finished(run_dir)
     x, checksum = _test_images(config, device, {} if images is None else images)
     compute = lambda: dict(zip(models.response_points(model), layer_response_std(model.to(device), x)))  # noqa: E731

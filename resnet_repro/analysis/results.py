@@ -10,7 +10,8 @@ tables (resnet_repro.analysis.figures, resnet_repro.analysis.tables) select from
 - `seed_summary(df)`: one row per run and its seeds (`--seeds`): n, mean, std, min and max of its errors.
 
 Runs are found by their run name (`plain20`, `resnet110`, ...): `select` picks, for a name several
-experiments ran, the one a figure or table prefers, with all of its seeds.
+experiments ran, the one a figure or table prefers, with all of its seeds (`preferred`: its run directories).
+Whether a run is done, and in what state it is, is `run_state` (`not_done`: its run directories that are not).
 """
 
 import math
@@ -154,7 +155,6 @@ def final_metrics(df):
                         "depth",
                         "residual",
                         "params",
-                        "state",
                         "quick",
                         "seed",
                         "device",
@@ -164,6 +164,7 @@ def final_metrics(df):
                     ]
                 ].to_dict(),
                 **outcome(run.to_dict("records")),
+                "state": run_state(run),
                 "epochs": last.epoch,
                 "path": path,
                 "best_train_err": run.train_err.min(),
@@ -281,23 +282,59 @@ def rank(experiment, prefer):
     return prefer.index(base) if base in prefer else len(prefer)
 
 
+def preferred(df, name, prefer=()):
+    """The run directories of `name` in df of the experiment it is taken from: the first of `prefer` that ran it
+    (experiments not in `prefer` rank after them; `-quick` counts as its base). A frame of `path`, `experiment`
+    and `seed`, by path."""
+    runs = df[df.run == name].groupby("path").agg(experiment=("experiment", "first"), seed=("seed", "first"))
+    ranks = runs.experiment.map(lambda e: rank(e, prefer))
+    return runs[ranks == ranks.min()].reset_index()
+
+
 def select(df, names, prefer=()):
     """{name: its rows by seed and epoch} for the runs of `names` in df. A name run by several experiments is
     taken from the first of `prefer` (e.g. plain20 of `degradation` for Fig. 1, of `depth` for Fig. 6), with all
     of its seeds there (several run directories: see several_seeds); CannotDraw if two of them have one seed."""
     out = {}
     for name in names:
-        rows = df[df.run == name]
-        runs = rows.groupby("path").agg(experiment=("experiment", "first"), seed=("seed", "first"))
-        runs["rank"] = runs.experiment.map(lambda e: rank(e, prefer))
-        chosen = runs[runs["rank"] == runs["rank"].min()]
+        chosen = preferred(df, name, prefer)
         if chosen.seed.fillna(0).duplicated().any():
-            raise CannotDraw(f"ambiguous: {name} in {', '.join(chosen.index)}; draw one result set at a time")
+            raise CannotDraw(f"ambiguous: {name} in {', '.join(chosen.path)}; draw one result set at a time")
+        rows = df[df.path.isin(chosen.path)]
         if len(chosen) == 1:
-            out[name] = rows[rows.path == chosen.index[0]].sort_values("epoch")
+            out[name] = rows.sort_values("epoch")
         elif len(chosen):
-            out[name] = rows[rows.path.isin(chosen.index)].sort_values(["seed", "epoch"])
+            out[name] = rows.sort_values(["seed", "epoch"])
     return out
+
+
+def last_rows(rows):
+    """The last row (by epoch) of each run directory in `rows`, in the order they first appear."""
+    rows = rows.reset_index(drop=True)
+    return rows.iloc[rows.groupby("path", sort=False).epoch.idxmax()]
+
+
+def not_done(rows):
+    """The last rows of the run directories in `rows` that are not done, `state` saying how each stands: its
+    status.json's (failed, stopped, ...); a run without one ("unknown") is done once its last row has reached
+    its planned iterations (results copied without their status.json)."""
+    last = last_rows(rows)
+    whole = last.state.eq("unknown") & last.planned_iterations.notna() & last.iteration.ge(last.planned_iterations)
+    return last[last.state.ne("done") & ~whole.fillna(False).astype(bool)]
+
+
+def run_state(rows):
+    """The state of a run from its rows (one run directory, or the seeds of one run): "done", or the state of
+    the first of its run directories that is not done (see not_done)."""
+    late = not_done(rows)
+    return late.state.iloc[0] if len(late) else "done"
+
+
+def reached(last):
+    """How far a run directory got, from its last row: "iteration 1,564 of 64,000" (without "of" where its
+    planned length is not recorded)."""
+    planned = f" of {last.planned_iterations:,}" if pd.notna(last.planned_iterations) else ""
+    return f"iteration {last.iteration:,}{planned}"
 
 
 def require(found, names, least="all"):

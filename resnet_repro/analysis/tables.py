@@ -8,6 +8,9 @@ from resnet_repro.analysis.results import (
     DEPTH_EXPERIMENTS,
     CannotDraw,
     final_metrics,
+    last_rows,
+    not_done,
+    reached,
     require,
     seed_summary,
     select,
@@ -81,17 +84,15 @@ def unfinished(runs):
     late = []
     for name, rows in runs.items():
         several = rows.path.nunique() > 1
-        for _, last in rows.groupby("path", sort=False).tail(1).iterrows():
-            if last.state != "done":
-                planned = f" of {last.planned_iterations:,}" if pd.notna(last.planned_iterations) else ""
-                seed = f"seed {last.seed}, " if several else ""
-                late.append(f"{name} ({seed}{last.state}, iteration {last.iteration:,}{planned})")
+        for _, last in not_done(rows).iterrows():
+            seed = f"seed {last.seed}, " if several else ""
+            late.append(f"{name} ({seed}{last.state}, {reached(last)})")
     return [f"not done: {', '.join(late)}"] if late else []
 
 
 def ends(rows, column="test_err"):
     """The last row's `column` of each run directory (seed) in `rows`."""
-    return rows.groupby("path", sort=False).tail(1)[column]
+    return last_rows(rows)[column]
 
 
 def table6(df):
@@ -119,10 +120,11 @@ def table6(df):
         )
     table = pd.DataFrame(rows).astype({"params": "Int64"})
     sample = pd.concat(runs.values())
+    mean, std, n = PAPER_TABLE6_MEAN[110]
     table.attrs["note"] = title_of(
         sample,
         f"CIFAR-10 test error (%); ours: final epoch of one run on {', '.join(sample.dataset.dropna().unique())}; "
-        "diff = ours - paper; the paper's 110 is the best of 5 runs (mean 6.61±0.16)",
+        f"diff = ours - paper; the paper's 110 is the best of {n} runs (mean {mean:.2f}±{std:.2f})",
         *unfinished(runs),
     )
     return table
@@ -155,8 +157,8 @@ def table6_seeds(runs):
     table.attrs["note"] = title_of(
         sample,
         f"CIFAR-10 test error (%); ours: final epoch, mean ± std (n seeds) and the best of the seeds, on "
-        f"{', '.join(sample.dataset.dropna().unique())}; the paper's 110: best of 5 runs and their mean ± std; "
-        "diff = our mean - the paper's (its mean where it gives one)",
+        f"{', '.join(sample.dataset.dropna().unique())}; the paper's 110: best of {PAPER_TABLE6_MEAN[110][2]} runs "
+        "and their mean ± std; diff = our mean - the paper's (its mean where it gives one)",
         *unfinished(runs),
     )
     return table
@@ -203,10 +205,13 @@ def table2(df):
 
 
 def to_markdown(table):
-    """A GitHub Markdown table; errors with 2 decimals, params in millions, images/s whole, NaN as a dash. A column
-    with a `<column>_std` beside it (and `n`) is shown as "mean ± std (n)", or the mean alone where n is 1."""
+    """A GitHub Markdown table; errors with 2 decimals, params in millions, images/s whole, NaN as a dash, a string
+    as it is. A column with a `<column>_std` beside it (and `n`) is shown as "mean ± std (n)", or the mean alone
+    where n is 1."""
 
     def cell(column, v):
+        if isinstance(v, str):
+            return v
         if pd.isna(v):
             return "—"
         if "params" in column:

@@ -2,15 +2,13 @@
 epoch, or per `log_every` iterations, flushed and fsynced as it is written."""
 
 import csv
-import errno
 import io
 import math
-import os
 import warnings
 from pathlib import Path
 
-from resnet_repro.engine.rundir import RunDirError, read_text
-from resnet_repro.files import DiskFull, write_atomic
+from resnet_repro.engine.rundir import RunDirError, RunFailed, read_text
+from resnet_repro.files import DiskFull, HeaderMismatch, append_csv, write_atomic
 
 # metrics.csv: its columns, in order, and their types
 COLUMNS = {
@@ -32,23 +30,13 @@ COLUMNS = {
 
 
 def append_row(path, row):
-    """Append one CSV row (a dict over COLUMNS), writing the header first for a new file."""
-    path = Path(path)
-    new = not path.exists() or path.stat().st_size == 0
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(COLUMNS), lineterminator="\n")
-    if new:
-        writer.writeheader()
-    writer.writerow(row)
+    """Append one CSV row (a dict over COLUMNS), writing the header first for a new file (files.append_csv)."""
     try:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(f"disk full while writing {path}. Free space and --resume.") from None
-        raise
+        append_csv(path, COLUMNS, [row], lineterminator="\n")
+    except DiskFull:
+        raise DiskFull(f"disk full while writing {path}. Free space and --resume.") from None
+    except HeaderMismatch as e:
+        raise RunFailed(f"{e}; written by another version of this suite? --overwrite starts the run again") from None
 
 
 def truncate_rows(path, rows):

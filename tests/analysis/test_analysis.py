@@ -427,7 +427,7 @@ def test_draw_reports_ambiguous_run_names(tmp_path):
     write_run(tmp_path / "b", "plain20")
     write_run(tmp_path / "b", "plain56")
     result = draw(tmp_path, tmp_path / "figs", fig7=False)
-    assert result["fig1"].startswith("ambiguous: plain20 in ")
+    assert result["fig1"].startswith("ambiguous: plain20 in ") and result["depth"].startswith("ambiguous: plain20 in ")
 
 
 def test_runs_of_several_experiments_are_taken_from_the_one_each_figure_belongs_to(tmp_path):
@@ -556,3 +556,28 @@ def test_a_run_whose_config_lost_its_name_is_named_when_left_out(tmp_path):
     with pytest.warns(UserWarning, match=r"config.json: no 'run' in it \(damaged\?\); .*resnet20 left out"):
         frame = results.load_runs(tmp_path)
     assert set(frame.run) == {"plain20"}
+
+
+def test_the_end_of_a_run_loads_its_runs_once_and_checks_the_claims_once(tmp_path, monkeypatch, capsys):
+    from resnet_repro.analysis import claims, report
+
+    for run in ("plain20", "plain56", "resnet20"):
+        write_run(tmp_path / "res", run)
+    exp_dir = tmp_path / "res" / "degradation"
+    jobs = [
+        SimpleNamespace(run=r, name=r, experiment="degradation", run_dir=str(exp_dir / r), spec=SimpleNamespace(seed=0))
+        for r in ("plain20", "plain56")
+    ]
+    loads, checks = [], []
+    for module in (report, analysis):
+        monkeypatch.setattr(module, "load_runs", lambda *paths: loads.append(paths) or results.load_runs(*paths))
+    check = claims.check
+    monkeypatch.setattr(claims, "check", lambda *a: checks.append(a) or check(*a))
+    report.finish(jobs, {"plain56"}, exp_dir, tmp_path / "figs")
+    out = capsys.readouterr().out
+    assert len(loads) == 1 and len(checks) == len(claims.CLAIMS)
+    summary = [line.split(" | ")[1] for line in out.splitlines() if line.startswith("| degradation |")]
+    assert summary == ["plain20", "plain56"] and "| skipped |" in out  # the jobs' runs only
+    assert "The paper's claims on these runs" in out and "fig1: " in out
+    table = claims.claims_table(results.load_runs(exp_dir), fig7=False)
+    assert (tmp_path / "figs" / "claims.md").read_text() == tables.to_markdown(table)

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from resnet_repro import models
-from resnet_repro.analysis import claims
+from resnet_repro.analysis import claims, results, tables
 from resnet_repro.analysis import cli as analysis
 from resnet_repro.analysis.claims import claims_table
 from resnet_repro.analysis.results import CannotDraw, load_runs
@@ -240,3 +240,46 @@ def test_claims_command_and_draw_write_claims_beside_the_other_tables(tmp_path, 
     result = analysis.draw(tmp_path / "r", tmp_path / "drawn", fig7=False)
     assert result["claims"] == [tmp_path / "drawn" / "claims.md", tmp_path / "drawn" / "claims.csv"]
     assert (tmp_path / "drawn" / "claims.md").read_text() == (out / "claims.md").read_text()
+
+
+def test_two_runs_of_one_name_and_seed_check_the_first_and_name_the_other(tmp_path):
+    for root in ("a", "b"):
+        write_run(tmp_path / root, "plain20", 10)
+    write_run(tmp_path / "a", "plain56", 30)
+    found = row(claims_table(load_runs(tmp_path), fig7=False), "degradation")
+    first, other = (str(tmp_path / root / "degradation" / "plain20-seed0") for root in ("a", "b"))
+    assert found.verdict == "holds" and found.runs.endswith(f"; seed 0; also found, not used: {other}")
+    with pytest.raises(CannotDraw, match=f"ambiguous: plain20 in {first}, {other}"):
+        results.select(load_runs(tmp_path), ["plain20"])
+
+
+def test_a_run_without_a_status_is_done_once_it_reached_its_planned_length(tmp_path):
+    for run, err, planned in (("plain20", 10, 400), ("plain56", 30, 400), ("resnet20", 10, 800)):
+        (write_run(tmp_path, run, err, planned=planned) / "status.json").unlink()  # 4 rows of 100 iterations
+    df = load_runs(tmp_path)
+    assert set(df.state) == {"unknown"}
+    assert results.run_state(df[df.run == "plain20"]) == "done" and results.run_state(df) == "unknown"
+    assert dict(zip(results.final_metrics(df).run, results.final_metrics(df).state)) == {
+        "plain20": "done",
+        "plain56": "done",
+        "resnet20": "unknown",
+    }
+    assert row(claims_table(df[df.run != "resnet20"], fig7=False), "degradation").verdict == "holds"
+    assert "; not done: resnet20 (unknown, iteration 400 of 800)" in tables.table6(df).attrs["note"]
+
+
+def test_claims_checked_once_are_taken_as_they_are(tmp_path, monkeypatch):
+    write_run(tmp_path, "plain20", 10)
+    write_run(tmp_path, "plain56", 30)
+    write_run(tmp_path, "resnet20", 10, planned=8000)
+    df = load_runs(tmp_path)
+    table = claims_table(df, fig7=False)
+    checks = []
+    check = claims.check
+    monkeypatch.setattr(claims, "check", lambda *a: checks.append(a) or check(*a))
+    full = df[df.planned_iterations == 64_000]
+    again = claims_table(full, fig7=False, checked=table)
+    assert not checks and again.equals(table[table.group == again.group.iloc[0]].reset_index(drop=True))
+    assert again.equals(claims_table(full, fig7=False)) and len(checks) == len(claims.CLAIMS)
+    claims_table(full, fig7=True, checked=table, responses=lambda run_dir: pd.Series([1.0]))  # Fig. 7 too: again
+    assert len(checks) == 2 * len(claims.CLAIMS)

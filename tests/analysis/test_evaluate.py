@@ -1,5 +1,7 @@
 import csv
+import errno
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -206,3 +208,27 @@ def test_evaluate_writes_where_the_user_is_never_into_the_committed_figures(run_
     assert analysis.main(["evaluate", str(run_dir / "final.pt")]) == 0
     assert "row appended to evaluations.csv" in capsys.readouterr().out
     assert len((tmp_path / "evaluations.csv").read_text().splitlines()) == 2 and committed.read_bytes() == before
+
+
+def test_the_evaluations_csv_gets_whole_rows_under_its_own_header_or_none(tmp_path, monkeypatch):
+    path, row = tmp_path / "new" / "evaluations.csv", dict.fromkeys(evaluation.CSV_COLUMNS, "x")
+    evaluation.append_row(row, path)
+    evaluation.append_row(row, path)
+    line = ",".join(["x"] * len(evaluation.CSV_COLUMNS))
+    assert path.read_bytes() == f"{','.join(evaluation.CSV_COLUMNS)}\r\n{line}\r\n{line}\r\n".encode()
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    with pytest.raises(WeightsError, match="other.csv has other columns than an evaluations CSV; pass another --csv"):
+        evaluation.append_row(row, other)
+    assert other.read_text() == "a,b\n1,2\n"
+    before = path.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)  # the row is written, then the disk refuses it
+    with pytest.raises(files.DiskFull, match="disk full while writing"):
+        evaluation.append_row(row, path)
+    with pytest.raises(files.DiskFull, match=r"disk full while writing .*metrics.csv. Free space and --resume."):
+        metrics.append_row(tmp_path / "metrics.csv", dict.fromkeys(metrics.COLUMNS, 1))
+    assert path.read_bytes() == before and not (tmp_path / "metrics.csv").exists()
