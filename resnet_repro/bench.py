@@ -17,7 +17,6 @@ The usual loop lives in resnet_repro.engine.usual.
 """
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -29,8 +28,8 @@ from resnet_repro import data, files
 from resnet_repro.config import TrainSpec
 from resnet_repro.data import EpochPlan
 from resnet_repro.engine import provenance, recipe
+from resnet_repro.engine.devices import default_device, device_error, device_name
 from resnet_repro.engine.usual import batches, error_rate, run_usual, sync, usual_loader
-from resnet_repro.launch.plan import device_error
 from resnet_repro.models import parse_name
 
 COLUMNS = (
@@ -207,7 +206,7 @@ def main(argv=None):
     if error := usage_error(args):
         print(f"error: {error}", file=sys.stderr)
         return 2
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device) if args.device else default_device()
     shape = resolve_defaults(args, device)  # the spec's data fields
     try:
         ds = data.load_for(TrainSpec(data=args.data, **shape), args.data_dir, device, args.workers)
@@ -222,7 +221,7 @@ def main(argv=None):
         return 2
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    name, check = provenance.device_name(device), args.check_iterations
+    name, check = device_name(device), args.check_iterations
     iterations, warmup = args.iterations, args.warmup
     out = Path(args.out) / f"{device_slug(name)}-{time.strftime('%Y-%m-%d')}.csv"
     common = dict(date=time.strftime("%Y-%m-%dT%H:%M:%S"), device=name, torch=str(torch.__version__))
@@ -287,13 +286,10 @@ def bench_model(spec, ds, iterations, warmup, device, workers, check):
 
 
 def append_rows(out, rows):
-    out.parent.mkdir(parents=True, exist_ok=True)
-    new = not out.exists()
-    with open(out, "a", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    try:
+        files.append_csv(out, COLUMNS, rows)
+    except files.HeaderMismatch:
+        raise SystemExit(f"error: {out} has other columns than a bench CSV; move it aside to bench again") from None
 
 
 if __name__ == "__main__":

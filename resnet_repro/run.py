@@ -17,10 +17,10 @@ import torch
 from resnet_repro import config as cfg
 from resnet_repro import data, files
 from resnet_repro.analysis import report
-from resnet_repro.engine import distributed, provenance, rundir, stopping
+from resnet_repro.engine import distributed, rundir, stopping
+from resnet_repro.engine.devices import chosen_devices, device_error, device_name
 from resnet_repro.launch import local as launch
 from resnet_repro.launch import plan, slurm
-from resnet_repro.launch.plan import device_error
 
 EPILOG = """\
 examples:
@@ -216,26 +216,25 @@ def run(args, make_experiment):
             raise rundir.RunDirError(error)  # said now, not after hours of training
         say = print if rank == 0 else (lambda *a, **k: None)  # under torchrun only rank 0 talks
         announce(exp, jobs, world_size, say, "Slurm jobs" if args.launcher == "slurm" else None)
-        # in parallel mode (and for Slurm) the parent checks the data once and fills the cache the jobs read
-        datasets = launch.load_datasets(jobs, "cpu" if parallel or args.launcher == "slurm" else jobs[0].device, say)
-        skipped = launch.done_already(jobs, datasets)  # checked here: no process starts, no model is built for them
-        todo = [job for job in jobs if job.name not in skipped]
         if args.launcher == "slurm":
-            return slurm.submit_all(todo, skipped, slurm.options(args), Path(args.out) / "slurm")
-        if parallel:
-            codes, stopped = launch.in_children(todo, at_once, not args.no_progress)
+            datasets = launch.load_datasets(jobs, "cpu", say)
+            return slurm.submit_all(jobs, datasets, slurm.options(args), Path(args.out) / "slurm")
+        if parallel:  # each child loads its data and decides whether its run is done already
+            sources = ", ".join(dict.fromkeys(job.spec.data for job in jobs))
+            say(f"data: {sources}, loaded by each run's own process (its output.log names what it loaded)")
+            outcomes, stopped = launch.in_children(jobs, at_once, not args.no_progress)
         else:
+            datasets = launch.load_datasets(jobs, jobs[0].device, say)
             launch.setup_process(jobs[0])
-            outcomes, stopped = launch.in_this_process(todo, datasets, say)
-            codes = {name: 1 if outcome.state == "failed" else 0 for name, outcome in outcomes.items()}
+            outcomes, stopped = launch.in_this_process(jobs, datasets, say)
         if stopped:
             say(
                 "interrupted; the runs wrote checkpoints: continue with the same command plus --resume", file=sys.stderr
             )
-            return launch.exit_code(stopped)
+            return stopping.exit_code(stopped)
         if rank == 0:
-            finish(args, exp, jobs, skipped)
-        return 0 if all(code == 0 for code in codes.values()) else 1
+            finish(args, exp, jobs, {name for name, outcome in outcomes.items() if outcome.state == "skipped"})
+        return 0 if all(outcome.state != "failed" for outcome in outcomes.values()) else 1
     finally:
         distributed.finish()
 
@@ -245,7 +244,7 @@ def plan_run(args, exp, world_size, dist_device):
     if args.launcher == "slurm":  # the runs' devices are the jobs', not this machine's
         devices, at_once = [torch.device("cuda" if slurm.options(args)["gpus_per_run"] else "cpu")], 1
     else:
-        devices = [dist_device] if world_size > 1 else plan.chosen_devices(args.device)
+        devices = [dist_device] if world_size > 1 else chosen_devices(args.device)
         at_once = args.jobs or plan.default_jobs(devices, len(exp.runs) * len(args.seeds or [0]), world_size)
     if world_size > 1 and (at_once > 1 or args.device and "," in args.device):
         raise cfg.SpecError(
@@ -276,7 +275,7 @@ def job_options(args, devices, at_once, parallel):
 
 def announce(exp, jobs, world_size, say, where=None):
     first, devices = jobs[0].spec, list(dict.fromkeys(job.device for job in jobs))
-    where = where or ", ".join(map(provenance.device_name, devices))
+    where = where or ", ".join(map(device_name, devices))
     seeds = list(dict.fromkeys(job.spec.seed for job in jobs))
     each = f" x {len(seeds)} seeds ({', '.join(map(str, seeds))})" if len(seeds) > 1 else ""
     say(
@@ -291,12 +290,7 @@ def announce(exp, jobs, world_size, say, where=None):
 
 def finish(args, exp, jobs, skipped):
     print()
-    print(report.summary(jobs, skipped), end="")
-    checked = report.claims(Path(args.out) / exp.name)
-    if checked:
-        print(f"\nThe paper's claims on these runs (python -m resnet_repro.analysis claims):\n{checked}", end="")
-    if not args.no_figures:
-        report.draw_figures(Path(args.out) / exp.name, figures_dir(args))  # quick runs land in <figures>/quick
+    report.finish(jobs, skipped, Path(args.out) / exp.name, None if args.no_figures else figures_dir(args))
 
 
 def figures_error(args):

@@ -35,6 +35,27 @@ def load_tool(name):
     return module
 
 
+WNIDS = ["n01", "n02", "n03"]  # ImageNet-style class folders
+SIZES = [(40, 48), (60, 36), (36, 36), (52, 44)]  # (width, height): the shorter side varies, as ImageNet's
+
+
+def write_jpeg_folder(root, n_train=24, n_val=9, evaluation="val"):
+    """ImageNet's layout with small JPEGs of several sizes: root/train/<wnid>/x.JPEG, root/<evaluation>/<wnid>/x.JPEG."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), (evaluation, n_val)):
+        for i in range(n):
+            w, h = SIZES[i % len(SIZES)]
+            # a class-dependent tint so a net can learn something
+            img = (
+                rng.integers(0, 120, (h, w, 3), dtype=np.uint8)
+                + np.array([120, 60, 0], dtype=np.uint8)[np.roll(np.arange(3), i % 3)]
+            )
+            path = root / split / WNIDS[i % 3] / f"{split}_{i:04d}.JPEG"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(path, quality=90)
+    return root
+
+
 def tiny_images(n, size=32, seed=0):
     """n random RGB images (N, H, W, 3) uint8 and labels cycling over CLASSES."""
     rng = np.random.default_rng(seed)

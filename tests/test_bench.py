@@ -3,7 +3,7 @@ import csv
 import pytest
 import torch
 
-from conftest import write_image_folder
+from conftest import write_image_folder, write_jpeg_folder
 from resnet_repro import bench
 from resnet_repro.config import TrainSpec
 from resnet_repro.data import memory, stream
@@ -59,7 +59,6 @@ def test_usual_loader_yields_what_torchvision_cifar_would(tmp_path):
 
 
 def test_bench_streams_a_jpeg_folder_with_both_loops(tmp_path, capsys):
-    from test_stream import write_jpeg_folder
 
     write_jpeg_folder(tmp_path / "jpeg", n_train=24, n_val=6)
     argv = [*SHORT, "--loader", "stream", "--image-size", "32", "--batch", "6", "--data", str(tmp_path / "jpeg")]
@@ -79,7 +78,6 @@ def test_bench_streams_a_jpeg_folder_with_both_loops(tmp_path, capsys):
 
 
 def test_usual_imagenet_loader_is_random_resized_crops(tmp_path):
-    from test_stream import write_jpeg_folder
 
     write_jpeg_folder(tmp_path / "jpeg", n_train=12, n_val=3)
     ds = stream.load(str(tmp_path / "jpeg"), tmp_path / "data", crop=32, test_resize=37, scale=(37, 69))

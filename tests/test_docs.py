@@ -223,6 +223,17 @@ def test_layout_names_modules_that_exist():
         assert hasattr(importlib.import_module(".".join(path.parts)), attr), f"{module}.{attr}"
 
 
+def test_the_public_api_is_documented_and_imports():
+    import resnet_repro
+
+    section = (ROOT / "docs/usage.md").read_text().split("## The Python API")[1]
+    documented = {name.strip("`") for line in re.findall(r"^- (.*?): ", section, re.M) for name in line.split(", ")}
+    assert documented == set(resnet_repro.__all__)
+    assert all(getattr(resnet_repro, name) is not None for name in resnet_repro.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        resnet_repro.nonsense  # noqa: B018
+
+
 def test_shown_flags_exist():
     """Every --flag of a shown command is in that command's --help (finetune passes run's flags on)."""
     unknown = set()

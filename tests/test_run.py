@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from conftest import write_image_folder
-from resnet_repro import run
+from resnet_repro import data, run
 from resnet_repro.analysis import tables
-from resnet_repro.launch import local as launch
 from resnet_repro.launch import plan
 
 
@@ -70,19 +69,32 @@ def test_runs_a_pair_prints_a_summary_then_never_redoes_or_overwrites(tmp_path, 
     assert "different config (iterations: 4 -> 3" in capsys.readouterr().err
 
 
-def test_parallel_mode_checks_done_runs_itself_and_starts_no_process_for_them(tmp_path, tiny_dir, capsys, monkeypatch):
-    exp = experiment(tmp_path, tiny_dir)
-    assert cli(exp, "--out", tmp_path / "res", "--no-figures") == 0
+@pytest.mark.slow
+def test_with_jobs_each_run_checks_itself_and_done_ones_first(tmp_path, tiny_dir, capsys, monkeypatch):
+    """The parent of children loads no data: each child loads its own and decides whether its run is done; those
+    whose status says done are checked before any other starts, so a changed config trains nothing."""
+    path = tmp_path / "three.toml"
+    path.write_text(Path(experiment(tmp_path, tiny_dir)).read_text().replace('"resnet8"]', '"resnet8", "resnet14"]'))
+    out_dir, exp_dir = tmp_path / "res", tmp_path / "res" / "three"
+    assert cli(path, "--out", out_dir, "--no-figures", "--runs", "plain8,resnet8") == 0
     capsys.readouterr()
 
-    def no_process(job):
-        raise AssertionError(f"a process was started for {job.run}, done already")
+    def no_data(*args, **kwargs):
+        raise AssertionError("the parent of children loaded data")
 
-    monkeypatch.setattr(launch, "start_child", no_process)
-    assert cli(exp, "--out", tmp_path / "res", "--no-figures", "--jobs", "2", "--resume") == 0
-    assert capsys.readouterr().out.count("| skipped |") == 2
-    assert cli(exp, "--out", tmp_path / "res", "--no-figures", "--jobs", "2", "--iterations", "3") == 2
-    assert "different config (iterations: 4 -> 3" in capsys.readouterr().err
+    monkeypatch.setattr(data, "load_for", no_data)  # in this process only: the children load theirs
+    assert cli(path, "--out", out_dir, "--no-figures", "--jobs", "2", "--iterations", "3") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {exp_dir / 'plain8'} holds a run with a different config (iterations: 4 -> 3")
+    assert not (exp_dir / "resnet14" / "config.json").exists()  # not started: the done runs were checked first
+    monkeypatch.undo()
+    assert cli(path, "--out", out_dir, "--no-figures", "--runs", "plain8", "--iterations", "3") == 2
+    assert capsys.readouterr().err == err  # the same line as in this process
+    monkeypatch.setattr(data, "load_for", no_data)
+    assert cli(path, "--out", out_dir, "--no-figures", "--jobs", "2") == 0
+    out = capsys.readouterr().out
+    assert out.count("| skipped |") == 2 and "| resnet14 |" in out and out.count("| done |") == 1
+    assert "data: " in (exp_dir / "resnet8" / "output.log").read_text()  # what each child loaded
 
 
 def test_overrides_reach_the_runs(tmp_path, tiny_dir):

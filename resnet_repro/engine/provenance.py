@@ -9,14 +9,19 @@ from pathlib import Path
 
 import torch
 
+from resnet_repro.engine.devices import device_name
 from resnet_repro.engine.distributed import world
-from resnet_repro.models import num_params, parse_name, resolve
+from resnet_repro.models import parse_name, resolve
 
 
 def git_commit():
     root = Path(__file__).resolve().parents[2]  # the checkout this package runs from, if any
     try:
         run = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10)  # noqa: E731
+        # only a checkout of this project: an installed package (in a venv) may sit inside some other repository
+        top = run("rev-parse", "--show-toplevel").stdout.strip()
+        if not top or Path(top).resolve() != root:
+            return "unknown"
         commit = run("rev-parse", "--short", "HEAD").stdout.strip()
         dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
         return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
@@ -24,15 +29,10 @@ def git_commit():
         return "unknown"
 
 
-def device_name(device):
-    device = torch.device(device)
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-
-
-def run_config(job, dataset, model=None):
-    """What config.json records: the resolved spec, the model's facts, the data and the environment. `model`:
-    the run's model, whose parameters it counts (without it, as when a parent checks a finished run's config,
-    `params` is left out; it follows from the keys that are there)."""
+def run_config(job, dataset):
+    """What config.json records: the resolved spec, the model's facts, the data and the environment; all but
+    `params`, which the engine adds once it builds the model (a run done already is checked without it: it
+    follows from the keys that are there)."""
     spec = job.spec
     kind, depth = parse_name(spec.model)
     shortcut, stem = resolve(spec.model, spec.shortcut, spec.stem)
@@ -44,7 +44,6 @@ def run_config(job, dataset, model=None):
         "stem": stem,
         "depth": depth,
         "residual": kind == "resnet",
-        **({"params": num_params(model)} if model is not None else {}),
         "num_classes": dataset.num_classes,
         "dataset": dataset.name,
         "dataset_checksum": dataset.checksum,

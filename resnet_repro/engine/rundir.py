@@ -1,6 +1,7 @@
 """The run directory: its files, the metrics.csv schema with its one writer and one reader, the lock,
-the status, and `claim`, which holds a run directory while a process trains into it. The engine, `run`
-and the analysis all go through here.
+the status, the run's own files (what --overwrite deletes, or sets aside until a Slurm job takes the run), and
+`claim`, which holds a run directory while a process trains into it. The engine, `run`, the launchers and the
+analysis all go through here.
 
 results/<experiment>/<run>/
     config.json      the resolved spec plus where and on what it ran
@@ -19,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 from pathlib import Path
 
 from resnet_repro.config import SPEC_DEFAULTS
@@ -184,13 +186,12 @@ class RunLock:
 
 
 @contextlib.contextmanager
-def claim(run_dir, config, resume, overwrite):
-    """Hold `run_dir` while this process trains into it: take its lock, remove what a killed write left
-    (`*.tmp`), check it against `config`, and mark it running. Yields ("skip" | "train" | "resume",
-    the checkpoint to resume from or None); a finished run with the same config is "skip", never trained
-    again unless `overwrite`. On the way out it is marked done, interrupted or failed, by how the block ended
-    (a full disk or out of memory raise RunFailed). Under torchrun rank 0 alone touches the directory and the
-    others learn its plan from it."""
+def claim(run_dir, resume, overwrite):
+    """Hold `run_dir` while this process trains into it: take its lock and yield a Claim, which first says whether
+    the run is done already (`done`: a finished run with the same config is never trained again unless
+    `overwrite`) and then makes the directory ready to train (`start`). A started run is marked done, interrupted
+    or failed on the way out, by how the block ended (a full disk or out of memory raise RunFailed). Under
+    torchrun rank 0 alone touches the directory and the others learn from it what it found."""
     run_dir = Path(run_dir)
     main = world()[0] == 0
     if main:
@@ -199,44 +200,83 @@ def claim(run_dir, config, resume, overwrite):
         except OSError as e:  # a read-only or otherwise unusable --out
             raise RunDirError(f"cannot create {run_dir}: {e.strerror}; pass --out elsewhere") from None
     with RunLock(run_dir) if main else contextlib.nullcontext():
-        plan = from_rank0(_plan(run_dir, config, resume, overwrite) if main else None)  # a RunDirError too
-        if isinstance(plan, RunDirError):
-            raise plan
-        checkpoint = load_checkpoint(run_dir / "checkpoint.pt") if plan == "resume" else None
-        mark = (lambda state, message="": _mark(run_dir, state, message)) if main else (lambda *a: None)
+        run = Claim(run_dir, resume, overwrite, main)
         try:
-            yield plan, checkpoint
+            yield run
         except Interrupted as e:
-            mark("interrupted", str(e))
+            run.mark("interrupted", str(e))
             raise
         except KeyboardInterrupt:
-            mark("interrupted", "stopped at once by a second Ctrl-C; --resume continues from the last checkpoint")
+            run.mark("interrupted", "stopped at once by a second Ctrl-C; --resume continues from the last checkpoint")
             raise
         except (RunFailed, DiskFull) as e:
-            mark("failed", str(e))
+            run.mark("failed", str(e))
             raise RunFailed(str(e)) from None
         except Exception as e:  # not a known failure: the run directory still says what happened
-            mark("failed", f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+            run.mark("failed", f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
             raise
-        if plan != "skip":
-            mark("done")
+        run.mark("done")
 
 
-def _plan(run_dir, config, resume, overwrite):
-    """ "skip" | "train" | "resume", or a RunDirError (returned, so that under torchrun every process learns it)."""
-    try:
-        for tmp in run_dir.glob("*.tmp"):  # a write killed before its rename; we hold the lock: nobody writes
+class Claim:
+    """A run directory this process holds (see claim). Every process of a torchrun group calls `done`, then
+    `start`, in that order; rank 0 decides and the others receive its answer (a RunDirError too)."""
+
+    def __init__(self, run_dir, resume, overwrite, main):
+        self.run_dir, self.resume, self.overwrite, self.main = run_dir, resume, overwrite, main
+        self.started = False
+
+    def done(self, config):
+        """Whether the run is finished already with `config` (the run's config.json content; a key it lacks is
+        not compared): then it is skipped, and its checkpoint is not even read. RunDirError if it finished with
+        another config."""
+        return self._from_rank0(self._done, config)
+
+    def start(self, config):
+        """Make the directory ready to train the run of `config`: config.json written for a new run, an existing
+        one checked against it (see prepare); marked running. The checkpoint to resume from, or None."""
+        resuming = self._from_rank0(self._start, config)
+        checkpoint = load_checkpoint(self.run_dir / "checkpoint.pt") if resuming else None
+        self.started = True  # from here on, how the block ends is written into status.json
+        return checkpoint
+
+    def mark(self, state, message=""):
+        if self.main and self.started:
+            _mark(self.run_dir, state, message)
+
+    def _from_rank0(self, decide, config):
+        found = from_rank0(self._or_error(decide, config) if self.main else None)
+        if isinstance(found, RunDirError):
+            raise found
+        return found
+
+    def _or_error(self, decide, config):
+        """decide(config), or the RunDirError it raised (returned, so that under torchrun every process learns it)."""
+        try:
+            return decide(config)
+        except RunDirError as e:
+            return e
+        except OSError as e:  # a read-only or vanished --out
+            return RunDirError(f"cannot write to {self.run_dir}: {e.strerror}; pass --out elsewhere")
+
+    def _done(self, config):
+        for tmp in self.run_dir.glob("*.tmp"):  # a write killed before its rename; we hold the lock: nobody writes
             tmp.unlink()
-        if not overwrite and read_status(run_dir)["state"] == "done":
-            check_config(run_dir, config)  # still refuses a changed config; a finished run's checkpoint is not read
-            return "skip"
-        resuming = prepare(run_dir, config, resume, overwrite)
-        write_status(run_dir, "running")
-        return "resume" if resuming else "train"
-    except RunDirError as e:
-        return e
-    except OSError as e:  # a read-only or vanished --out
-        return RunDirError(f"cannot write to {run_dir}: {e.strerror}; pass --out elsewhere")
+        if not done_already(self.run_dir, self.overwrite):
+            return False
+        check_config(self.run_dir, config)
+        return True
+
+    def _start(self, config):
+        resuming = prepare(self.run_dir, config, self.resume, self.overwrite)
+        write_status(self.run_dir, "running")
+        return resuming
+
+
+def done_already(run_dir, overwrite=False):
+    """Whether the run in run_dir is finished and not to be trained again (`overwrite` trains it again): claim
+    then only checks its config, and the parent of --jobs children starts these first."""
+    return not overwrite and read_status(run_dir)["state"] == "done"
 
 
 def _mark(run_dir, state, message):
@@ -255,11 +295,46 @@ def holds_results(run_dir):
     )
 
 
+def own_files(run_dir):
+    """What the suite wrote into run_dir (RUN_FILES, and what a killed write left: *.tmp), nothing of the user's."""
+    return [p for p in Path(run_dir).iterdir() if p.name in RUN_FILES or p.name.endswith(".tmp")]
+
+
 def empty(run_dir):
-    """--overwrite: delete what the suite writes into a run directory (RUN_FILES), nothing else."""
-    for p in Path(run_dir).iterdir():
-        if p.name in RUN_FILES or p.name.endswith(".tmp"):
-            p.unlink()
+    """--overwrite: delete the run's own files, nothing else."""
+    for p in own_files(run_dir):
+        p.unlink()
+
+
+ASIDE = ".replaced"
+
+
+def set_aside(run_dir):
+    """--overwrite where the run trains later, elsewhere (a Slurm job): move the run's own files into
+    run_dir/.replaced/, under its lock (a process training into it refuses); returns that folder, for put_back if
+    the run will not train after all, or drop once it will."""
+    run_dir = Path(run_dir)
+    moved = run_dir / ASIDE
+    if run_dir.is_dir():
+        with RunLock(run_dir):
+            moved.mkdir(exist_ok=True)
+            for p in own_files(run_dir):
+                p.rename(moved / p.name)
+    return moved
+
+
+def put_back(moved):
+    """The files set_aside moved, back in their run directory."""
+    if moved.is_dir():
+        for p in moved.iterdir():
+            p.rename(moved.parent / p.name)
+        moved.rmdir()
+
+
+def drop(moved):
+    """Delete the files set_aside moved (they are the run's own files only)."""
+    if moved.is_dir():
+        shutil.rmtree(moved)
 
 
 def prepare(run_dir, config, resume, overwrite):

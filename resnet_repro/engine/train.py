@@ -23,7 +23,7 @@ from resnet_repro.engine import metrics, provenance, recipe, rundir
 from resnet_repro.engine.distributed import all_sum, first_set, rank0_buffers, world
 from resnet_repro.engine.rundir import Interrupted, RunFailed
 from resnet_repro.engine.stopping import stop_requests
-from resnet_repro.models import load_pretrained, pretrained_state_dict
+from resnet_repro.models import load_pretrained, num_params, pretrained_state_dict
 
 SYNC_EVERY = 50  # iterations between host syncs: the progress bar's numbers, the non-finite check, torchrun's stop vote
 WARMUP_CHECK = 50  # iterations between checks of the warm-up's training error
@@ -40,16 +40,25 @@ def train(job, dataset):
     """Train a plan.Job on `dataset` into its run directory; a finished run with the same config is skipped, never
     trained again unless job.overwrite. Raises Interrupted on SIGINT/SIGTERM (after a checkpoint) and RunDirError
     for a run directory that cannot be used as asked (an unfinished run without job.resume, a changed config)."""
-    model = recipe.new_model(job.spec, dataset.num_classes)  # built once: config.json counts its parameters
-    config = provenance.run_config(job, dataset, model)
+    config = provenance.run_config(job, dataset)
     try:
-        with rundir.claim(job.run_dir, config, job.resume, job.overwrite) as (plan, checkpoint):
-            if plan == "skip":
+        with rundir.claim(job.run_dir, job.resume, job.overwrite) as run:
+            if run.done(config):
                 return Outcome("skipped", "done already; --overwrite (or another --out) trains it again")
+            model = recipe.new_model(job.spec, dataset.num_classes)  # built once, and not for a run done already
+            config = with_params(config, model)
+            checkpoint = run.start(config)
             stop_signal = Engine(job, dataset, model, config).run(checkpoint)
     except RunFailed as e:
         return Outcome("failed", str(e))
     return Outcome("done", stop_signal=stop_signal)
+
+
+def with_params(config, model):
+    """The run's config with its model's parameter count, after `residual` where config.json has always had it."""
+    items = list(config.items())
+    at = list(config).index("residual") + 1
+    return dict([*items[:at], ("params", num_params(model)), *items[at:]])
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Launching jobs (plan.Job): one after another in this process (so does each torchrun rank), or each in a child
 process of its own (`--jobs N`, several devices); resnet_repro.launch.slurm submits each as a Slurm job. A child and a
-Slurm job train their Job through the same entry, `train_job`.
+Slurm job train their Job through the same entry, `train_job`. Each process loads the data of its runs once (the
+parent of children loads none), and whether a run is done already is decided by the process that would train it
+(rundir.claim), a child's parent learning it from the child's exit status.
 
 A child is `python -m resnet_repro.launch.local`: it reads its Job as JSON from stdin and keeps the pipe open. When
 the parent dies (even by SIGKILL) the pipe closes, and the child checkpoints and stops as on SIGTERM. The parent
@@ -9,6 +11,7 @@ interrupted), waits for their checkpoints and exits 128 + the signal's number (1
 """
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -21,10 +24,14 @@ import torch
 
 from resnet_repro import data, files
 from resnet_repro.config import SpecError
-from resnet_repro.engine import metrics, provenance, recipe, rundir, stopping, train
+from resnet_repro.engine import metrics, recipe, rundir, stopping, train
 from resnet_repro.engine.distributed import world
 from resnet_repro.engine.rundir import Interrupted, RunDirError
 from resnet_repro.launch import plan
+
+# a child's exit status, what its parent learns of how the run went (beside its status.json): 128 + a signal's
+# number when interrupted
+TRAINED, FAILED, REFUSED, SKIPPED, NO_DATA = 0, 1, 2, 3, 4  # REFUSED: RunDirError or SpecError; NO_DATA: DataError
 
 
 def setup_process(job):
@@ -32,10 +39,6 @@ def setup_process(job):
     if job.threads:
         torch.set_num_threads(job.threads)
     recipe.configure_torch(job.device, job.deterministic)
-
-
-def exit_code(signal_name):
-    return 128 + signal.Signals[signal_name].value
 
 
 def in_this_process(jobs, datasets, say=print):
@@ -70,33 +73,49 @@ def load_datasets(jobs, device, say):
     for job in jobs:
         key = data.data_key(job.spec)
         if key not in datasets:
-            t = time.perf_counter()
-            datasets[key] = ds = data.load_for(job.spec, job.data_dir, device, job.workers)
-            say(
-                f"data: {ds.name}, {len(ds.train):,} train / {len(ds.test):,} test images, {ds.num_classes} classes "
-                f"({time.perf_counter() - t:.1f}s)"
-            )
+            datasets[key] = load_data(job, device, say)
     return datasets
 
 
-def done_already(jobs, datasets):
-    """The names (job.name) of the jobs that are done with the same config, checked without training or building anything (a
-    finished run started with another config is refused, RunDirError, as the run's own process would)."""
-    done = set()
-    for job in jobs:
-        if not job.overwrite and rundir.read_status(job.run_dir)["state"] == "done":
-            rundir.check_config(job.run_dir, provenance.run_config(job, datasets[data.data_key(job.spec)]))
-            done.add(job.name)
-    return done
+def load_data(job, device, say=print):
+    """The job's Dataset on `device`, said in one line ("data: ..."). Processes loading into one data_dir (the
+    children of --jobs, torchrun's ranks) take turns: the first downloads or fills the cache, the next read it."""
+    t = time.perf_counter()
+    with _turns(job.data_dir):
+        ds = data.load_for(job.spec, job.data_dir, device, job.workers)
+    say(
+        f"data: {ds.name}, {len(ds.train):,} train / {len(ds.test):,} test images, {ds.num_classes} classes "
+        f"({time.perf_counter() - t:.1f}s)"
+    )
+    return ds
+
+
+@contextlib.contextmanager
+def _turns(data_dir):
+    """Hold data_dir's lock file while the block runs (no lock where data_dir cannot be written)."""
+    try:
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        lock = open(Path(data_dir) / ".loading.lock", "a+")
+    except OSError:
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def in_children(jobs, at_once, progress=True):
-    """Train each job in a child process, up to `at_once` at a time, the costliest first; one progress bar over
-    all of them, read from their CSVs; each child logs to <run dir>/output.log. Returns ({job.name: exit code} of
-    the children that ran, the signal that stopped them or None)."""
+    """Train each job in a child process, up to `at_once` at a time, the costliest first, and before them those
+    done already (each child checks its own in a moment: a run done with another config is refused before any
+    run trains); one progress bar over all of them, read from their CSVs; each child logs to
+    <run dir>/output.log. Returns ({job.name: train.Outcome} of the children that ended, the signal that stopped
+    them or None). A child that could not load its data or whose run directory refused it starts no further
+    child: once the others end, data.DataError or RunDirError with the child's own message."""
     from tqdm import tqdm
 
-    pending, running, codes = sorted(jobs, key=plan.cost, reverse=True), {}, {}
+    checks = {job.name for job in jobs if rundir.done_already(job.run_dir, job.overwrite)}
+    pending = sorted(jobs, key=lambda job: (job.name not in checks, -plan.cost(job)))
+    running, outcomes, errors = {}, {}, []
     bar = tqdm(
         total=sum(job.spec.iterations for job in jobs),
         desc=f"{len(jobs)} runs, {at_once} at once",
@@ -105,28 +124,43 @@ def in_children(jobs, at_once, progress=True):
         dynamic_ncols=True,
     )
     with bar, forwarding_signals(running) as stop:
-        while running or (pending and not stop["signal"]):
-            while pending and len(running) < at_once and not stop["signal"]:
+        while running or (pending and not stop["signal"] and not errors):
+            while pending and len(running) < at_once and not stop["signal"] and not errors:
+                if pending[0].name not in checks and checks & running.keys():
+                    break  # the runs done already are all checked before any other starts
                 job = pending.pop(0)
                 running[job.name] = start_child(job)
             for name, (proc, job) in list(running.items()):
                 if proc.poll() is None:
                     continue
                 proc.stdin.close()
-                codes[name] = proc.returncode
                 del running[name]
-                if proc.returncode in (130, 143) and not stop["signal"]:  # interrupted from outside: start nothing new
-                    stop["signal"] = signal.Signals(proc.returncode - 128).name
-                bar.write(
-                    f"{name}: {rundir.read_status(job.run_dir)['state']} (exit {proc.returncode}, log: {Path(job.run_dir) / 'output.log'})"
-                )
+                code, status = proc.returncode, rundir.read_status(job.run_dir, absent="not started")
+                if code in (130, 143):  # interrupted, from here or from outside: start nothing new
+                    stop["signal"] = stop["signal"] or signal.Signals(code - 128).name
+                    said = status["state"]
+                elif code in (REFUSED, NO_DATA):
+                    errors.append((code, job))
+                    said = "refused" if code == REFUSED else "could not load its data"
+                else:
+                    state = {TRAINED: "done", SKIPPED: "skipped"}.get(code, "failed")
+                    outcomes[name] = train.Outcome(state, status["message"])
+                    said = state
+                bar.write(f"{name}: {said} (exit {code}, log: {Path(job.run_dir) / 'output.log'})")
             bar.update(sum(metrics.last_iteration(job.run_dir) for job in jobs) - bar.n)
             time.sleep(0.2)
-    refused = [job for job in jobs if codes.get(job.name) == 2]
-    if refused:
-        tail = (Path(refused[0].run_dir) / "output.log").read_text().strip().splitlines()[-1:]
-        raise RunDirError(f"run {refused[0].name} refused to start: {tail[0] if tail else 'see its output.log'}")
-    return codes, stop["signal"]
+    order = [job.name for job in jobs]
+    for code, job in sorted(errors, key=lambda error: (error[0] != NO_DATA, order.index(error[1].name))):
+        raise (data.DataError if code == NO_DATA else RunDirError)(child_error(job))
+    return outcomes, stop["signal"]
+
+
+def child_error(job):
+    """The error line a child ended with in its output.log, without its "error: "."""
+    log = Path(job.run_dir) / "output.log"
+    lines = log.read_text(encoding="utf-8", errors="replace").splitlines() if log.exists() else []
+    said = next((line for line in reversed(lines) if line.startswith("error: ")), None)
+    return said.removeprefix("error: ") if said else f"run {job.name} could not start; see {log}"
 
 
 def start_child(job):
@@ -152,9 +186,9 @@ def start_child(job):
 @contextlib.contextmanager
 def forwarding_signals(running):
     """While the block runs, SIGINT and SIGTERM are passed on to the children in `running` ({run: (Popen, job)});
-    the first one is recorded in the yielded {"signal": name}, as is one that came before (while the data loaded):
-    then no child starts. The children run in sessions of their own, so a terminal's Ctrl-C reaches them once,
-    through here."""
+    the first one is recorded in the yielded {"signal": name}, as is one that came before (while the runs were
+    planned): then no child starts. The children run in sessions of their own, so a terminal's Ctrl-C reaches them
+    once, through here."""
     stop = {"signal": stopping.requested()}
 
     def forward(signum, frame):
@@ -163,12 +197,8 @@ def forwarding_signals(running):
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with stopping.handling(forward):
         yield stop
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def _stop_when_the_parent_dies():
@@ -178,32 +208,37 @@ def _stop_when_the_parent_dies():
 
 def train_job(job):
     """Train one Job in a process of its own (a child of --jobs, a Slurm job): the process's settings, the data,
-    train.train. Its Outcome; raises as train.train does, and data.DataError."""
+    train.train. Its Outcome; raises as train.train does, Interrupted when a signal came while the data loaded
+    (the run is not started), and data.DataError."""
     setup_process(job)
-    return train.train(job, data.load_for(job.spec, job.data_dir, job.device, job.workers))
+    dataset = load_data(job, job.device)
+    if stopped := stopping.requested():
+        raise Interrupted(f"{stopped} while its data loaded; the run was not started", stopped)
+    return train.train(job, dataset)
 
 
 def child_main():
-    """python -m resnet_repro.launch.local: train the Job on stdin's first line, as in_children starts it. Exit status:
-    0 done or skipped, 1 failed, 2 refused (a run directory that cannot be used), 128 + signal if interrupted."""
+    """python -m resnet_repro.launch.local: train the Job on stdin's first line, as in_children starts it. Its exit
+    status: TRAINED, SKIPPED (done already), FAILED, REFUSED (a run directory that cannot be used), NO_DATA, or
+    128 + the signal that interrupted it."""
     job = plan.Job.from_json(sys.stdin.readline())
     threading.Thread(target=_stop_when_the_parent_dies, daemon=True).start()
     try:
         outcome = train_job(job)
     except Interrupted as e:
         print(f"{job.name}: {e}", file=sys.stderr)
-        return exit_code(e.signal)
+        return stopping.exit_code(e.signal)
     except (RunDirError, SpecError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return REFUSED
     except data.DataError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return NO_DATA
     except KeyboardInterrupt:
         return 130
     if outcome.state == "failed":
         print(f"{job.name}: FAILED: {outcome.message}", file=sys.stderr)
-    return 1 if outcome.state == "failed" else 0
+    return {"done": TRAINED, "skipped": SKIPPED}.get(outcome.state, FAILED)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import torch
-
 from resnet_repro.config import TrainSpec, spec_from_config
 from resnet_repro.engine import rundir
 from resnet_repro.models import parse_name
@@ -88,29 +86,6 @@ def parse_seeds(text):
             raise ValueError(f"--seeds {text}: {item} is not a range of at most 1000 seeds from 0 to 2**63 - 1")
         seeds += [s for s in range(low, high + 1) if s not in seeds]
     return seeds
-
-
-def chosen_devices(text=None):
-    """The devices of --device TEXT (a comma-separated list), by default cuda if there is one, else the CPU."""
-    return [torch.device(d.strip()) for d in (text or ("cuda" if torch.cuda.is_available() else "cpu")).split(",")]
-
-
-def device_error(text):
-    """Why --device TEXT cannot be used (None if it can): an unknown name, an empty list item, an absent GPU."""
-    for name in (d.strip() for d in text.split(",")):
-        try:
-            device = torch.device(name) if name else None
-        except (RuntimeError, ValueError):
-            device = None
-        if device is None or device.type not in ("cpu", "cuda", "mps"):
-            return f"--device {text}: {name or 'an empty item'} is not a device; use cpu, cuda, cuda:1, ... or a comma-separated list of them"
-        if device.type == "cuda" and (
-            not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
-        ):
-            return f"--device {name}: no such CUDA GPU here ({torch.cuda.device_count()} visible); use --device cpu"
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            return f"--device {name}: Apple's MPS is not available here; use --device cpu"
-    return None
 
 
 def cost(job):

@@ -1,7 +1,9 @@
 """`run EXPERIMENT --launcher slurm`: each run x seed of an experiment as one Slurm job, submitted as an array
 through submitit (an optional dependency: `uv sync --extra slurm`), as pycls's sweeps and torchvision's
 run_with_submitit.py do. `run` plans, checks and submits, prints the job ids and where their logs go, and returns;
-the runs write their run directories as any other, for `run ... --resume` or `analysis` to read afterwards.
+the runs write their run directories as any other, for `run ... --resume` or `analysis` to read afterwards. It loads
+each dataset once before submitting: a login node often has the network that compute nodes lack, and the cache it
+fills is what the jobs read; and a run done already is not submitted (see done_already).
 
 A job receives its plan.Job as JSON (data, as a child of --jobs does) and trains it through launch.train_job, the
 local launcher's entry. When its time is nearly up (or it is preempted), Slurm signals it (USR2, 90 s before
@@ -13,12 +15,12 @@ unfinished there is its own earlier attempt, also when Slurm itself starts a pre
 """
 
 import re
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
+from resnet_repro import data
 from resnet_repro.config import SpecError
-from resnet_repro.engine import distributed, rundir
+from resnet_repro.engine import distributed, provenance, rundir
 from resnet_repro.launch import local as launch
 from resnet_repro.launch import plan
 
@@ -120,14 +122,28 @@ def make_executor(folder, cluster="slurm"):
         raise SpecError(f"--launcher slurm: no Slurm here ({e}); submit from a login node of the cluster") from None
 
 
-def submit_all(todo, skipped, opts, folder, executor=None):
-    """`run --launcher slurm` once its jobs are planned and checked: submit those not done yet (`todo`), say where
-    they went and return 0, without waiting for them."""
+def submit_all(jobs, datasets, opts, folder, executor=None):
+    """`run --launcher slurm` once its jobs are planned and checked and their data loaded here ({data_key:
+    Dataset}): submit those not done yet, say where they went and return 0, without waiting for them."""
+    skipped = done_already(jobs, datasets)
     if skipped:
         print(f"done already, not submitted: {', '.join(sorted(skipped))}")
+    todo = [job for job in jobs if job.name not in skipped]
     if todo:
         report(todo, submit(todo, opts, folder, executor))
     return 0
+
+
+def done_already(jobs, datasets):
+    """The names (job.name) of the jobs done with the same config. Checked here, before submitting, where a local
+    launcher leaves it to each run's process: a Slurm job would only find out after its wait in the queue. A
+    finished run started with another config is refused, RunDirError, as the job would refuse it."""
+    done = set()
+    for job in jobs:
+        if rundir.done_already(job.run_dir, job.overwrite):
+            rundir.check_config(job.run_dir, provenance.run_config(job, datasets[data.data_key(job.spec)]))
+            done.add(job.name)
+    return done
 
 
 def submit(jobs, opts, folder, executor=None):
@@ -136,7 +152,7 @@ def submit(jobs, opts, folder, executor=None):
     is accepted, put back if it is refused), and then trains with resume on (see the module's docstring)."""
     executor = executor or make_executor(Path(folder) / "%j")
     executor.update_parameters(**parameters(opts, jobs[0].experiment))
-    aside = [set_aside(job.run_dir) for job in jobs if job.overwrite]
+    aside = [rundir.set_aside(job.run_dir) for job in jobs if job.overwrite]
     ready = [
         replace(
             job,
@@ -151,39 +167,16 @@ def submit(jobs, opts, folder, executor=None):
     try:
         submitted = executor.map_array(TrainTask(), ready)
     except Exception as e:  # sbatch refused (a mistyped partition, an account without access): nothing was queued
-        for run_dir, moved in aside:
-            put_back(run_dir, moved)
+        for moved in aside:
+            rundir.put_back(moved)
         text = str(e).strip().splitlines()
         why = next((line.strip() for line in text if "error" in line.lower()), text[0] if text else type(e).__name__)
         raise SpecError(
             f"--launcher slurm: the submission was refused, nothing was submitted and no run changed: {why}"
         ) from None
-    for _, moved in aside:
-        shutil.rmtree(moved)  # it holds the run's own files only (rundir.RUN_FILES)
+    for moved in aside:
+        rundir.drop(moved)
     return submitted
-
-
-ASIDE = ".replaced"
-
-
-def set_aside(run_dir):
-    """--overwrite: move the run's own files (rundir.RUN_FILES) into run_dir/.replaced/, under its lock (a process
-    training into it refuses); returns (run_dir, that folder)."""
-    run_dir, moved = Path(run_dir), Path(run_dir) / ASIDE
-    if run_dir.is_dir():
-        with rundir.RunLock(run_dir):
-            moved.mkdir(exist_ok=True)
-            for p in run_dir.iterdir():
-                if p.name in rundir.RUN_FILES:
-                    p.rename(moved / p.name)
-    return run_dir, moved
-
-
-def put_back(run_dir, moved):
-    if moved.is_dir():
-        for p in moved.iterdir():
-            p.rename(Path(run_dir) / p.name)
-        moved.rmdir()
 
 
 def report(jobs, submitted, say=print):

@@ -9,33 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TIMING, csv_rows, train_run, write_tar_gz
+from conftest import TIMING, WNIDS, csv_rows, train_run, write_jpeg_folder, write_tar_gz
 from resnet_repro import data
 from resnet_repro.analysis import inspection
 from resnet_repro.config import SpecError, TrainSpec
 from resnet_repro.data import EpochPlan, stream
 from resnet_repro.engine import recipe, rundir
 from resnet_repro.models import build_model
-
-CLASSES = ["n01", "n02", "n03"]
-SIZES = [(40, 48), (60, 36), (36, 36), (52, 44)]  # (width, height): the shorter side varies, as ImageNet's
-
-
-def write_jpeg_folder(root, n_train=24, n_val=9, evaluation="val"):
-    """ImageNet's layout with small JPEGs of several sizes: root/train/<wnid>/x.JPEG, root/<evaluation>/<wnid>/x.JPEG."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_train), (evaluation, n_val)):
-        for i in range(n):
-            w, h = SIZES[i % len(SIZES)]
-            # a class-dependent tint so a net can learn something
-            img = (
-                rng.integers(0, 120, (h, w, 3), dtype=np.uint8)
-                + np.array([120, 60, 0], dtype=np.uint8)[np.roll(np.arange(3), i % 3)]
-            )
-            path = root / split / CLASSES[i % 3] / f"{split}_{i:04d}.JPEG"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(path, quality=90)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +44,7 @@ def spec(**kw):
 
 def test_a_folder_loads_as_files_labels_and_a_cached_per_pixel_mean(folder, tmp_path):
     ds = load(folder, tmp_path)
-    assert ds.classes == CLASSES and len(ds.train) == 24 and len(ds.test) == 9
+    assert ds.classes == WNIDS and len(ds.train) == 24 and len(ds.test) == 9
     assert ds.train.labels.tolist() == [0] * 8 + [1] * 8 + [2] * 8  # sorted by class, then file name
     assert ds.mean.shape == (3, 32, 32) and 0 < float(ds.mean.min()) and float(ds.mean.max()) < 1
     expected = (

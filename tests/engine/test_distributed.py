@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, TIMING, write_image_folder
+from conftest import ROOT, TIMING, write_image_folder, write_jpeg_folder
 from conftest import csv_rows as rows
 from resnet_repro import run
 from resnet_repro.config import TrainSpec
@@ -139,7 +139,6 @@ def test_killed_torchrun_job_resumes_to_the_same_result(setup, two):
 
 
 def test_two_processes_stream_jpegs_each_decoding_its_shard(tmp_path):
-    from test_stream import write_jpeg_folder
 
     write_jpeg_folder(tmp_path / "jpeg", n_train=48, n_val=12)
     (tmp_path / "exp.toml").write_text(f"""

@@ -197,24 +197,32 @@ def test_one_ctrl_c_delivered_twice_within_a_second_still_writes_a_checkpoint(ti
     assert rundir.load_checkpoint(tmp_path / "r" / "checkpoint.pt")["iteration"] == 2
 
 
-def test_ctrl_c_while_the_data_loads_starts_no_run_and_exits_130(tmp_path, tiny_dir, monkeypatch, capsys):
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_before_the_first_run_starts_none_and_exits_130(tmp_path, tiny_dir, monkeypatch, jobs):
+    """In this process, a Ctrl-C while the data loads; with children (each loads its own data), one before the
+    parent starts the first."""
     from resnet_repro.engine import stopping
     from resnet_repro.launch import local as launch
 
-    real = launch.load_datasets
+    where = "load_datasets" if jobs == "1" else "in_children"
+    real = getattr(launch, where)
 
-    def loading(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the parent loads the data, before any child starts
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(launch, "load_datasets", loading)
+    def no_child(job):
+        raise AssertionError(f"a child was started for {job.name}")
+
+    monkeypatch.setattr(launch, where, interrupted)
+    monkeypatch.setattr(launch, "start_child", no_child)
     handlers, active = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}, list(stopping._active)
     argv = [
         str(experiment(tmp_path, tiny_dir)),
         "--out",
         str(tmp_path / "res"),
         "--jobs",
-        "2",
+        jobs,
         "--no-progress",
         "--no-figures",
     ]
@@ -226,3 +234,22 @@ def test_ctrl_c_while_the_data_loads_starts_no_run_and_exits_130(tmp_path, tiny_
             signal.signal(s, handler)
     assert code == 130
     assert not list((tmp_path / "res").rglob("metrics.csv")) and not list((tmp_path / "res").rglob("checkpoint.pt"))
+
+
+def test_a_signal_while_a_child_loads_its_data_starts_no_run(tmp_path, tiny_dir, monkeypatch):
+    from conftest import job
+    from resnet_repro import data
+    from resnet_repro.engine import stopping
+    from resnet_repro.launch import local as launch
+
+    real = data.load_for
+
+    def loading(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # as the parent forwards it
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data, "load_for", loading)
+    spec = tiny_spec(data=str(tiny_dir))
+    with stopping.stop_requests(), pytest.raises(rundir.Interrupted, match="SIGTERM while its data loaded; the run"):
+        launch.train_job(job(spec, tmp_path / "r", data_dir=str(tmp_path / "data")))
+    assert not (tmp_path / "r").exists()

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_analysis import write_run
 
+from conftest import write_run
 from resnet_repro import run
 from resnet_repro.analysis import figures, results, tables
 from resnet_repro.config import Experiment, TrainSpec
