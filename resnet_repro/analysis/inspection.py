@@ -25,7 +25,7 @@ from resnet_repro.analysis.results import CannotDraw, require, select
 from resnet_repro.config import spec_from_config
 from resnet_repro.engine import rundir
 from resnet_repro.engine.devices import default_device, device_error
-from resnet_repro.files import DiskFull, NotLoadable, load_tensors
+from resnet_repro.files import DiskFull
 
 FIG7_RUNS = ("plain20", "plain56", "resnet20", "resnet56", "resnet110")
 MEASURES = "measures.json"  # in a run directory: Fig. 7's responses and test scores of its final.pt (see `cached`)
@@ -212,12 +212,13 @@ def load_finished(run_dir):
             raise CannotDraw(f"{run_dir} has no final.pt: the run is done but its weights are not here; train it again")
         raise CannotDraw(f"{run_dir} has no final.pt: the run is not finished (state: {state})")
     try:
-        final = load_tensors(path)
-    except NotLoadable as e:
+        state, config, _ = models.read_weights(path)
+    except ValueError as e:  # NotLoadable included: not plain weights
         raise CannotDraw(str(e)) from None
-    config = final["config"]
+    if config is None:
+        raise CannotDraw(f"{path}: weights without the run's config, not a final.pt of this suite")
     model = models.build_model(config["model"], config["num_classes"], config.get("shortcut"), config.get("stem"))
-    model.load_state_dict(final["model"])
+    model.load_state_dict(state)
     return model, config
 
 

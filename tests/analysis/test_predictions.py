@@ -150,3 +150,13 @@ def test_the_same_run_of_two_result_roots_draws_two_files(tmp_path, monkeypatch,
         assert analysis.main(["predictions", f"{root}/tiny/resnet8", "--n", "4"]) == 0
     drawn = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
     assert drawn == ["predictions-elsewhere-tiny-resnet8.png", "predictions-tiny-resnet8.png"]
+
+
+def test_a_final_pt_of_bare_weights_is_refused_in_one_line(tmp_path):
+    """final.pt is read as models.read_weights reads every weights file: bare weights have no run config."""
+    torch.save(models.build_model("resnet8").state_dict(), tmp_path / "final.pt")
+    with pytest.raises(inspection.CannotDraw, match="weights without the run's config"):
+        inspection.load_finished(tmp_path)
+    (tmp_path / "final.pt").write_bytes(b"not a torch file")
+    with pytest.raises(inspection.CannotDraw, match="final.pt"):
+        inspection.load_finished(tmp_path)
