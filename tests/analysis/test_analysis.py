@@ -11,8 +11,7 @@ import torch.nn.functional as F
 
 from conftest import FULL, MINI, write_run  # noqa: F401  (write_run: other test modules import it from here too)
 from resnet_repro import models
-from resnet_repro.analysis import cli as analysis
-from resnet_repro.analysis import figures, inspection, results, tables
+from resnet_repro.analysis import cli, figures, inspection, results, tables
 from resnet_repro.analysis.cli import compare, draw, final_metrics, load_runs
 from resnet_repro.engine import metrics
 
@@ -516,17 +515,17 @@ def test_draw_fig7_from_final_weights(tmp_path, monkeypatch, capsys):
 
 def test_cli_help_teaches_and_run_prints_drawn_missing_and_summary(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        analysis.main(["--help"])
+        cli.main(["--help"])
     assert e.value.code == 0
     assert "examples:" in capsys.readouterr().out
     rows = write_run(tmp_path, "plain20")
     write_run(tmp_path, "plain56")
-    assert analysis.main([str(tmp_path), "--out", str(tmp_path / "figs"), "--no-fig7"]) == 0
+    assert cli.main([str(tmp_path), "--out", str(tmp_path / "figs"), "--no-fig7"]) == 0
     printed = capsys.readouterr().out
     assert "fig1.png" in printed and "fig4: not drawn, missing: plain18" in printed
     assert f"| degradation | plain20 | 0.02M | {rows[-1]['train_err']:.2f} |" in printed
     with pytest.raises(SystemExit) as e:
-        analysis.main([str(tmp_path / "nowhere")])
+        cli.main([str(tmp_path / "nowhere")])
     assert e.value.code == 2
 
 
@@ -534,7 +533,7 @@ def test_compare_draws_the_curves_of_several_result_folders_with_seaborn(tmp_pat
     a = {run: write_run(tmp_path / "a", run) for run in ("plain20", "resnet20")}
     b = {run: write_run(tmp_path / "b", run, offset=5.0) for run in ("plain20", "resnet20")}
     out = tmp_path / "cmp.png"
-    assert analysis.main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
     assert out.exists()
     printed = capsys.readouterr().out
     assert "final_train_err_a" in printed and "plain20" in printed
@@ -569,7 +568,7 @@ def test_the_end_of_a_run_loads_its_runs_once_and_checks_the_claims_once(tmp_pat
         for r in ("plain20", "plain56")
     ]
     loads, checks = [], []
-    for module in (report, analysis):
+    for module in (report, cli):
         monkeypatch.setattr(module, "load_runs", lambda *paths: loads.append(paths) or results.load_runs(*paths))
     check = claims.check
     monkeypatch.setattr(claims, "check", lambda *a: checks.append(a) or check(*a))

@@ -6,8 +6,7 @@ import pandas as pd
 import pytest
 
 from resnet_repro import models
-from resnet_repro.analysis import claims, results, tables
-from resnet_repro.analysis import cli as analysis
+from resnet_repro.analysis import claims, cli, results, tables
 from resnet_repro.analysis.claims import claims_table
 from resnet_repro.analysis.results import CannotDraw, load_runs
 from resnet_repro.analysis.tables import to_markdown
@@ -231,13 +230,13 @@ def test_claims_command_and_draw_write_claims_beside_the_other_tables(tmp_path, 
     write_run(tmp_path / "r", "plain56", 30)
     write_run(tmp_path / "r", "resnet20", 10, experiment="degradation-quick", planned=600, dataset=MINI)
     out = tmp_path / "figs"
-    assert analysis.main(["claims", str(tmp_path / "r"), "--out", str(out), "--no-fig7"]) == 0
+    assert cli.main(["claims", str(tmp_path / "r"), "--out", str(out), "--no-fig7"]) == 0
     printed = capsys.readouterr().out
     assert f"claims: {out / 'claims.md'}" in printed and f"quick/claims: {out / 'quick' / 'claims.md'}" in printed
     assert "| plain-56 − plain-20: train +20.00, test +20.00; above in both at 4 of 4 rows | holds |" in printed
     table = pd.read_csv(out / "claims.csv")
     assert row(table, "degradation").verdict == "holds" and (out / "quick" / "claims.md").exists()
-    result = analysis.draw(tmp_path / "r", tmp_path / "drawn", fig7=False)
+    result = cli.draw(tmp_path / "r", tmp_path / "drawn", fig7=False)
     assert result["claims"] == [tmp_path / "drawn" / "claims.md", tmp_path / "drawn" / "claims.csv"]
     assert (tmp_path / "drawn" / "claims.md").read_text() == (out / "claims.md").read_text()
 

@@ -13,8 +13,7 @@ from PIL import Image
 
 from conftest import CLASSES, ROOT, train_run, write_image_folder
 from resnet_repro import files, models
-from resnet_repro.analysis import cli as analysis
-from resnet_repro.analysis import evaluation, inspection
+from resnet_repro.analysis import cli, evaluation, inspection
 from resnet_repro.analysis.evaluation import WeightsError, evaluate_weights
 from resnet_repro.config import TrainSpec
 from resnet_repro.data import memory
@@ -64,7 +63,7 @@ def test_evaluate_reproduces_the_runs_last_test_error(run_dir, tmp_path, capsys)
     assert f"test error {last['test_err']:.2f}%" in line and "per-pixel mean of images (the run's)" in line
     out = tmp_path / "evaluations.csv"
     for _ in range(2):
-        assert analysis.main(["evaluate", str(run_dir / "final.pt"), "--csv", str(out)]) == 0
+        assert cli.main(["evaluate", str(run_dir / "final.pt"), "--csv", str(out)]) == 0
     with open(out) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and float(rows[1]["test_err"]) == pytest.approx(row["test_err"])
@@ -143,7 +142,7 @@ class Opaque:
 def test_a_file_that_needs_code_to_load_is_refused_in_one_line(tmp_path, capsys):
     torch.save({"state_dict": fixed_resnet8().state_dict(), "extra": Opaque()}, tmp_path / "w.pt")
     with pytest.raises(SystemExit) as e:
-        analysis.main(["evaluate", str(tmp_path / "w.pt"), "--model", "resnet8", "--data", "mini"])
+        cli.main(["evaluate", str(tmp_path / "w.pt"), "--model", "resnet8", "--data", "mini"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "refused" in err and "Opaque" in err
     assert "weights_only" not in err and "False" not in err
@@ -205,7 +204,7 @@ def test_evaluate_writes_where_the_user_is_never_into_the_committed_figures(run_
     committed = ROOT / "figures" / "evaluations.csv"
     before = committed.read_bytes()
     monkeypatch.chdir(tmp_path)
-    assert analysis.main(["evaluate", str(run_dir / "final.pt")]) == 0
+    assert cli.main(["evaluate", str(run_dir / "final.pt")]) == 0
     assert "row appended to evaluations.csv" in capsys.readouterr().out
     assert len((tmp_path / "evaluations.csv").read_text().splitlines()) == 2 and committed.read_bytes() == before
 

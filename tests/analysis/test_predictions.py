@@ -8,8 +8,7 @@ from PIL import Image
 
 from conftest import CLASSES, write_image_folder
 from resnet_repro import data, models
-from resnet_repro.analysis import cli as analysis
-from resnet_repro.analysis import inspection
+from resnet_repro.analysis import cli, inspection
 from resnet_repro.data import memory
 
 
@@ -100,7 +99,7 @@ def test_cli_draws_a_finished_runs_predictions(tmp_path, monkeypatch, capsys):
     write_image_folder(tmp_path / "images", n_test=9)
     run_dir, model = write_finished_run(tmp_path, tmp_path / "images")
     monkeypatch.chdir(tmp_path)
-    assert analysis.main(["predictions", str(run_dir), "--n", "4"]) == 0
+    assert cli.main(["predictions", str(run_dir), "--n", "4"]) == 0
     out = tmp_path / "figures" / "predictions-tiny-resnet8.png"
     assert Image.open(out).format == "PNG"
     ds = memory.load(str(tmp_path / "images"))
@@ -108,7 +107,7 @@ def test_cli_draws_a_finished_runs_predictions(tmp_path, monkeypatch, capsys):
     right = (inspection.predict(model, ds.test.images[index], ds.mean) == ds.test.labels[index]).sum().item()
     assert capsys.readouterr().out.strip() == f"{out.relative_to(tmp_path)}: {right}/4 right"
 
-    assert analysis.main(["predictions", str(run_dir), "--out", str(tmp_path / "all.png")]) == 0
+    assert cli.main(["predictions", str(run_dir), "--out", str(tmp_path / "all.png")]) == 0
     assert (tmp_path / "all.png").exists()
     assert capsys.readouterr().out.strip().endswith("/9 right")  # --n 32 capped at the 9 test images
 
@@ -117,7 +116,7 @@ def test_cli_says_when_the_run_is_not_finished(tmp_path, capsys):
     run_dir, _ = write_finished_run(tmp_path, tmp_path / "images", final=False)
     (run_dir / "status.json").write_text(json.dumps({"state": "interrupted"}))
     with pytest.raises(SystemExit) as e:
-        analysis.main(["predictions", str(run_dir)])
+        cli.main(["predictions", str(run_dir)])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no final.pt" in err and "not finished (state: interrupted)" in err
@@ -126,7 +125,7 @@ def test_cli_says_when_the_run_is_not_finished(tmp_path, capsys):
 def test_cli_says_when_the_data_cannot_be_loaded(tmp_path, capsys):
     run_dir, _ = write_finished_run(tmp_path, tmp_path / "nowhere")
     with pytest.raises(SystemExit) as e:
-        analysis.main(["predictions", str(run_dir)])
+        cli.main(["predictions", str(run_dir)])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: data not found:") and "nowhere" in err
@@ -136,7 +135,7 @@ def test_cli_says_when_a_done_run_has_no_weights(tmp_path, capsys):
     run_dir, _ = write_finished_run(tmp_path, tmp_path / "images", final=False)
     (run_dir / "status.json").write_text(json.dumps({"state": "done"}))
     with pytest.raises(SystemExit):
-        analysis.main(["predictions", str(run_dir)])
+        cli.main(["predictions", str(run_dir)])
     err = capsys.readouterr().err
     assert "done but its weights are not here" in err and "not finished" not in err
 
@@ -147,7 +146,7 @@ def test_the_same_run_of_two_result_roots_draws_two_files(tmp_path, monkeypatch,
     shutil.copytree(run_dir, tmp_path / "elsewhere" / "tiny" / "resnet8")
     monkeypatch.chdir(tmp_path)
     for root in ("results", "elsewhere"):
-        assert analysis.main(["predictions", f"{root}/tiny/resnet8", "--n", "4"]) == 0
+        assert cli.main(["predictions", f"{root}/tiny/resnet8", "--n", "4"]) == 0
     drawn = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
     assert drawn == ["predictions-elsewhere-tiny-resnet8.png", "predictions-tiny-resnet8.png"]
 
