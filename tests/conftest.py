@@ -252,3 +252,18 @@ def write_run(
     if state:
         (run_dir / "status.json").write_text(json.dumps({"state": state, "message": ""}))
     return rows
+
+
+def fixed_model(seed=0):
+    """A tiny resnet8 for 3 classes with random weights and BN statistics, so eval mode is not an identity."""
+    model = models.build_model("resnet8", len(CLASSES))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(
+                    torch.rand(t.shape, generator=g) + 0.5
+                    if "running_var" in name
+                    else torch.randn(t.shape, generator=g) * 0.5
+                )
+    return model

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import CLASSES, ROOT, train_run, write_image_folder
+from conftest import ROOT, fixed_model, train_run, write_image_folder
 from resnet_repro import files, models
 from resnet_repro.analysis import cli, evaluation, inspection
 from resnet_repro.analysis.evaluation import WeightsError, evaluate_weights
@@ -97,24 +97,9 @@ def test_fig7_responses_are_kept_and_recomputed_when_the_weights_or_the_data_cha
     assert len(calls) == 3
 
 
-def fixed_resnet8():
-    """resnet8 for 3 classes with random weights and BN statistics, so that normalization shows in its output."""
-    model = models.build_model("resnet8", len(CLASSES))
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if t.is_floating_point():
-                t.copy_(
-                    torch.rand(t.shape, generator=g) + 0.5
-                    if "running_var" in name
-                    else torch.randn(t.shape, generator=g) * 0.5
-                )
-    return model.eval()
-
-
 def test_a_reimplementation_checkpoint_is_converted_and_normalized_per_channel(tmp_path):
     images, labels = (torch.as_tensor(a) for a in write_image_folder(tmp_path / "images", n_test=9)["test"])
-    model = fixed_resnet8()
+    model = fixed_model().eval()
     state = {"module." + k.replace("fc.", "linear."): v for k, v in model.state_dict().items()}
     torch.save({"best_prec1": 91.5, "state_dict": state}, tmp_path / "resnet8.th")
     row, line = evaluate_weights(
@@ -140,7 +125,7 @@ class Opaque:
 
 
 def test_a_file_that_needs_code_to_load_is_refused_in_one_line(tmp_path, capsys):
-    torch.save({"state_dict": fixed_resnet8().state_dict(), "extra": Opaque()}, tmp_path / "w.pt")
+    torch.save({"state_dict": fixed_model().eval().state_dict(), "extra": Opaque()}, tmp_path / "w.pt")
     with pytest.raises(SystemExit) as e:
         cli.main(["evaluate", str(tmp_path / "w.pt"), "--model", "resnet8", "--data", "mini"])
     err = capsys.readouterr().err

@@ -6,25 +6,10 @@ import torch
 from matplotlib.colors import to_rgba
 from PIL import Image
 
-from conftest import CLASSES, write_image_folder
+from conftest import CLASSES, fixed_model, write_image_folder
 from resnet_repro import data, models
 from resnet_repro.analysis import cli, inspection
 from resnet_repro.data import memory
-
-
-def fixed_model(seed=0):
-    """A tiny resnet8 for 3 classes with random weights and BN statistics, so eval mode is not an identity."""
-    model = models.build_model("resnet8", len(CLASSES))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if t.is_floating_point():
-                t.copy_(
-                    torch.rand(t.shape, generator=g) + 0.5
-                    if "running_var" in name
-                    else torch.randn(t.shape, generator=g) * 0.5
-                )
-    return model
 
 
 def tiny_uint8(n, seed=0):
