@@ -155,7 +155,8 @@ def parse_args(argv):
     p.add_argument(
         "--check-iterations",
         type=int,
-        help="train both paths this long from one seed and compare test errors (default: 1000 on CUDA, 0 = skip on CPU)",
+        help="train both paths this long from one seed and compare test errors (default: 1000 on CUDA, 0 = skip on "
+        "CPU)",
     )
     p.add_argument("--out", default="results/bench", help="folder of the CSV (default: results/bench)")
     return p.parse_args(argv)
@@ -227,7 +228,8 @@ def main(argv=None):
     common = dict(date=time.strftime("%Y-%m-%dT%H:%M:%S"), device=name, torch=str(torch.__version__))
     common |= dict(commit=provenance.git_commit(), data=ds.name, batch=args.batch, iterations=iterations)
     print(
-        f"{name}, torch {torch.__version__}, batch {args.batch}, {iterations} timed iterations after {warmup} warm-up, data: {ds.name}"
+        f"{name}, torch {torch.__version__}, batch {args.batch}, {iterations} timed iterations after {warmup} "
+        f"warm-up, data: {ds.name}"
     )
     print(f"{'model':<10}{'usual img/s':>14}{'engine img/s':>14}{'speedup':>9}")
     # each model's rows are written as soon as they are measured: a bench stopped midway keeps them

@@ -114,7 +114,8 @@ def _value_checks(s):
         (s.warmup_until_err >= 0, f"warmup_until_err must not be negative, not {s.warmup_until_err}"),
         (
             s.iterations <= MAX_ITERATIONS,
-            f"iterations must be at most {MAX_ITERATIONS:,} (the paper's longest run takes 600,000), not {s.iterations:,}",
+            f"iterations must be at most {MAX_ITERATIONS:,} (the paper's longest run takes 600,000), not "
+            f"{s.iterations:,}",
         ),
         (s.batch_size > 0 and s.eval_batch_size > 0, "batch sizes must be positive"),
         (s.iterations > 0, f"iterations must be positive, not {s.iterations}"),
@@ -314,7 +315,8 @@ def _check_document(path, doc):
         if not NAME.match(name):
             what = "experiment file name" if name == path.stem else "run name"
             raise SpecError(
-                f"{path}: {what} {name!r} is not a plain name (letters, digits, _ . + -, not starting with . or -): it names a folder"
+                f"{path}: {what} {name!r} is not a plain name (letters, digits, _ . + -, not starting with . or -): "
+                "it names a folder"
             )
     quick_table = dict(doc.get("quick", {}))
     quick_runs = quick_table.pop("runs", None)

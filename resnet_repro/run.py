@@ -39,9 +39,9 @@ examples:
   uv run python -m resnet_repro.run degradation --set lr=0.05 --set batch_size=256 --overwrite
   uv run python -m resnet_repro.run --list
 
-Each run writes results/<experiment>/<run>/ (<run>-seed<N>/ for a seed N other than 0: metrics.csv, config.json, status.json, checkpoint.pt,
-final.pt); figures go to figures/, or OUT/figures/ with --out OUT (quick runs into its quick/, runs shorter than
-the paper's schedule into its <N>-iterations/). A finished run is skipped, an unfinished one needs --resume, and
+Each run writes results/<experiment>/<run>/ (<run>-seed<N>/ for a seed N other than 0): metrics.csv, config.json,
+status.json, checkpoint.pt, final.pt; figures go to figures/, or OUT/figures/ with --out OUT (quick runs into its
+quick/, runs shorter than the paper's schedule into its <N>-iterations/). A finished run is skipped, an unfinished one needs --resume, and
 nothing is overwritten unless --overwrite is given.
 """
 
@@ -50,7 +50,8 @@ def get_args_parser():
     p = argparse.ArgumentParser(
         prog="python -m resnet_repro.run",
         description="Train the paired plain and residual networks of an experiment (experiments/*.toml), "
-        "log one CSV row per epoch (or per log_every iterations) per run, print a summary and redraw the paper's figures.",
+        "log one CSV row per epoch (or per log_every iterations) per run, print a summary and redraw the paper's "
+        "figures.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -65,7 +66,8 @@ def get_args_parser():
     p.add_argument("--runs", help="comma-separated subset of the experiment's runs, e.g. plain20,resnet20")
     p.add_argument(
         "--device",
-        help="cuda, cuda:1, cpu, ... or a comma-separated list to spread runs over (default: cuda if available, else cpu)",
+        help="cuda, cuda:1, cpu, ... or a comma-separated list to spread runs over (default: cuda if available, else "
+        "cpu)",
     )
     p.add_argument(
         "--jobs",
@@ -279,12 +281,14 @@ def announce(exp, jobs, world_size, say, where=None):
     seeds = list(dict.fromkeys(job.spec.seed for job in jobs))
     each = f" x {len(seeds)} seeds ({', '.join(map(str, seeds))})" if len(seeds) > 1 else ""
     say(
-        f"{exp.name}: {len(jobs)} runs ({', '.join(exp.runs)}{each}), {first.iterations:,} iterations of batch {first.batch_size}, "
+        f"{exp.name}: {len(jobs)} runs ({', '.join(exp.runs)}{each}), {first.iterations:,} iterations of batch "
+        f"{first.batch_size}, "
         f"on {where}{f' x {world_size} processes' if world_size > 1 else ''} -> {Path(jobs[0].run_dir).parent}/"
     )
     if devices[0] == "cpu" and first.iterations > 5000:
         say(
-            f"note: no GPU; {first.iterations:,} iterations per run take many hours on a CPU (--quick runs the demo in minutes)"
+            f"note: no GPU; {first.iterations:,} iterations per run take many hours on a CPU (--quick runs the demo "
+            "in minutes)"
         )
 
 

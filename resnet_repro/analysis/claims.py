@@ -127,7 +127,10 @@ def mean_below(deep, shallow):
 
     def check(runs):
         d, s = runs[deep].stds, runs[shallow].stds
-        margin = f"mean {d.mean():.3f} vs {s.mean():.3f} ({d.mean() - s.mean():+.3f}); largest {d.max():.2f} vs {s.max():.2f}"
+        margin = (
+            f"mean {d.mean():.3f} vs {s.mean():.3f} ({d.mean() - s.mean():+.3f}); largest {d.max():.2f} vs "
+            f"{s.max():.2f}"
+        )
         return bool(d.mean() < s.mean()), margin
 
     return check

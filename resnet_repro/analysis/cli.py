@@ -278,7 +278,8 @@ def compare_main(argv=None):
             ]
         ]
         print(
-            f"a = {args.results[0]}, b = {args.results[1]}\n{table.to_string(index=False, float_format=lambda v: f'{v:.2f}')}"
+            f"a = {args.results[0]}, b = "
+            f"{args.results[1]}\n{table.to_string(index=False, float_format=lambda v: f'{v:.2f}')}"
         )
     return 0
 

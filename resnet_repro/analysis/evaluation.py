@@ -132,7 +132,8 @@ class Standardize(nn.Module):
 
 
 def data_checksum(ds, mean, std):
-    """The md5 of what the net sees: the test images and labels (a stream split: the data's checksum) and the normalization."""
+    """The md5 of what the net sees: the test images and labels (a stream split: the data's checksum) and the
+    normalization."""
     test = [ds.test.images, ds.test.labels] if hasattr(ds.test, "images") else [torch.tensor([len(ds.test)])]
     return ("" if hasattr(ds.test, "images") else ds.checksum + "-") + inspection.tensor_md5(
         *test, mean, *([] if std is None else [std])
@@ -154,7 +155,8 @@ def evaluate_weights(weights, source=None, name=None, data_dir=None, normalize=N
         raise WeightsError(f"the weights have {model.fc.out_features} classes, {ds.name} has {ds.num_classes}")
     if not (normalize or config):
         raise WeightsError(
-            f"name how these weights were trained to normalize their input: --normalize, one of {', '.join(NORMALIZATIONS)}"
+            "name how these weights were trained to normalize their input: --normalize, one of "
+            f"{', '.join(NORMALIZATIONS)}"
         )
     mean, std, described = normalization(normalize or "run", config, ds, data_dir, device, own_mean)
     net = model if std is None else nn.Sequential(Standardize(std), model)
@@ -184,7 +186,8 @@ def evaluate_weights(weights, source=None, name=None, data_dir=None, normalize=N
         "commit": provenance.git_commit(),
     }
     line = (
-        f"{weights}: {name} on {ds.name}, {len(ds.test):,} test images, {described}: test error {row['test_err']:.2f}%, "
+        f"{weights}: {name} on {ds.name}, {len(ds.test):,} test images, {described}: test error "
+        f"{row['test_err']:.2f}%, "
         f"loss {row['test_loss']:.4f}, top-5 error {row['top5_err']:.2f}% ({row['device']}"
         f"{'' if computed else ', read from measures.json'})"
     )

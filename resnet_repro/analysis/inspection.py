@@ -199,7 +199,10 @@ def fig_predictions(images, labels, predictions, classes, title="", columns=8):
         for spine in ax.spines.values():
             spine.set(color=color, linewidth=3 if pred != label else 0.5)
     correct = sum(p == t for p, t in zip(predictions, labels))
-    score = f"predicted (true), mistakes in red: {correct}/{len(labels)} right ({100 * correct / len(labels):.1f}%) on these images"
+    score = (
+        f"predicted (true), mistakes in red: {correct}/{len(labels)} right ({100 * correct / len(labels):.1f}%) "
+        "on these images"
+    )
     return finish(fig, "\n".join(filter(None, [title, score])))
 
 
@@ -235,7 +238,10 @@ def predictions(run_dir, n=32, seed=0, device="cpu"):
     images, labels = ds.test.sample(index)
     predicted = predict(model, images, ds.mean, device)
     experiment, run = config.get("experiment", Path(run_dir).parent.name), config.get("run", Path(run_dir).name)
-    title = f"{experiment}/{run}: {net_label(config['model'])} on {config.get('dataset', ds.name)}, {len(index)} of {len(ds.test)} test images (seed {seed})"
+    title = (
+        f"{experiment}/{run}: {net_label(config['model'])} on {config.get('dataset', ds.name)}, {len(index)} of "
+        f"{len(ds.test)} test images (seed {seed})"
+    )
     fig = fig_predictions(images, labels, predicted, ds.classes, title)
     # named by the result root too (results/cpu-8k -> "cpu-8k-"): the same run of two roots never shares a file
     root = Path(run_dir).resolve().parent.parent

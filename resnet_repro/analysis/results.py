@@ -1,5 +1,6 @@
 """Results: every run's metrics.csv, config.json and status as one tidy pandas frame, and what the figures and
-tables (resnet_repro.analysis.figures, resnet_repro.analysis.tables) select from it. Nothing here trains or changes a run.
+tables (resnet_repro.analysis.figures, resnet_repro.analysis.tables) select from it. Nothing here trains or changes
+a run.
 
 - `load_runs(*paths)`: every run under the paths, one row per run and CSV row. A malformed file raises
   ValueError naming the file and line; a cut-off last line (a run killed mid-row) is left out with a warning.

@@ -189,16 +189,25 @@ def table2(df):
     ]
     datasets = ", ".join(sample.dataset.dropna().unique())
     if (sample.stem == "cifar").any():
-        what = f"ours: CIFAR variant (3x3 stem), final test error (%) on {datasets}; the paper's: ImageNet val top-1, 10-crop. Not comparable"
+        what = (
+            f"ours: CIFAR variant (3x3 stem), final test error (%) on {datasets}; the paper's: ImageNet val "
+            "top-1, 10-crop. Not comparable"
+        )
     elif ten_crop:
-        what = f"ours: top-1 error (%) on {datasets}, 10-crop, after the last iteration; the paper's: ImageNet val top-1, 10-crop"
+        what = (
+            f"ours: top-1 error (%) on {datasets}, 10-crop, after the last iteration; the paper's: ImageNet val "
+            "top-1, 10-crop"
+        )
         for row in rows if not sample.quick.any() else []:  # a quick run's data is not ImageNet
             row["diff_plain"], row["diff_resnet"] = (
                 row["plain"] - row["paper_plain"],
                 row["resnet"] - row["paper_resnet"],
             )
     else:
-        what = f"ours: final test error (%) on {datasets}, single view (centre crop); the paper's: ImageNet val top-1, 10-crop"
+        what = (
+            f"ours: final test error (%) on {datasets}, single view (centre crop); the paper's: ImageNet val "
+            "top-1, 10-crop"
+        )
     table = pd.DataFrame(rows)
     table.attrs["note"] = title_of(sample, what, *unfinished(runs))
     return table

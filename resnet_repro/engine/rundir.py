@@ -13,7 +13,8 @@ results/<experiment>/<run>/
     evaluation.json  the 10-crop test at the end of a run with ten_crop
     output.log       what the run printed, when a parent process (--jobs) started it
     measures.json    Fig. 7's layer responses and `analysis evaluate`'s scores of final.pt, keyed by the md5 of
-                     final.pt and of the test data (resnet_repro.analysis.inspection.cached), so that a redraw reads them
+                     final.pt and of the test data (resnet_repro.analysis.inspection.cached), so that a redraw
+                     reads them
 """
 
 import contextlib
@@ -169,7 +170,8 @@ class RunLock:
         except BlockingIOError:
             self.file.close()
             raise RunDirError(
-                f"{self.path.parent} is in use by another process (lock held on {self.path}); wait for it or use another --out."
+                f"{self.path.parent} is in use by another process (lock held on {self.path}); wait for it or use "
+                "another --out."
             ) from None
         self.file.seek(0)
         self.file.truncate()

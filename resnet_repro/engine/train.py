@@ -297,7 +297,8 @@ class Engine:
             self.save_checkpoint()
         name = self.stop["signal"] or "a signal to another process"
         raise Interrupted(
-            f"{name} at iteration {self.p.iteration}; checkpoint written. Continue with the same command plus --resume.",
+            f"{name} at iteration {self.p.iteration}; checkpoint written. Continue with the same command plus "
+            "--resume.",
             self.stop["signal"] or "SIGINT",
         )
 

@@ -190,7 +190,8 @@ def parse_name(name):
         return m.group(1), depth
     raise ValueError(
         f"unknown model {name!r}: valid names are plain<depth> or resnet<depth>, with depth 6n+2 "
-        f"(n >= 1, at most {MAX_CIFAR_DEPTH:,}) for the CIFAR family (the paper's: {', '.join(map(str, CIFAR_DEPTHS))}) or one of "
+        f"(n >= 1, at most {MAX_CIFAR_DEPTH:,}) for the CIFAR family (the paper's: "
+        f"{', '.join(map(str, CIFAR_DEPTHS))}) or one of "
         f"{', '.join(map(str, IMAGENET_LAYERS))} for the ImageNet family; e.g. {', '.join(available()[:3])}, ..."
     )
 

@@ -34,7 +34,8 @@ def main(argv=None):
         prog="python -m resnet_repro.models",
         description="Print layers, parameters and multiply-adds of the paper's networks "
         "(CIFAR family at 32x32 with 10 classes, ImageNet family at 224x224 with 1000 classes).",
-        epilog="examples:\n  uv run python -m resnet_repro.models\n  uv run python -m resnet_repro.models resnet20 plain56 resnet34",
+        epilog="examples:\n  uv run python -m resnet_repro.models\n  uv run python -m resnet_repro.models resnet20 "
+        "plain56 resnet34",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
