@@ -103,3 +103,11 @@ def test_status_and_unfinished_runs(tmp_path):
             rundir.RunLock(tmp_path / "c").__enter__()
     assert rundir.unfinished(tmp_path, ["a", "b", "c", "d"]) == ["b", "c"]
     assert rundir.read_status(tmp_path / "d", absent="not started")["state"] == "not started"
+
+
+def test_rows_are_never_appended_under_another_header(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,test_err\n1,50.0\n")  # not this suite's columns: rows would land in the wrong ones
+    with pytest.raises(rundir.RunFailed, match="its columns are epoch,test_err, not experiment,run,"):
+        metrics.append_row(path, row(10, 50.0, 60.0))
+    assert path.read_text() == "epoch,test_err\n1,50.0\n"
