@@ -115,11 +115,13 @@ from resnet_repro import run
 args = [{str(setup / "exp.toml")!r}, "--out", {str(tmp_path / "out")!r}, "--no-progress", "--no-figures"]
 code = run.main(args)
 names = [open(f"/proc/self/task/{{t}}/comm").read().strip() for t in os.listdir("/proc/self/task")]
-print("exit", code, "gloo threads", sorted(n for n in names if "gloo" in n))
+report = f"exit {{code}} gloo threads {{sorted(n for n in names if 'gloo' in n)}}"
+open({str(tmp_path)!r} + f"/rank{{os.environ['RANK']}}.txt", "w").write(report)
 """)
-    result = launch(str(script))
+    result = launch(str(script))  # a file per rank: two processes' prints to one pipe may interleave
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count("exit 0 gloo threads []") == 2, result.stdout[-2000:]
+    reports = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]
+    assert reports == ["exit 0 gloo threads []"] * 2, reports
 
 
 def test_killed_torchrun_job_resumes_to_the_same_result(setup, two):
