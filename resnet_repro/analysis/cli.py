@@ -19,13 +19,13 @@ from resnet_repro import files
 from resnet_repro.analysis import evaluation, figures, inspection
 from resnet_repro.analysis.claims import claims_table
 from resnet_repro.analysis.results import CannotDraw, compare, final_metrics, load_runs, shorter_than_paper, title_of
-from resnet_repro.analysis.tables import summary_table, table2, table6, to_markdown
+from resnet_repro.analysis.tables import plain_vs_residual, summary_table, table2, table6, to_markdown
 from resnet_repro.engine.devices import device_error
 
 __all__ = ["load_runs", "final_metrics", "compare", "draw", "claims_table", "main"]
 
 FIGURES = ("fig1", "fig4", "fig6", "fig7", "depth")
-TABLES = {"table6": table6, "table2": table2, "summary": summary_table}
+TABLES = {"table6": table6, "plain_vs_residual": plain_vs_residual, "table2": table2, "summary": summary_table}
 FIGURE_RUNS = {
     "fig4": [n for p in figures.FIG4_PANELS for n in p],
     "fig6": list(dict.fromkeys(n for p in figures.FIG6_PANELS for n in p)),
@@ -130,7 +130,8 @@ EXAMPLES = """examples:
 
 Figures (PNG and PDF): fig1 (plain-20 vs plain-56), fig6 (plain, ResNet, ResNet-110/1202),
 fig4 (18 vs 34 layers), fig7 (std of layer responses, needs final.pt and the test data), depth
-(final error against depth). Tables (Markdown and CSV): table6, table2, summary, claims (the
+(final error against depth). Tables (Markdown and CSV): table6, plain_vs_residual (plain-20/56 and
+ResNet-20/56 beside the paper and a public 5-seed reproduction), table2, summary, claims (the
 paper's claims with a verdict each: see `claims --help`). Fig. 7's responses are kept in each
 run's measures.json, so a second drawing reads them.
 A figure whose runs are missing is listed with their names. Quick runs (config "quick") are

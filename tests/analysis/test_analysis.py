@@ -421,6 +421,44 @@ def test_tables_name_the_runs_that_are_not_done(tmp_path):
     assert "not done" not in tables.table6(df[df.run != "resnet20"]).attrs["note"]
 
 
+def test_plain_vs_residual_sets_the_four_nets_beside_the_paper_and_the_reproduction(tmp_path):
+    ours = {run: write_run(tmp_path, run) for run in ("plain20", "plain56", "resnet20")}
+    write_run(tmp_path, "resnet56", state="interrupted")
+    table = tables.plain_vs_residual(load_runs(tmp_path)).set_index("run")
+    assert list(table.index) == ["plain20", "plain56", "resnet20", "resnet56"]
+    plain56 = table.loc["plain56"]
+    assert (plain56.train_err, plain56.test_err) == (ours["plain56"][-1]["train_err"], ours["plain56"][-1]["test_err"])
+    assert (plain56.paper_test_err, plain56.paper_from) == (13.0, "Fig. 6, read off")
+    assert (plain56.reproduction_test_err, plain56.reproduction_test_err_std) == (12.95, 0.22)
+    assert plain56.diff_reproduction == pytest.approx(ours["plain56"][-1]["test_err"] - 12.95)
+    assert (table.loc["resnet20"].paper_test_err, table.loc["resnet20"].paper_from) == (8.75, "Table 6")
+    assert list(table.paper_test_err) == [9.0, 13.0, 8.75, 6.97]
+    assert list(table.reproduction_test_err) == [9.78, 12.95, 8.51, 7.40]
+    markdown = tables.to_markdown(tables.plain_vs_residual(load_runs(tmp_path)))
+    assert "| 9.78 ± 0.13 (5) |" in markdown and "_std" not in markdown and "| n |" not in markdown
+    note = tables.plain_vs_residual(load_runs(tmp_path)).attrs["note"]
+    assert "ours: one run (seed 0)" in note and "original CIFAR-10" in note
+    assert note.endswith("not done: resnet56 (interrupted, iteration 1,564 of 64,000)")
+
+
+def test_plain_vs_residual_gives_our_seeds_mean_and_std_and_leaves_missing_nets_blank(tmp_path):
+    ends = []
+    for seed, folder in ((0, "plain20"), (1, "plain20-seed1")):
+        rows = write_run(tmp_path / f"s{seed}", "plain20", seed=seed, offset=2.0 * seed)
+        (tmp_path / "runs" / "degradation").mkdir(parents=True, exist_ok=True)
+        shutil.move(tmp_path / f"s{seed}" / "degradation" / "plain20", tmp_path / "runs" / "degradation" / folder)
+        ends.append(rows[-1]["test_err"])
+    made = tables.plain_vs_residual(load_runs(tmp_path / "runs"))
+    table = made.set_index("run")
+    assert table.loc["plain20"].n == 2 and table.loc["plain20"].test_err == pytest.approx(np.mean(ends))
+    assert table.loc["plain20"].test_err_std == pytest.approx(np.std(ends, ddof=1))
+    assert table.loc["resnet56"].isna()[["params", "test_err", "diff_paper"]].all()
+    assert f"| {np.mean(ends):.2f} ± {np.std(ends, ddof=1):.2f} (2) | 9.00 |" in tables.to_markdown(made)
+    assert "ours: mean ± std (n seeds)" in made.attrs["note"]
+    with pytest.raises(results.CannotDraw, match="missing"):
+        tables.plain_vs_residual(load_runs(tmp_path / "runs").iloc[:0])
+
+
 def test_draw_reports_ambiguous_run_names(tmp_path):
     write_run(tmp_path / "a", "plain20")
     write_run(tmp_path / "b", "plain20")
