@@ -316,6 +316,29 @@ def test_stale_block_is_named(tmp_path):
     assert docs.stale_blocks(doc, root=tmp_path) == []
 
 
+def test_gap_block_reads_two_runs_row_by_row(tmp_path):
+    """The gap of two runs, per lr phase, on the rows both have; and from which row the first stays above."""
+
+    def write(name, train, test, lr):
+        (tmp_path / name).mkdir()
+        rows = {"epoch": range(1, len(train) + 1), "iteration": [390 * (i + 1) for i in range(len(train))]}
+        pd.DataFrame(rows | {"lr": lr, "train_err": train, "test_err": test}).to_csv(tmp_path / name / "metrics.csv")
+
+    write("deep", [50, 40, 35, 30, 20], [50, 30, 36, 31, 25], [0.1, 0.1, 0.1, 0.01, 0.01])
+    write("shallow", [50, 45, 30, 25, 10, 9], [45, 35, 34, 30, 26, 20], [0.1, 0.1, 0.1, 0.01, 0.01, 0.001])
+    block = docs.gap(tmp_path, "deep", "shallow")
+    assert "| 0.1 | 3 | 390–1,170 | +0.00 → +5.00 (-5.00 to +5.00) | +5.00 → +2.00 (-5.00 to +5.00) | 1 of 3 |" in block
+    assert (
+        "| 0.01 | 2 | 1,560–1,950 | +5.00 → +10.00 (+5.00 to +10.00) | +1.00 → -1.00 (-1.00 to +1.00) | 1 of 2 |"
+        in block
+    )
+    assert "0.001" not in block and "(epochs 1–5)" in block  # the shorter run's rows only
+    assert "in training error: from epoch 3 (iteration 1,170); test error: not above at the last row" in block
+    write("other", [50] * 5, [50] * 5, [0.1, 0.1, 0.01, 0.01, 0.001])
+    with pytest.raises(ValueError, match="not one schedule"):
+        docs.gap(tmp_path, "deep", "other")
+
+
 # a path that leaves the repository: up from it, or the absolute places of one machine
 OUTSIDE = re.compile(r"(?<![\w.])(?:\.\./)+[^\s`'\")\],]*|(?<![\w.])(?:/work|/tmp|/home|/root|/Users|~)/[^\s`'\")\],]*")
 

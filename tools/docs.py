@@ -153,6 +153,50 @@ def phases(root, run_dir):
     return table(header, rows)
 
 
+def gap(root, high, low):
+    """Two runs of one schedule row by row (matched by epoch, up to the shorter one's last), per learning rate:
+    how far `high` is above `low` in training and test error, in points, and from which row on it stays above."""
+    a, b = (metrics(root / d).set_index("epoch") for d in (high, low))
+    epochs = a.index.intersection(b.index)
+    a, b = a.loc[epochs], b.loc[epochs]
+    if not (a.lr == b.lr).all() or not (a.iteration == b.iteration).all():
+        raise ValueError(f"{high} and {low}: not one schedule, row by row")
+    d = a[["train_err", "test_err"]] - b[["train_err", "test_err"]]
+    rows = []
+    for lr, p in d.groupby(a.lr, sort=False):
+        span = a.iteration.loc[p.index]
+        rows.append(
+            (
+                f"{lr:g}",
+                len(p),
+                f"{span.iloc[0]:,}–{span.iloc[-1]:,}",
+                *(f"{p[c].iloc[0]:+.2f} → {p[c].iloc[-1]:+.2f} ({p[c].min():+.2f} to {p[c].max():+.2f})" for c in d),
+                f"{((p.train_err > 0) & (p.test_err > 0)).sum()} of {len(p)}",
+            )
+        )
+    name_a, name_b = Path(high).name, Path(low).name
+    header = (
+        "lr",
+        "rows",
+        "iterations",
+        "train err gap: first → last (min to max)",
+        "test err gap: first → last (min to max)",
+    )
+    stays = []
+    for column, words in (("train_err", "training error"), ("test_err", "test error")):
+        below = d.index[d[column] <= 0]
+        if len(below) and below.max() == d.index[-1]:
+            stays.append(f"{words}: not above at the last row")
+        else:
+            since = below.max() + 1 if len(below) else d.index[0]
+            stays.append(f"{words}: from epoch {since} (iteration {a.iteration[since]:,})")
+    note = (
+        f"gap = {name_a} − {name_b} in points of error, on the rows both have (epochs {d.index[0]}–{d.index[-1]}). "
+        f"{name_a} stays above {name_b} in {'; '.join(stays)}"
+    )
+    return table((*header, f"rows {name_a} above in both"), rows) + f"\n\n{note}"
+
+
 def last_rows(root, run_dir, n):
     df = metrics(root / run_dir).tail(int(n))
     rows = [
@@ -257,6 +301,7 @@ GENERATORS = {
     "fig7": fig7,
     "phases": phases,
     "last-rows": last_rows,
+    "gap": gap,
     "compare": compare,
     "depth": depth,
     "lr-ramp": lr_ramp,
