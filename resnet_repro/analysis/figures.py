@@ -41,14 +41,33 @@ TEST_BOLD = dict(linestyle="-", linewidth=2.2)
 
 def net_label(name, state=None):
     kind, depth = models.parse_name(name)
-    label = f"{'ResNet' if kind == 'resnet' else 'plain'}-{depth}"
+    return stated(f"{'ResNet' if kind == 'resnet' else 'plain'}-{depth}", state)
+
+
+def stated(label, state):
+    """A legend label, with the run's state where it is not done: "plain-56 (interrupted)"."""
     return label if state in (None, "done") else f"{label} ({state})"
+
+
+def _span(rows):
+    """How far the x-axis reaches for a run: its last iteration, or its planned schedule while it is not done,
+    so that a curve shows how much of its run it is."""
+    planned = rows.planned_iterations.max()
+    if run_state(rows) == "done" or pd.isna(planned):
+        return rows.iteration.max()
+    return max(planned, rows.iteration.max())
 
 
 def iteration_axis(runs):
     """The x-axis of curves: the paper's "iter. (1e4)", or plain iterations for runs shorter than 10k."""
-    longest = max(rows.iteration.max() for rows in runs.values())
+    longest = max(_span(rows) for rows in runs.values())
     return (1e4, "iter. (1e4)") if longest >= 1e4 else (1, "iterations")
+
+
+def _xlim(ax, runs, scale):
+    """Where a run is not done, the axis spans the whole planned schedule (see _span)."""
+    if any(run_state(rows) != "done" for rows in runs.values()):
+        ax.set_xlim(right=max(_span(rows) for rows in runs.values()) * 1.02 / scale)
 
 
 def _curve(ax, rows, column, style, label=None, scale=1e4):
@@ -102,8 +121,10 @@ def fig1(df):
     scale, xlabel = iteration_axis(runs)
     for ax, column, ylabel in zip(axes, ("train_err", "test_err"), ("training error (%)", "test error (%)")):
         for name, rows in runs.items():
-            _curve(ax, rows, column, dict(linewidth=1.5), f"{models.parse_name(name)[1]}-layer", scale)
+            label = stated(f"{models.parse_name(name)[1]}-layer", run_state(rows))
+            _curve(ax, rows, column, dict(linewidth=1.5), label, scale)
         ax.set(xlabel=xlabel, ylabel=ylabel)
+        _xlim(ax, runs, scale)
         _ylim(ax, runs, (0, 20))
         _legend(ax)
     return finish(fig, title_of(pd.concat(runs.values())))
@@ -132,6 +153,7 @@ def fig6(df):
         if len(absent) < len(panel):
             _legend(ax, TRAIN_DASHED)
         ax.set(xlabel=xlabel, ylabel="error (%)")
+        _xlim(ax, runs, scale)
         _ylim(ax, runs, ylim)
     return finish(fig, title_of(pd.concat(runs.values())))
 
@@ -154,6 +176,7 @@ def fig4(df):
                 _curve(ax, rows, "train_err", TRAIN_THIN, scale=scale)
                 _curve(ax, rows, "test_err", TEST_BOLD, net_label(name, run_state(rows)), scale)
         ax.set(xlabel=xlabel, ylabel="error (%)")
+        _xlim(ax, runs, scale)
         ax.set_ylim(0, None)
         _legend(ax, TRAIN_THIN, test=test)
     variant = ["CIFAR variant (3x3 stem, CIFAR-10), not the paper's ImageNet runs"] if cifar else []
