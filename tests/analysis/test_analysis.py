@@ -284,12 +284,29 @@ def test_fig_depth_plots_final_errors_against_depth(tmp_path):
 
 def test_fig_depth_needs_two_depths_and_names_an_empty_panel(tmp_path):
     write_run(tmp_path, "resnet20")
-    with pytest.raises(results.CannotDraw, match=r"a second depth \(only 20 has run\)"):
+    with pytest.raises(results.CannotDraw, match=r"a second depth \(only 20 has run to its end\)"):
         figures.fig_depth(load_runs(tmp_path))
     write_run(tmp_path, "resnet56")
     left, right = figures.fig_depth(load_runs(tmp_path)).axes
     assert [t.get_text() for t in left.texts] == ["no plain run"] and not right.texts
     assert list(lines_by_gid(right)["resnet:test"].get_xdata()) == [0, 1]
+
+
+def test_fig_depth_leaves_out_runs_not_done_and_names_them(tmp_path):
+    """A run still training has a last row, not a final error: plain-20 at epoch 24 beside plain-56 at epoch 8
+    would draw a slope that is only their progress."""
+    write_run(tmp_path, "plain20", epochs=24, state="interrupted")
+    write_run(tmp_path, "plain56", epochs=8, state="interrupted")
+    done = {run: write_run(tmp_path, run) for run in ("resnet20", "resnet56")}
+    fig = figures.fig_depth(load_runs(tmp_path))
+    left, right = fig.axes
+    assert [t.get_text() for t in left.texts] == ["no plain run done yet"]
+    assert all(len(line.get_ydata()) == 0 for line in left.lines)
+    assert list(lines_by_gid(right)["resnet:test"].get_ydata()) == [done[r][-1]["test_err"] for r in done]
+    title = fig._suptitle.get_text().replace("\n", " ")
+    assert "not done: plain20 (interrupted, iteration 9,384 of 64,000), plain56 (interrupted, iteration" in title
+    with pytest.raises(results.CannotDraw, match="not done: plain20, plain56"):
+        figures.fig_depth(load_runs(tmp_path)[lambda d: d.run.str.startswith("plain")])
 
 
 def test_fig7_draws_network_order_and_sorted(tmp_path):
