@@ -240,7 +240,9 @@ def fig_depth(df):
     top = max((final[c] + final[f"{c}_std"].fillna(0)).max() for c in ("final_train_err", "final_test_err"))
     axes[0].set_ylim(0, 1.08 * top)  # shared: room for both panels
     left_out = [f"{row.run} ({row.state}, {reached(row)})" for _, row in late.iterrows()]
-    return finish(fig, title_of(df[df.path.isin(paths)], *([f"not done: {', '.join(left_out)}"] if left_out else [])))
+    return finish(
+        fig, title_of(df[df.path.isin(paths)], *([f"left out, not done: {', '.join(left_out)}"] if left_out else []))
+    )
 
 
 def fig_compare(sets):

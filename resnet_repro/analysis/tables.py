@@ -91,14 +91,22 @@ def seeds_table(runs):
 
 
 def unfinished(runs):
-    """The note naming the runs of {name: rows} that are not done, with how far they got: [] when all are."""
+    """The note naming the runs of {name: rows} that are not done, with how far they got (the tables beside the
+    paper leave them out: see finished): [] when all are done."""
     late = []
     for name, rows in runs.items():
         several = rows.path.nunique() > 1
         for _, last in not_done(rows).iterrows():
             seed = f"seed {last.seed}, " if several else ""
             late.append(f"{name} ({seed}{last.state}, {reached(last)})")
-    return [f"not done: {', '.join(late)}"] if late else []
+    return [f"left out, not done: {', '.join(late)}"] if late else []
+
+
+def finished(runs):
+    """{name: rows} of the run directories of `runs` ({name: rows}) that are done: the last row of a run still
+    training is not a final error, so the tables beside the paper leave it out (their note names it)."""
+    done = {name: rows[~rows.path.isin(not_done(rows).path)] for name, rows in runs.items()}
+    return {name: rows for name, rows in done.items() if len(rows)}
 
 
 def ends(rows, column="test_err"):
@@ -114,14 +122,14 @@ def table6(df):
     require(runs, names, least="one")
     if any(rows.path.nunique() > 1 for rows in runs.values()):
         return table6_seeds(runs)
-    rows = []
+    rows, done = [], finished(runs)
     for depth, (paper_params, paper_err) in PAPER_TABLE6.items():
-        run = runs.get(f"resnet{depth}", df.iloc[:0])  # no rows: NaN below
+        run = done.get(f"resnet{depth}", df.iloc[:0])  # no rows: NaN below
         ours = run.test_err.iloc[-1] if len(run) else float("nan")
         rows.append(
             {
                 "depth": depth,
-                "params": run.params.iloc[-1] if len(run) else pd.NA,
+                "params": runs[f"resnet{depth}"].params.iloc[-1] if f"resnet{depth}" in runs else pd.NA,
                 "test_err": ours,
                 "best_test_err": run.test_err.min(),
                 "paper_params": int(paper_params),
@@ -144,15 +152,15 @@ def table6(df):
 def table6_seeds(runs):
     """Table 6 of runs ({name: rows}) some of which have several seeds: the mean ± std (n) of our final test
     errors and the best of them, beside the paper's number and, for ResNet-110, the paper's mean±std of 5 runs."""
-    rows = []
+    rows, done = [], finished(runs)
     for depth, (paper_params, paper_err) in PAPER_TABLE6.items():
-        run = runs.get(f"resnet{depth}")
+        run = done.get(f"resnet{depth}")
         err = ends(run) if run is not None else pd.Series(dtype=float)
         paper_mean, paper_std, paper_n = PAPER_TABLE6_MEAN.get(depth, (paper_err, float("nan"), 1))
         rows.append(
             {
                 "depth": depth,
-                "params": run.params.iloc[-1] if run is not None else pd.NA,
+                "params": runs[f"resnet{depth}"].params.iloc[-1] if f"resnet{depth}" in runs else pd.NA,
                 "test_err": err.mean(),
                 "test_err_std": err.std(),
                 "n": len(err),
@@ -183,16 +191,16 @@ def plain_vs_residual(df):
     runs = select(df, names, prefer=("degradation", *DEPTH_EXPERIMENTS))
     require(runs, names, least="one")
     paper = {f"resnet{d}": PAPER_TABLE6[d][1] for d in (20, 56)} | PAPER_FIG6_PLAIN
-    rows = []
+    rows, done = [], finished(runs)
     for name in names:
-        run = runs.get(name)
+        run = done.get(name)
         test = ends(run) if run is not None else pd.Series(dtype=float)
         train = ends(run, "train_err") if run is not None else pd.Series(dtype=float)
         mean, std, n = REPRODUCTION_TEST_ERR[name]
         rows.append(
             {
                 "run": name,
-                "params": run.params.iloc[-1] if run is not None else pd.NA,
+                "params": runs[name].params.iloc[-1] if name in runs else pd.NA,
                 "train_err": train.mean(),
                 "train_err_std": train.std(),
                 "test_err": test.mean(),
@@ -231,7 +239,7 @@ def table2(df):
     sample = pd.concat(runs.values())
     ten_crop = sample.top1_err_10crop.notna().all()
     err = {
-        n: ends(rows, "top1_err_10crop" if ten_crop else "test_err").mean() for n, rows in runs.items()
+        n: ends(rows, "top1_err_10crop" if ten_crop else "test_err").mean() for n, rows in finished(runs).items()
     }  # seeds: mean
     rows = [
         {

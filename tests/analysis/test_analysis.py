@@ -304,7 +304,9 @@ def test_fig_depth_leaves_out_runs_not_done_and_names_them(tmp_path):
     assert all(len(line.get_ydata()) == 0 for line in left.lines)
     assert list(lines_by_gid(right)["resnet:test"].get_ydata()) == [done[r][-1]["test_err"] for r in done]
     title = fig._suptitle.get_text().replace("\n", " ")
-    assert "not done: plain20 (interrupted, iteration 9,384 of 64,000), plain56 (interrupted, iteration" in title
+    assert (
+        "left out, not done: plain20 (interrupted, iteration 9,384 of 64,000), plain56 (interrupted, iteration" in title
+    )
     with pytest.raises(results.CannotDraw, match="not done: plain20, plain56"):
         figures.fig_depth(load_runs(tmp_path)[lambda d: d.run.str.startswith("plain")])
 
@@ -448,9 +450,17 @@ def test_tables_name_the_runs_that_are_not_done(tmp_path):
     (residual,) = figures.fig6(df).axes  # no plain net: the residual panel alone
     assert [t.get_text() for t in residual.get_legend().get_texts()][:2] == ["ResNet-20 (stopped)", "ResNet-56"]
     note = tables.table6(df).attrs["note"]
-    assert note.endswith("; not done: resnet20 (stopped, iteration 1,564 of 64,000)")
-    assert "not done: plain18 (interrupted, iteration 1,564 of 8,000), resnet34 (" in tables.table2(df).attrs["note"]
+    assert note.endswith("; left out, not done: resnet20 (stopped, iteration 1,564 of 64,000)")
+    assert (
+        "left out, not done: plain18 (interrupted, iteration 1,564 of 8,000), resnet34 ("
+        in tables.table2(df).attrs["note"]
+    )
     assert "not done" not in tables.table6(df[df.run != "resnet20"]).attrs["note"]
+    # a last row of a run still training is not a final error: blank beside the paper, params kept
+    table6 = tables.table6(df).set_index("depth")
+    assert table6.loc[20, ["test_err", "best_test_err", "diff"]].isna().all() and table6.loc[20, "params"] > 0
+    assert table6.loc[56, "test_err"] == df[df.run == "resnet56"].test_err.iloc[-1]
+    assert pd.isna(tables.table2(df).set_index("layers").loc[18, "plain"])  # plain18 is not done
 
 
 def test_plain_vs_residual_sets_the_four_nets_beside_the_paper_and_the_reproduction(tmp_path):
@@ -470,7 +480,9 @@ def test_plain_vs_residual_sets_the_four_nets_beside_the_paper_and_the_reproduct
     assert "| 9.78 ± 0.13 (5) |" in markdown and "_std" not in markdown and "| n |" not in markdown
     note = tables.plain_vs_residual(load_runs(tmp_path)).attrs["note"]
     assert "ours: one run (seed 0)" in note and "original CIFAR-10" in note
-    assert note.endswith("not done: resnet56 (interrupted, iteration 1,564 of 64,000)")
+    assert note.endswith("left out, not done: resnet56 (interrupted, iteration 1,564 of 64,000)")
+    assert table.loc["resnet56"][["train_err", "test_err", "diff_paper", "diff_reproduction"]].isna().all()
+    assert table.loc["resnet56"].params > 0
 
 
 def test_plain_vs_residual_gives_our_seeds_mean_and_std_and_leaves_missing_nets_blank(tmp_path):

@@ -264,7 +264,7 @@ def test_a_run_without_a_status_is_done_once_it_reached_its_planned_length(tmp_p
         "resnet20": "unknown",
     }
     assert row(claims_table(df[df.run != "resnet20"], fig7=False), "degradation").verdict == "holds"
-    assert "; not done: resnet20 (unknown, iteration 400 of 800)" in tables.table6(df).attrs["note"]
+    assert "; left out, not done: resnet20 (unknown, iteration 400 of 800)" in tables.table6(df).attrs["note"]
 
 
 def test_claims_checked_once_are_taken_as_they_are(tmp_path, monkeypatch):
