@@ -188,7 +188,7 @@ def gap(root, high, low):
         if len(below) and below.max() == d.index[-1]:
             stays.append(f"{words}: not above at the last row")
         else:
-            since = below.max() + 1 if len(below) else d.index[0]
+            since = d.index[d.index > below.max()][0] if len(below) else d.index[0]
             stays.append(f"{words}: from epoch {since} (iteration {a.iteration[since]:,})")
     note = (
         f"gap = {name_a} − {name_b} in points of error, on the rows both have (epochs {d.index[0]}–{d.index[-1]}). "
