@@ -151,6 +151,11 @@ def test_prose_numbers_match_the_csvs():
     usual, eager, compiled = (bench[bench.path == p] for p in ("usual", "engine", "engine+compile"))
     assert f"from {usual.images_per_second.iloc[0]:.1f} to {usual.images_per_second.iloc[1]:.1f}" in speed
     assert f"{eager.speedup.iloc[0]:g} times the usual loop eager, {compiled.speedup.iloc[0]:g} times" in speed
+    # the full-schedule plain nets' first rows, side by side
+    plain = {n: pd.read_csv(ROOT / f"results/cpu-full/degradation/{n}/metrics.csv") for n in ("plain20", "plain56")}
+    first = plain["plain20"].images_per_second.head(3).tolist()
+    assert f"plain-20 trained at {first[0]:.1f}, {first[1]:.1f} and {first[2]:.1f} images/s" in " ".join(speed.split())
+    assert f"plain-56 at {plain['plain56'].images_per_second[0]:.1f} (its first row)" in " ".join(speed.split())
     resnet56 = int(re.search(r"\| ResNet-56 \| (\d+) images/s", speed).group(1))
     for doc in ("docs/results.md", "docs/speed.md"):
         words = f"about {64_000 * 128 / resnet56 / 3600:.0f} hours"
