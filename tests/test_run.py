@@ -185,6 +185,8 @@ def test_jobs_train_runs_in_parallel_processes_with_the_same_results(tmp_path, t
         strip = lambda lines: [",".join(line.split(",")[:12]) for line in lines]  # noqa: E731  (timing columns differ)
         assert strip(par) == strip(seq)
         assert (tmp_path / "par" / "pair" / r / "output.log").exists()
+        config = json.loads((tmp_path / "par" / "pair" / r / "config.json").read_text())
+        assert "threads_changed" not in config  # --deterministic keeps each run's threads
 
 
 def test_results_elsewhere_get_their_figures_beside_them_never_in_the_committed_figures():

@@ -1,7 +1,14 @@
 """Devices, for every command: the default (cuda if there is a GPU, else the CPU), a --device option checked
-in one line, and a device's printable name (config.json's `device`, the bench's CSV)."""
+in one line, a device's printable name (config.json's `device`, the bench's CSV), and CPU threads asked for while
+a run trains."""
+
+import queue
 
 import torch
+
+# CPU thread counts asked for from another thread (a child of `run --jobs` hears them from its parent when a run
+# beside it ends). torch.set_num_threads holds only for the thread that calls it, so the training loop takes them.
+_threads_asked = queue.SimpleQueue()
 
 
 def default_device():
@@ -38,3 +45,16 @@ def device_name(device):
     """The GPU's model for a CUDA device ("NVIDIA H100 80GB HBM3"), else the device's type ("cpu")."""
     device = torch.device(device)
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def ask_threads(n):
+    """Ask the training loop of this process to train on n CPU threads from its next row on (any thread may ask)."""
+    _threads_asked.put(int(n))
+
+
+def threads_asked():
+    """The latest thread count asked for since the last call, or None; for the thread that trains."""
+    latest = None
+    while not _threads_asked.empty():
+        latest = _threads_asked.get_nowait()
+    return latest

@@ -405,13 +405,30 @@ def record_resumption(run_dir, config, iteration):
         **{k: config[k] for k in ("threads", "device", "commit", "torch", "started") if k in config},
     }
     write_json(recorded | {"resumed": [*recorded.get("resumed", []), now]}, path)
-    before = ([recorded] + recorded.get("resumed", []))[-1].get("threads")
+    before = last_threads(recorded)
     if before is not None and config.get("threads") != before and config.get("device") == "cpu":
         return (
             f"resuming with {config['threads']} CPU thread(s) where it ran with {before}: not bitwise the same as "
             f"an unbroken run from here on (recorded in config.json)"
         )
     return ""
+
+
+def record_threads(run_dir, iteration, threads):
+    """Append to config.json's `threads_changed` list that the run trains on `threads` CPU threads from `iteration`
+    on (run --jobs gives a run the threads of one that ended beside it)."""
+    path = Path(run_dir) / "config.json"
+    recorded = read_json(path)
+    changed = [*recorded.get("threads_changed", []), {"iteration": iteration, "threads": threads}]
+    write_json(recorded | {"threads_changed": changed}, path)
+
+
+def last_threads(recorded):
+    """The CPU threads a run last trained on, from its config.json: at its start, its resumptions and its changes
+    of threads, the one at the latest iteration (None where none is recorded)."""
+    events = [recorded, *recorded.get("resumed", []), *recorded.get("threads_changed", [])]
+    events = [e for e in events if e.get("threads") is not None]
+    return max(events, key=lambda e: e.get("iteration", 0))["threads"] if events else None
 
 
 def check_config(run_dir, config):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from resnet_repro import files
 from resnet_repro.data import EpochPlan
-from resnet_repro.engine import metrics, provenance, recipe, rundir
+from resnet_repro.engine import devices, metrics, provenance, recipe, rundir
 from resnet_repro.engine.distributed import all_sum, first_set, rank0_buffers, world
 from resnet_repro.engine.rundir import Interrupted, RunFailed
 from resnet_repro.engine.stopping import stop_requests
@@ -111,6 +111,7 @@ class Engine:
                     if self.row_due():
                         self.write_row()  # test, and the row of the interval
                         self.save_checkpoint()
+                        self.take_threads()
                     if stopped:
                         self.interrupt()  # a checkpoint, then Interrupted
                 self.finish()  # the 10-crop test if asked, final.pt
@@ -193,6 +194,19 @@ class Engine:
         p, every = self.p, self.spec.log_every
         due = p.iteration == self.spec.iterations or (p.iteration % every == 0 if every else p.perm is None)
         return due and self.meter.steps > 0
+
+    def take_threads(self):
+        """Train on the CPU threads asked for since the last row, if any (devices.ask_threads), and record it."""
+        threads = devices.threads_asked()
+        if not threads or threads == torch.get_num_threads() or self.device.type != "cpu":
+            return
+        torch.set_num_threads(threads)
+        if self.main:
+            rundir.record_threads(self.run_dir, self.p.iteration, threads)
+        tqdm.write(
+            f"{self.config['run']}: {threads} CPU threads from iteration {self.p.iteration} on (a run beside it "
+            "ended); not bitwise the same as an unbroken run from here on (recorded in config.json)"
+        )
 
     def check_warmup(self, window):
         """End the warm-up (ResNet-110) once the training error since the last check is below warmup_until_err."""

@@ -5,9 +5,11 @@ parent of children loads none), and whether a run is done already is decided by 
 (rundir.claim), a child's parent learning it from the child's exit status.
 
 A child is `python -m resnet_repro.launch.local`: it reads its Job as JSON from stdin and keeps the pipe open. When
-the parent dies (even by SIGKILL) the pipe closes, and the child checkpoints and stops as on SIGTERM. The parent
-forwards SIGINT/SIGTERM to its children, starts no further run once one came (or once a child was
-interrupted), waits for their checkpoints and exits 128 + the signal's number (130, 143).
+the parent dies (even by SIGKILL) the pipe closes, and the child checkpoints and stops as on SIGTERM. Through the
+same pipe the parent hands on the CPU threads of a run that ended once no run is left to start ("threads N": the
+child trains on N from its next row). The parent forwards SIGINT/SIGTERM to its children, starts no further run
+once one came (or once a child was interrupted), waits for their checkpoints and exits 128 + the signal's number
+(130, 143).
 """
 
 import contextlib
@@ -24,7 +26,7 @@ import torch
 
 from resnet_repro import data, files
 from resnet_repro.config import SpecError
-from resnet_repro.engine import metrics, recipe, rundir, stopping, train
+from resnet_repro.engine import devices, metrics, recipe, rundir, stopping, train
 from resnet_repro.engine.distributed import world
 from resnet_repro.engine.rundir import Interrupted, RunDirError
 from resnet_repro.launch import plan
@@ -116,6 +118,8 @@ def in_children(jobs, at_once, progress=True):
     checks = {job.name for job in jobs if rundir.done_already(job.run_dir, job.overwrite)}
     pending = sorted(jobs, key=lambda job: (job.name not in checks, -plan.cost(job)))
     running, outcomes, errors = {}, {}, []
+    threads = {job.name: 0 if job.deterministic else job.threads for job in jobs}  # what each child trains on now
+    cores = min(os.cpu_count() or 1, at_once * max(job.threads for job in jobs))  # the CPU threads they share
     bar = tqdm(
         total=sum(job.spec.iterations for job in jobs),
         desc=f"{len(jobs)} runs, {at_once} at once",
@@ -133,7 +137,8 @@ def in_children(jobs, at_once, progress=True):
             for name, (proc, job) in list(running.items()):
                 if proc.poll() is None:
                     continue
-                proc.stdin.close()
+                with contextlib.suppress(OSError):  # a message it did not live to read may still be buffered
+                    proc.stdin.close()
                 del running[name]
                 code, status = proc.returncode, rundir.read_status(job.run_dir, absent="not started")
                 if code in (130, 143):  # interrupted, from here or from outside: start nothing new
@@ -147,12 +152,29 @@ def in_children(jobs, at_once, progress=True):
                     outcomes[name] = train.Outcome(state, status["message"])
                     said = state
                 bar.write(f"{name}: {said} (exit {code}, log: {Path(job.run_dir) / 'output.log'})")
+                if not stop["signal"] and (not pending or errors):  # nothing more starts: the others share its threads
+                    share_threads(running, threads, cores)
             bar.update(sum(metrics.last_iteration(job.run_dir) for job in jobs) - bar.n)
             time.sleep(0.2)
     order = [job.name for job in jobs]
     for code, job in sorted(errors, key=lambda error: (error[0] != NO_DATA, order.index(error[1].name))):
         raise (data.DataError if code == NO_DATA else RunDirError)(child_error(job))
     return outcomes, stop["signal"]
+
+
+def share_threads(running, threads, cores):
+    """Give the children in `running` ({run: (Popen, job)}) an equal share of `cores` CPU threads where that is more
+    than they train on now (`threads`, {run: threads}, updated; 0: keep its own, as --deterministic does, whose
+    runs must be bitwise repeatable): a message on each one's stdin."""
+    if not running or not cores:
+        return
+    share = cores // len(running)
+    for name, (proc, _) in running.items():
+        if threads[name] and share > threads[name]:  # threads are set for CPU runs only
+            with contextlib.suppress(OSError):  # the child has just ended: nothing to give
+                proc.stdin.write(f"threads {share}\n")
+                proc.stdin.flush()
+            threads[name] = share
 
 
 def child_error(job):
@@ -201,8 +223,13 @@ def forwarding_signals(running):
         yield stop
 
 
-def _stop_when_the_parent_dies():
-    sys.stdin.read()  # returns at EOF: the parent closed the pipe, or died
+def _listen_to_the_parent():
+    """The child's stdin after its Job: "threads N" lines (devices.ask_threads), then EOF when the parent closes the
+    pipe or dies: then the child stops as on SIGTERM."""
+    for line in sys.stdin:
+        match line.split():
+            case ["threads", n] if n.isdigit() and int(n) > 0:
+                devices.ask_threads(int(n))
     os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -222,7 +249,7 @@ def child_main():
     status: TRAINED, SKIPPED (done already), FAILED, REFUSED (a run directory that cannot be used), NO_DATA, or
     128 + the signal that interrupted it."""
     job = plan.Job.from_json(sys.stdin.readline())
-    threading.Thread(target=_stop_when_the_parent_dies, daemon=True).start()
+    threading.Thread(target=_listen_to_the_parent, daemon=True).start()
     try:
         outcome = train_job(job)
     except Interrupted as e:

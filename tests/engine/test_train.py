@@ -250,3 +250,39 @@ def test_a_resume_under_another_thread_count_is_said_and_recorded(tiny, tmp_path
     assert config["threads"] == 1 and [(r["iteration"], r["threads"]) for r in config["resumed"]] == [(5, 2)]
     out = capsys.readouterr()
     assert "resuming with 2 CPU thread(s) where it ran with 1: not bitwise the same" in out.out + out.err
+
+
+def test_threads_asked_for_while_a_run_trains_are_taken_at_its_next_row_and_recorded(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    """run --jobs hands a child the threads of a run that ended beside it (devices.ask_threads); a resume with
+    those threads is then no change of thread count, and one with the threads it started with is."""
+    from resnet_repro.engine import devices
+
+    threads, d = torch.get_num_threads(), tmp_path / "r"
+    try:
+        torch.set_num_threads(1)
+        devices.ask_threads(3)
+        devices.ask_threads(2)  # the latest counts
+        interrupt_at(monkeypatch, 7)
+        with pytest.raises(rundir.Interrupted):
+            run(spec(), tiny, d)
+        assert torch.get_num_threads() == 2 and devices.threads_asked() is None
+        monkeypatch.undo()
+        config = json.loads((d / "config.json").read_text())
+        assert config["threads"] == 1 and config["threads_changed"] == [{"iteration": 3, "threads": 2}]  # row 1
+        out = capsys.readouterr()
+        assert "r: 2 CPU threads from iteration 3 on (a run beside it ended)" in out.out + out.err
+        assert rundir.last_threads(config) == 2
+        assert run(spec(), tiny, d, resume=True).state == "done"  # on 2 threads, as it last trained
+        out = capsys.readouterr()
+        assert "CPU thread(s) where it ran with" not in out.out + out.err
+    finally:
+        torch.set_num_threads(threads)
+    assert rundir.last_threads(json.loads((d / "config.json").read_text())) == 2
+    later = {
+        "threads": 1,
+        "resumed": [{"iteration": 9, "threads": 1}],
+        "threads_changed": [{"iteration": 3, "threads": 2}],
+    }
+    assert rundir.last_threads(later) == 1  # the latest by iteration

@@ -1,0 +1,52 @@
+"""Children of `run --jobs`: once no run is left to start, those still training take the CPU threads of one
+that ended."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, write_image_folder
+
+pytestmark = pytest.mark.slow  # subprocesses
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: no threads to hand on")
+def test_a_run_left_alone_takes_the_threads_of_the_one_that_ended(tmp_path):
+    write_image_folder(tmp_path / "tiny", n_train=32, n_test=8)
+    (tmp_path / "exp.toml").write_text(f"""
+runs = ["plain8", "resnet8"]
+[train]
+data = "{tmp_path / "tiny"}"
+batch_size = 16
+iterations = 100000
+milestones = []
+eval_batch_size = 8
+[run.plain8]
+iterations = 4
+""")
+    cmd = [sys.executable, "-m", "resnet_repro.run", str(tmp_path / "exp.toml"), "--out", str(tmp_path / "res")]
+    cmd += ["--no-progress", "--no-figures", "--device", "cpu", "--jobs", "2"]
+    parent = subprocess.Popen(
+        cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    config = tmp_path / "res" / "exp" / "resnet8" / "config.json"
+    deadline, changed = time.time() + 240, []
+    try:
+        while time.time() < deadline and not changed and parent.poll() is None:
+            time.sleep(0.1)
+            with_change = config.exists() and "threads_changed" in config.read_text()
+            changed = json.loads(config.read_text())["threads_changed"] if with_change else []
+    finally:
+        parent.send_signal(signal.SIGINT)
+        out, err = parent.communicate(timeout=120)
+    each = (os.cpu_count() or 1) // 2
+    assert json.loads(config.read_text())["threads"] == each, err[-2000:]
+    assert [c["threads"] for c in changed] == [2 * each], err[-2000:]  # both runs' threads
+    log = (config.parent / "output.log").read_text()
+    assert f"resnet8: {2 * each} CPU threads from iteration {changed[0]['iteration']} on (a run beside it ended)" in log
+    assert parent.returncode == 130 and "plain8: done" in out + err
