@@ -69,7 +69,8 @@ def iteration_axis(runs):
 def _xlim(ax, runs, scale):
     """Where a run is not done, the axis spans the whole planned schedule (see _span)."""
     if any(run_state(rows) != "done" for rows in runs.values()):
-        ax.set_xlim(right=max(_span(rows) for rows in runs.values()) * 1.02 / scale)
+        span = max(_span(rows) for rows in runs.values()) / scale
+        ax.set_xlim(-0.02 * span, 1.02 * span)  # the same in every panel, whatever its curves
 
 
 def _curve(ax, rows, column, style, label=None, scale=1e4):
