@@ -15,7 +15,8 @@ EPILOG = """\
 examples:
   uv run python -m resnet_repro.finetune --model resnet34 --weights torchvision --data drawings/
       ImageNet weights from the torch cache (downloaded if absent and reachable), a new 10-way fc
-  uv run python -m resnet_repro.finetune --model resnet20 --weights results/degradation/resnet20/final.pt --data mini --image-size 32
+  uv run python -m resnet_repro.finetune --model resnet20 --weights results/degradation/resnet20/final.pt \\
+      --data mini --image-size 32
       from one of our own runs
   uv run python -m resnet_repro.finetune --data drawings/ --iterations 500 --set lr=0.005 --resume
 

@@ -41,8 +41,8 @@ examples:
 
 Each run writes results/<experiment>/<run>/ (<run>-seed<N>/ for a seed N other than 0): metrics.csv, config.json,
 status.json, checkpoint.pt, final.pt; figures go to figures/, or OUT/figures/ with --out OUT (quick runs into its
-quick/, runs shorter than the paper's schedule into its <N>-iterations/). A finished run is skipped, an unfinished one needs --resume, and
-nothing is overwritten unless --overwrite is given.
+quick/, runs shorter than the paper's schedule into its <N>-iterations/). A finished run is skipped, an unfinished
+one needs --resume, and nothing is overwritten unless --overwrite is given.
 """
 
 
@@ -75,7 +75,8 @@ def get_args_parser():
         help="train up to this many runs at once, each in its own process with CPU cores / jobs "
         "threads (default: 2 on a CPU with 2+ cores, where two 1-thread runs train 15-25%% more images/s than one "
         "2-thread run; 1 on a GPU); once none is left to start, the threads of a run that ends go to those still "
-        "training (not with --deterministic); small CIFAR nets leave a GPU mostly idle, so several at once may finish sooner",
+        "training (not with --deterministic); small CIFAR nets leave a GPU mostly idle, so several at once may "
+        "finish sooner",
     )
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, help="seed for init, data order and augmentation (default: the spec's, 0)")

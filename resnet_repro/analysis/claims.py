@@ -69,7 +69,8 @@ def above(high, low, ten_crop=False):
         d_train, d_test = h.final.train_err - lo.final.train_err, h.final[column] - lo.final[column]
         both = h.rows.merge(lo.rows, on="iteration", suffixes=("_h", "_l"))
         k = ((both.train_err_h > both.train_err_l) & (both.test_err_h > both.test_err_l)).sum()
-        margin = f"{net_label(high)} − {net_label(low)}: train {d_train:+.2f}, test{' (10-crop)' * crops} {d_test:+.2f}"
+        test = f"test{' (10-crop)' * crops}"
+        margin = f"{net_label(high)} − {net_label(low)}: train {d_train:+.2f}, {test} {d_test:+.2f}"
         return bool(d_train > 0 and d_test > 0), f"{margin}; above in both at {k} of {len(both)} rows"
 
     return check
