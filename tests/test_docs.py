@@ -22,7 +22,7 @@ import pytest
 
 from conftest import load_tool
 from resnet_repro import files, models
-from resnet_repro.engine import stopping
+from resnet_repro.engine import rundir, stopping
 
 docs = load_tool("docs")
 ROOT = docs.ROOT
@@ -160,6 +160,20 @@ def test_prose_numbers_match_the_csvs():
     for doc in ("docs/results.md", "docs/speed.md"):
         words = f"about {64_000 * 128 / resnet56 / 3600:.0f} hours"
         assert words in (ROOT / doc).read_text(), f"{doc}: a full-schedule ResNet-56 at docs/speed.md's rate: {words!r}"
+
+
+def test_the_unfinished_runs_are_said_where_their_checkpoints_stand():
+    """README's "Not done yet" names how far the committed full-schedule plain runs got: their checkpoints'."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    exp_dir = ROOT / "results/cpu-full/degradation"
+    late = {
+        r: exp_dir / r / "checkpoint.pt" for r in ("plain20", "plain56") if (exp_dir / r / "checkpoint.pt").exists()
+    }
+    at = {r: rundir.load_checkpoint(path)["iteration"] for r, path in late.items()}
+    if at:  # while they train
+        assert f"plain-20 at iteration {at['plain20']:,}, plain-56 at {at['plain56']:,} of 64,000" in readme
+    else:
+        assert "plain-56 are training" not in readme
 
 
 def test_full_schedule_reading_matches_the_csvs():
