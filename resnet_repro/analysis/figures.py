@@ -19,13 +19,13 @@ from resnet_repro.analysis.results import (
     DEPTH_EXPERIMENTS,
     CannotDraw,
     final_metrics,
-    not_done,
-    reached,
+    finished,
     require,
     run_state,
     select,
     several_seeds,
     title_of,
+    unfinished,
 )
 
 FIG1_RUNS = ("plain20", "plain56")
@@ -189,32 +189,31 @@ def fig4(df):
 def depth_finals(df):
     """The finished CIFAR-family runs' final errors for fig_depth, one row per run name (taken from the first of
     DEPTH_EXPERIMENTS that ran it): depth, residual, the mean over its seeds of final_train_err and final_test_err,
-    their std (`<column>_std`, NaN for one seed) and `n`; the run directories it drew on; and the last rows of
-    those left out because they are not done (a last row is not a final error)."""
+    their std (`<column>_std`, NaN for one seed) and `n`; the run directories it drew on; and {name: rows} of every
+    run it chose, those not done included (left out: a last row is not a final error)."""
     final = final_metrics(df)
     final = final[~final.model.map(models.is_imagenet_family).astype(bool)]
     if final.empty:
         raise CannotDraw("missing: any CIFAR-family run (plain20 ... resnet1202)")
     runs = select(df[df.path.isin(final.path)], final.run.unique(), prefer=DEPTH_EXPERIMENTS)
-    chosen = pd.concat(runs.values())
-    late = not_done(chosen)
-    final = final[final.path.isin(chosen.path) & ~final.path.isin(late.path)]
-    if final.empty:
-        raise CannotDraw(f"not done: {', '.join(late.run.unique())}")
+    done = finished(runs)
+    if not done:
+        raise CannotDraw(f"not done: {', '.join(runs)}")
+    final = final[final.path.isin(pd.concat(done.values()).path)]
     errors = {
         f"{c}{s}": (c, "mean" if not s else "std") for c in ("final_train_err", "final_test_err") for s in ("", "_std")
     }
-    runs = final.groupby("run").agg(
+    table = final.groupby("run").agg(
         depth=("depth", "first"), residual=("residual", "first"), n=("path", "size"), **errors
     )
-    return runs.reset_index().sort_values("depth"), final.path, late
+    return table.reset_index().sort_values("depth"), final.path, runs
 
 
 def fig_depth(df):
     """Final training (dashed) and test (bold) error against depth: plain (left), residual (right),
     for the finished CIFAR-family runs (those not done are named above); a run of several seeds at their mean,
     with error bars of ± their std."""
-    final, paths, late = depth_finals(df)
+    final, paths, runs = depth_finals(df)
     depths = sorted(final.depth.unique())
     if len(depths) < 2:
         raise CannotDraw(f"missing: a second depth (only {depths[0]} has run to its end)")
@@ -232,7 +231,8 @@ def fig_depth(df):
                 )
                 bars.lines[2][0].set_gid(f"{line.get_gid()}:sd")
         if rows.empty:
-            done = " done yet" if (late.residual == residual).any() else ""
+            ran = any((models.parse_name(n)[0] == "resnet") == residual for n in runs)  # but is not done
+            done = " done yet" if ran else ""
             ax.text(0.5, 0.5, f"no {name} run{done}", transform=ax.transAxes, ha="center", color="0.5")
         ax.set(xlabel="depth (layers)", ylabel="final error (%)", title=name)
         ax.set_xticks(range(len(depths)), labels=depths)
@@ -240,10 +240,7 @@ def fig_depth(df):
         ax.legend(fontsize="small", frameon=False)
     top = max((final[c] + final[f"{c}_std"].fillna(0)).max() for c in ("final_train_err", "final_test_err"))
     axes[0].set_ylim(0, 1.08 * top)  # shared: room for both panels
-    left_out = [f"{row.run} ({row.state}, {reached(row)})" for _, row in late.iterrows()]
-    return finish(
-        fig, title_of(df[df.path.isin(paths)], *([f"left out, not done: {', '.join(left_out)}"] if left_out else []))
-    )
+    return finish(fig, title_of(df[df.path.isin(paths)], *unfinished(runs)))
 
 
 def fig_compare(sets):

@@ -338,6 +338,25 @@ def reached(last):
     return f"iteration {last.iteration:,}{planned}"
 
 
+def unfinished(runs):
+    """The note naming the runs of {name: rows} that are not done, with how far they got (the tables beside the
+    paper and the final error against depth leave them out: see finished): [] when all are done."""
+    late = []
+    for name, rows in runs.items():
+        several = rows.path.nunique() > 1
+        for _, last in not_done(rows).iterrows():
+            seed = f"seed {last.seed}, " if several else ""
+            late.append(f"{name} ({seed}{last.state}, {reached(last)})")
+    return [f"left out, not done: {', '.join(late)}"] if late else []
+
+
+def finished(runs):
+    """{name: rows} of the run directories of `runs` ({name: rows}) that are done: the last row of a run still
+    training is not a final error, so what compares final errors leaves it out (and names it: unfinished)."""
+    done = {name: rows[~rows.path.isin(not_done(rows).path)] for name, rows in runs.items()}
+    return {name: rows for name, rows in done.items() if len(rows)}
+
+
 def require(found, names, least="all"):
     missing = [n for n in names if n not in found]
     if (least == "all" and missing) or not found:

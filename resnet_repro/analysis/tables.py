@@ -8,14 +8,14 @@ from resnet_repro.analysis.results import (
     DEPTH_EXPERIMENTS,
     CannotDraw,
     final_metrics,
+    finished,
     last_rows,
-    not_done,
-    reached,
     require,
     seed_summary,
     select,
     several_seeds,
     title_of,
+    unfinished,
 )
 
 # The paper's numbers: Table 6 (CIFAR-10 test error, ResNets) and Table 2 (ImageNet top-1, 10-crop).
@@ -88,25 +88,6 @@ def seeds_table(runs):
     table = table.join(s[["n", "minutes", "images_per_second", "iterations", "state"]])
     table.attrs["note"] = title_of(runs, SEEDS_NOTE)
     return table
-
-
-def unfinished(runs):
-    """The note naming the runs of {name: rows} that are not done, with how far they got (the tables beside the
-    paper leave them out: see finished): [] when all are done."""
-    late = []
-    for name, rows in runs.items():
-        several = rows.path.nunique() > 1
-        for _, last in not_done(rows).iterrows():
-            seed = f"seed {last.seed}, " if several else ""
-            late.append(f"{name} ({seed}{last.state}, {reached(last)})")
-    return [f"left out, not done: {', '.join(late)}"] if late else []
-
-
-def finished(runs):
-    """{name: rows} of the run directories of `runs` ({name: rows}) that are done: the last row of a run still
-    training is not a final error, so the tables beside the paper leave it out (their note names it)."""
-    done = {name: rows[~rows.path.isin(not_done(rows).path)] for name, rows in runs.items()}
-    return {name: rows for name, rows in done.items() if len(rows)}
 
 
 def ends(rows, column="test_err"):
