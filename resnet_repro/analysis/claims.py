@@ -385,7 +385,12 @@ def verdict(held, missing, cannot, claim, done):
         return f"cannot check: {'; '.join(dict.fromkeys(cannot))}"
     if not n and claim.least:
         has = [r for r in claim.runs if r in done]
-        return f"not run: needs {claim.least} of {', '.join(claim.runs)}" + (f"; has {', '.join(has)}" if has else "")
+        late = [r for runs in missing.values() for r in runs if "(not done" in r]
+        return (
+            f"not run: needs {claim.least} of {', '.join(claim.runs)}"
+            + (f"; has {', '.join(has)}" if has else "")
+            + (f"; {', '.join(dict.fromkeys(late))}" if late else "")
+        )
     if not n:
         return f"not run: {', '.join(dict.fromkeys(r for runs in missing.values() for r in runs) or claim.runs)}"
     text = "holds" if k == n else "does not hold" if k == 0 else f"mixed: holds in {k} of {n} seeds"

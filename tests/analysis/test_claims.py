@@ -214,6 +214,9 @@ def test_a_run_not_done_is_not_checked(tmp_path):
     write_run(tmp_path, "plain56", 30, state="interrupted")
     found = row(claims_table(load_runs(tmp_path), fig7=False), "degradation")
     assert found.verdict == "not run: plain56 (not done: interrupted at iteration 400 of 64,000)"
+    depth = row(claims_table(load_runs(tmp_path), fig7=False), "plain-depth")
+    late = "plain56 (not done: interrupted at iteration 400 of 64,000)"
+    assert depth.verdict == f"not run: needs 2 of plain20, plain32, plain44, plain56; has plain20; {late}"
 
 
 def test_claims_table_renders_and_needs_a_run(tmp_path):
