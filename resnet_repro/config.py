@@ -26,6 +26,7 @@ _PACKAGE = Path(__file__).resolve().parent
 EXPERIMENTS_DIR = _PACKAGE / "experiments" if (_PACKAGE / "experiments").is_dir() else _PACKAGE.parent / "experiments"
 EXPERIMENT_KEYS = ("description", "runs", "train", "quick", "run")
 FLOAT32_MAX = 3.4e38
+SCHEDULES = ("step", "linear", "plateau")
 MAX_ITERATIONS = 10**9
 # run and experiment names become folder names: plain names only (no "..", no "/", nothing empty)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")
@@ -68,14 +69,21 @@ class TrainSpec:
     momentum: float = 0.9
     weight_decay: float = 1e-4  # applied to every parameter, BN included
     iterations: int = 64_000  # the paper stops at 64k iterations (about 164 epochs of 50k)
-    schedule: str = (
-        "step"  # "step": lr x lr_decay at each milestone (the paper); "linear": lr falls linearly to 0 at the end
-    )
+    # "step": lr x lr_decay at each milestone (the paper's CIFAR recipe); "linear": lr falls linearly to 0 at the end;
+    # "plateau": lr x lr_decay whenever the error stops falling (the paper's ImageNet rule; see plateau_*)
+    schedule: str = "step"
     milestones: tuple[int, ...] = (
         32_000,
         48_000,
     )  # schedule = "step": lr multiplied by lr_decay at each of these iterations
     lr_decay: float = 0.1
+    # schedule = "plateau": at each CSV row, the error watched ("train_err", or "test_err": the split evaluated each
+    # row, the held-out one with val_size > 0) counts as stalled unless it is plateau_delta points below its lowest
+    # since the last fall; after plateau_patience stalled rows the lr falls, at most plateau_drops times
+    plateau_on: str = "train_err"
+    plateau_patience: int = 5
+    plateau_delta: float = 0.1
+    plateau_drops: int = 3  # as many falls as imagenet18_34's milestones (the paper does not say)
     ramp: int = 0  # >0: the lr rises linearly from lr/ramp to lr over the first `ramp` iterations
     warmup_lr: float = (
         0.0  # >0: train at this lr until the training error falls below warmup_until_err (ResNet-110: 0.01)
@@ -127,6 +135,10 @@ def _value_checks(s):
         (s.ramp < s.iterations, f"ramp ({s.ramp}) must be shorter than iterations ({s.iterations})"),
         (s.image_size >= 8, f"image_size must be at least 8, not {s.image_size}"),
         (s.lighting >= 0, "lighting must not be negative"),
+        (
+            s.plateau_patience > 0 and s.plateau_delta >= 0 and s.plateau_drops >= 0,
+            "plateau_patience must be positive, plateau_delta and plateau_drops not negative",
+        ),
     ]
 
 
@@ -137,7 +149,11 @@ def _choice_checks(s):
     return [
         (s.shortcut in (None, *SHORTCUTS), f"shortcut must be one of {', '.join(SHORTCUTS)}, not {s.shortcut!r}"),
         (s.stem in (None, *STEMS), f"stem must be one of {', '.join(STEMS)}, not {s.stem!r}"),
-        (s.schedule in ("step", "linear"), f"schedule must be step or linear, not {s.schedule!r}"),
+        (s.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, not {s.schedule!r}"),
+        (
+            s.plateau_on in ("train_err", "test_err"),
+            f"plateau_on must be train_err or test_err, not {s.plateau_on!r}",
+        ),
         (s.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, not {s.precision!r}"),
         (s.loader in ("memory", "stream"), f"loader must be memory or stream, not {s.loader!r}"),
         (s.loader == "memory" or s.train_size == 0, 'train_size applies to loader = "memory"'),

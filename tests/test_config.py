@@ -68,7 +68,12 @@ warmup_lr = 0.01
         ("runs = []\n", r"non-empty list"),
         ('runs = ["plain20"]\n[train]\nshortcut = "D"\n', r"shortcut must be one of A, B, C"),
         ('runs = ["plain20"]\n[train]\nlr = 0.1.2\n', r"malformed TOML: .*line 3"),
-        ('runs = ["plain20"]\n[train]\nschedule = "cosine"\n', r"schedule must be step or linear, not 'cosine'"),
+        (
+            'runs = ["plain20"]\n[train]\nschedule = "cosine"\n',
+            r"schedule must be one of step, linear, plateau, not 'cosine'",
+        ),
+        ('runs = ["plain20"]\n[train]\nplateau_on = "val"\n', r"plateau_on must be train_err or test_err"),
+        ('runs = ["plain20"]\n[train]\nplateau_patience = 0\n', r"plateau_patience must be positive"),
         (
             'runs = ["plain20"]\n[train]\niterations = 100\nramp = 100\n',
             r"ramp \(100\) must be shorter than iterations \(100\)",

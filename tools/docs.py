@@ -60,9 +60,7 @@ def experiments(root):
     for name in config.available():  # experiments/ of this package, whatever root is
         exp = config.load_experiment(name)
         first, *others = exp.runs.values()
-        recipe = f"`{first.data}`, batch {first.batch_size}, lr {first.lr:g}"
-        if first.schedule == "step":
-            recipe += f" ÷{1 / first.lr_decay:g} at {', '.join(f'{m / 1000:g}k' for m in first.milestones)}"
+        recipe = f"`{first.data}`, batch {first.batch_size}, lr {lr_words(first, short=True)}"
         recipe += f"; stop at {first.iterations / 1000:g}k" + (f"; {warmup(first)}" if first.warmup_lr else "")
         base = asdict(first)
         for spec in others:
@@ -71,6 +69,18 @@ def experiments(root):
             recipe += f"; {spec.model}: {', '.join(words)}" if words else ""
         rows.append((f"`{name}`", ", ".join(exp.runs), exp.description, recipe))
     return table(("experiment", "runs", "what", "recipe"), rows)
+
+
+def lr_words(spec, short=False):
+    """The lr schedule of a spec in words: "0.1 ÷10 at 32k, 48k" (short) or "0.1, ÷10 at 32,000, 48,000"."""
+    if spec.schedule == "linear":
+        return f"{spec.lr:g}" + (f" after a ramp of {spec.ramp}" if spec.ramp else "") + ", linear to 0"
+    fall = f"÷{1 / spec.lr_decay:g}"
+    if spec.schedule == "plateau":
+        rows = f"{spec.plateau_patience} row{'s' * (spec.plateau_patience > 1)}"
+        return f"{spec.lr:g}, {fall} once {spec.plateau_on} stalls for {rows} (at most {spec.plateau_drops} times)"
+    at = (f"{m / 1000:g}k" if short else f"{m:,}" for m in spec.milestones)
+    return f"{spec.lr:g}{'' if short else ','} {fall} at {', '.join(at)}"
 
 
 def warmup(spec):
@@ -249,16 +259,12 @@ def provenance(root, exp_dir):
         c = json.loads(path.read_text())
         datasets.add(c["dataset"])
         devices.add(c["device"])
-        if c.get("schedule", "step") == "step":
-            lr = f"{c['lr']:g}, ÷10 at {', '.join(f'{m:,}' for m in c['milestones'])}"
-        else:
-            lr = f"{c['lr']:g} after a ramp of {c['ramp']}, linear to 0"
         rows.append(
             (
                 c["run"],
                 f"{c['iterations']:,}",
                 c["batch_size"],
-                lr,
+                lr_words(config.spec_from_config(c)),
                 c["seed"],
                 c["threads"],
                 c["torch"],

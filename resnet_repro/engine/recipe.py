@@ -21,16 +21,32 @@ def configure_torch(device, deterministic):
     torch.backends.cudnn.benchmark = torch.device(device).type == "cuda" and not deterministic
 
 
-def lr_at(it, spec, warmup_end=None):
+def lr_at(it, spec, warmup_end=None, drops=()):
     """The learning rate of iteration `it` (0-based). warmup_end: the iteration at which the warm-up
-    ended (None while it lasts; ignored without warm-up)."""
+    ended (None while it lasts; ignored without warm-up); drops: with schedule = "plateau", the iterations from
+    which the lr fell (see plateau_fell)."""
     if spec.warmup_lr > 0 and (warmup_end is None or it < warmup_end):
         return spec.warmup_lr
     if spec.schedule == "linear":
         lr = spec.lr * min(1.0, (spec.iterations - it) / (spec.iterations - spec.ramp))
     else:
-        lr = spec.lr * spec.lr_decay ** sum(it >= m for m in spec.milestones)
+        falls = drops if spec.schedule == "plateau" else spec.milestones
+        lr = spec.lr * spec.lr_decay ** sum(it >= m for m in falls)
     return lr * (it + 1) / spec.ramp if it < spec.ramp else lr
+
+
+def plateau_fell(spec, err, best, stalled, drops):
+    """The paper's ImageNet rule, "divided by 10 when the error plateaus", at one CSV row: `err` is the row's
+    watched error (spec.plateau_on), `best` the lowest since the last fall, `stalled` the rows since it last fell by
+    plateau_delta, `drops` the falls so far. Returns (best, stalled, fell) after this row; after a fall the watch
+    starts over."""
+    if len(drops) >= spec.plateau_drops:
+        return best, stalled, False
+    if err < best - spec.plateau_delta:
+        return err, 0, False
+    if stalled + 1 < spec.plateau_patience:
+        return best, stalled + 1, False
+    return math.inf, 0, True
 
 
 def new_model(spec, num_classes):

@@ -11,7 +11,7 @@ the whole evaluation split. Metrics are summed on the device and read once per r
 import math
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -70,6 +70,9 @@ class Progress:
     epoch: int = 0  # epochs completed
     csv_rows: int = 0
     warmup_end: int | None = None  # the iteration at which the warm-up ended (None while it lasts)
+    lr_drops: list[int] = field(default_factory=list)  # schedule = "plateau": the iterations from which the lr fell
+    plateau_best: float = math.inf  # ... the lowest watched error since the last fall
+    plateau_stalled: int = 0  # ... and the rows since it last improved
     best_test_err: float = math.inf
     perm: torch.Tensor | None = None  # the epoch in progress: its order of the training images
     pos: int = 0  # and its batches done
@@ -167,7 +170,7 @@ class Engine:
         batches, start, window = recipe.data_errors(batches), time.perf_counter(), self.meter.snapshot()
         stopped = False
         while p.pos < self.per_epoch and p.iteration < spec.iterations and not stopped:
-            lr = recipe.lr_at(p.iteration, spec, p.warmup_end)
+            lr = recipe.lr_at(p.iteration, spec, p.warmup_end, p.lr_drops)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             x, labels = next(batches)
@@ -239,7 +242,7 @@ class Engine:
     def check_finite(self):
         bad = first_set(self.first_bad)  # the earliest over the processes
         if bad >= 0:
-            lr = recipe.lr_at(bad, self.spec, self.p.warmup_end)
+            lr = recipe.lr_at(bad, self.spec, self.p.warmup_end, self.p.lr_drops)
             raise RunFailed(
                 f"non-finite loss at iteration {bad} (lr {lr:g}); stopped, the last good checkpoint is kept"
             )
@@ -259,7 +262,7 @@ class Engine:
             "depth": config["depth"],
             "residual": config["residual"],
             "iteration": p.iteration,
-            "lr": f"{recipe.lr_at(p.iteration - 1, spec, p.warmup_end):.6g}",
+            "lr": f"{recipe.lr_at(p.iteration - 1, spec, p.warmup_end, p.lr_drops):.6g}",
             "epoch": round(p.iteration * spec.batch_size / len(self.dataset.train), 3)
             if spec.log_every
             else p.csv_rows,
@@ -274,6 +277,26 @@ class Engine:
             metrics.append_row(self.run_dir / "metrics.csv", row)
         self.meter = recipe.Meter(self.device, spec.batch_size)
         self.bar.set_postfix_str(f"row {p.csv_rows}: train err {train_err:.1f}%, test err {test_err:.2f}%")
+        self.watch_plateau({"train_err": train_err, "test_err": test_err}[spec.plateau_on])
+
+    def watch_plateau(self, err):
+        """schedule = "plateau": let the lr fall from here if the watched error has stalled (recipe.plateau_fell);
+        not during a warm-up, nor after the last iteration. Every process decides alike on the same summed error."""
+        spec, p = self.spec, self.p
+        warming = spec.warmup_lr > 0 and p.warmup_end is None
+        if spec.schedule != "plateau" or warming or p.iteration >= spec.iterations:
+            return
+        best = p.plateau_best
+        p.plateau_best, p.plateau_stalled, fell = recipe.plateau_fell(spec, err, best, p.plateau_stalled, p.lr_drops)
+        if fell:
+            old = recipe.lr_at(p.iteration - 1, spec, p.warmup_end, p.lr_drops)
+            p.lr_drops.append(p.iteration)
+            new = recipe.lr_at(p.iteration, spec, p.warmup_end, p.lr_drops)
+            tqdm.write(
+                f"{self.config['run']}: lr {old:g} -> {new:g} from iteration {p.iteration}: "
+                f"{spec.plateau_on} {err:.2f}% not {spec.plateau_delta:g} points below {best:.2f}% for "
+                f"{spec.plateau_patience} rows"
+            )
 
     def test(self, views=1):
         if self.distributed:

@@ -1,4 +1,5 @@
 import json
+import math
 import shutil
 import signal
 
@@ -152,6 +153,41 @@ def test_warmup_holds_the_low_lr_until_the_error_falls(tiny, tmp_path, monkeypat
     d2 = tmp_path / "w2"
     run(spec(iterations=12, milestones=(), warmup_lr=0.01, warmup_until_err=0.0), tiny, d2)
     assert [float(r["lr"]) for r in rows(d2)] == pytest.approx([0.01] * 4)  # never ended
+
+
+def test_the_plateau_rule_falls_after_patience_stalled_rows_and_starts_over():
+    s = TrainSpec(schedule="plateau", plateau_patience=2, plateau_delta=0.5, plateau_drops=1)
+    state, falls = (math.inf, 0), []
+    for err in (50.0, 40.0, 39.8, 39.7, 30.0):  # 39.8 and 39.7 are not 0.5 below 40: stalled twice
+        *state, fell = recipe.plateau_fell(s, err, *state, falls)
+        falls += [err] if fell else []
+        if fell:
+            assert state == [math.inf, 0]  # the watch starts over after a fall
+    assert falls == [39.7]
+    assert recipe.plateau_fell(s, 99.0, 10.0, 5, [6]) == (10.0, 5, False)  # plateau_drops reached: no more falls
+    assert [recipe.lr_at(i, s, None, [6, 12]) for i in (5, 6, 11, 12)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
+
+
+@pytest.mark.parametrize("drops,lrs", [(3, [0.1, 0.1, 0.01, 0.01, 0.001]), (1, [0.1, 0.1, 0.01, 0.01, 0.01])])
+def test_a_plateau_run_lowers_its_lr_when_the_watched_error_stalls(tiny, tmp_path, capsys, drops, lrs):
+    # a delta no error can beat: the first row sets the lowest, the next one stalls, patience 1 lets the lr fall
+    s = spec(iterations=15, schedule="plateau", plateau_patience=1, plateau_delta=1000.0, plateau_drops=drops)
+    run(s, tiny, tmp_path / "p")
+    assert [float(r["lr"]) for r in rows(tmp_path / "p")] == pytest.approx(lrs)
+    assert "lr 0.1 -> 0.01 from iteration 6: train_err" in capsys.readouterr().out
+
+
+def test_a_plateau_run_resumes_exactly(tiny, tmp_path, monkeypatch):
+    s = spec(iterations=15, schedule="plateau", plateau_on="test_err", plateau_patience=1, plateau_delta=1000.0)
+    run(s, tiny, tmp_path / "whole", deterministic=True)
+    interrupt_at(monkeypatch, 8)  # after the first fall (iteration 6)
+    with pytest.raises(rundir.Interrupted):
+        run(s, tiny, tmp_path / "broken", deterministic=True)
+    assert torch.load(tmp_path / "broken/checkpoint.pt")["lr_drops"] == [6]
+    monkeypatch.undo()
+    run(s, tiny, tmp_path / "broken", resume=True, deterministic=True)
+    whole, broken = (csv_rows(tmp_path / d / "metrics.csv", drop=VARYING) for d in ("whole", "broken"))
+    assert whole == broken and [float(r["lr"]) for r in whole] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
 
 
 def test_a_second_process_on_the_same_run_is_refused(tmp_path):
