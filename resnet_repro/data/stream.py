@@ -152,7 +152,9 @@ def _worker_context():
 
 
 def _loader(items, batches, workers, device):
-    return torch.utils.data.DataLoader(
+    """The batches of `items` as DataLoader workers make them; a bad image one of them meets raises its DataError
+    with the worker's one-line message, not with the worker's traceback."""
+    loader = torch.utils.data.DataLoader(
         items,
         batch_sampler=batches,
         num_workers=workers,
@@ -161,6 +163,10 @@ def _loader(items, batches, workers, device):
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
+    try:
+        yield from loader
+    except DataError as e:  # a worker's arrives as "Caught DataError in DataLoader worker ... DataError: <message>"
+        raise DataError(str(e).strip().splitlines()[-1].split("DataError: ")[-1]) from None
 
 
 def crops(split, indices, batch_size, device, views=1):

@@ -97,11 +97,11 @@ def train_step(forward, optimizer, x, labels, spec, device):
 
 
 def data_errors(batches):
-    """A bad image met by a DataLoader worker ends the run with its one-line message, not a worker traceback."""
+    """A bad image met while training or testing ends the run with the data's one-line message."""
     try:
         yield from batches
-    except DataError as e:  # a worker's arrives as "...DataError: <message>" after its traceback
-        raise RunFailed(str(e).strip().splitlines()[-1].split("DataError: ")[-1]) from None
+    except DataError as e:
+        raise RunFailed(str(e)) from None
 
 
 @torch.no_grad()

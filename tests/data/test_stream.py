@@ -197,10 +197,11 @@ def test_a_corrupt_jpeg_fails_the_run_naming_the_file(tmp_path, workers):
     assert result.state == "failed" and result.message.startswith("cannot decode image") and bad.name in result.message
     assert "\n" not in result.message
     assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "failed"
-    with pytest.raises(data.DataError, match=f"cannot decode image .*{bad.name}"):
+    with pytest.raises(data.DataError, match=f"cannot decode image .*{bad.name}") as e:
         stream.load(
-            str(root), tmp_path / "fresh", crop=32, test_resize=36, scale=(36, 64)
+            str(root), tmp_path / "fresh", crop=32, test_resize=36, scale=(36, 64), workers=workers
         )  # computing the mean reads it
+    assert "\n" not in str(e.value)  # the worker's message, not its traceback
 
 
 def test_bad_layouts_and_specs_say_what_is_expected(tmp_path):
