@@ -50,6 +50,15 @@ def all_sum(t):
     return t
 
 
+def peer_lost(error):
+    """Whether `error`, raised inside a collective, says another process of the job is gone (it failed or was
+    killed): gloo finds the connection closed, NCCL raises a DistBackendError."""
+    text = str(error)
+    return dist.is_initialized() and (
+        isinstance(error, dist.DistBackendError) or "closed by peer" in text or "reset by peer" in text
+    )
+
+
 def first_set(index):
     """The smallest non-negative value of an int64 scalar over the processes (-1 if none has one)."""
     if not dist.is_initialized():

@@ -20,13 +20,17 @@ from tqdm import tqdm
 from resnet_repro import files
 from resnet_repro.data import EpochPlan
 from resnet_repro.engine import devices, metrics, provenance, recipe, rundir
-from resnet_repro.engine.distributed import all_sum, first_set, rank0_buffers, world
+from resnet_repro.engine.distributed import all_sum, first_set, peer_lost, rank0_buffers, world
 from resnet_repro.engine.rundir import Interrupted, RunFailed
 from resnet_repro.engine.stopping import stop_requests
 from resnet_repro.models import load_pretrained, num_params, pretrained_state_dict
 
 SYNC_EVERY = 50  # iterations between host syncs: the progress bar's numbers, the non-finite check, torchrun's stop vote
 WARMUP_CHECK = 50  # iterations between checks of the warm-up's training error
+PEER_LOST = (
+    "another process of this torchrun job stopped (its message says why); the last checkpoint is kept: --resume "
+    "continues from it"
+)
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,10 @@ class Engine:
                     f"out of GPU memory at batch size {batch}; try a smaller batch "
                     f"(--set batch_size={batch // 2}) or fewer concurrent runs"
                 ) from None
+            except RuntimeError as e:
+                if not peer_lost(e):
+                    raise
+                raise RunFailed(PEER_LOST) from None
         return self.stop["signal"] or ""
 
     def start(self):

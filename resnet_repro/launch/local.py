@@ -58,7 +58,11 @@ def in_this_process(jobs, datasets, say=print):
                 say(f"{job.name}: {e}", file=sys.stderr)  # says how to resume
                 return outcomes, e.signal
             if outcome.state == "failed":
-                say(f"{job.name}: FAILED: {outcome.message}", file=sys.stderr)
+                rank, processes = world()
+                if rank == 0 or outcome.message != train.PEER_LOST:  # under torchrun each process says its own
+                    print(f"{job.name}: FAILED{f' (process {rank})' * bool(rank)}: {outcome.message}", file=sys.stderr)
+                if processes > 1:  # the others may be inside this run's collectives: end the whole job
+                    return outcomes, None
             if outcome.stop_signal and i < len(jobs) - 1 and world()[1] == 1:  # torchrun: ranks must agree
                 say(
                     f"{outcome.stop_signal}: {job.name} finished, the next runs were not started; continue with "

@@ -180,3 +180,34 @@ eval_batch_size = 20
         model, ds.test, ds.mean, TrainSpec(model="resnet8", eval_batch_size=20), "cpu", views=10
     )
     assert ten[1]["top1_err"] == pytest.approx(top1, abs=1e-3) and ten[1]["test_loss"] == pytest.approx(loss, rel=1e-4)
+
+
+def test_a_run_failing_on_one_process_ends_the_whole_job(tmp_path):
+    """A bad image met by one process (its shard) fails the run there; the others, inside the run's collectives,
+    stop too instead of waiting for good, no further run starts, and each says why in one line."""
+    root = write_jpeg_folder(tmp_path / "jpeg", n_train=48, n_val=12)
+    stream.load(str(root), tmp_path / "data", crop=32, test_resize=36, scale=(36, 64))  # the mean, cached
+    bad = sorted((root / "train").rglob("*.JPEG"))[7]
+    bad.write_bytes(b"x" * bad.stat().st_size)  # the same size: the same dataset, so the cached mean is used
+    (tmp_path / "exp.toml").write_text(f"""
+runs = ["resnet8", "plain8"]
+[train]
+data = "{root}"
+loader = "stream"
+image_size = 32
+scale = [36, 64]
+test_resize = 36
+batch_size = 16
+iterations = 6
+milestones = [3]
+eval_batch_size = 20
+""")
+    options = ("--data-dir", str(tmp_path / "data"), "--workers", "1")
+    result = torchrun(tmp_path, "out", *options)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"resnet8: FAILED (process 1): cannot decode image {bad}" in result.stderr  # the process that met it
+    assert "resnet8: FAILED: another process of this torchrun job stopped" in result.stderr  # rank 0, waiting on it
+    assert "[rank0]: Traceback" not in result.stderr and "[rank1]: Traceback" not in result.stderr
+    runs = tmp_path / "out" / "exp"
+    assert json.loads((runs / "resnet8" / "status.json").read_text())["state"] == "failed"
+    assert not (runs / "plain8" / "status.json").exists()  # not started
