@@ -46,7 +46,8 @@ def setup_process(job):
 def in_this_process(jobs, datasets, say=print):
     """Train the jobs one after another here (under torchrun each rank trains its shard of every job), on the
     datasets loaded for them ({data.data_key: Dataset}). Returns ({job.name: train.Outcome}, the signal that
-    stopped them or None); a signal that comes while a run is finishing lets it finish and starts no further run."""
+    stopped them or None); a signal that comes while a run is finishing lets it finish and starts no further run.
+    Under torchrun a run that failed starts no further one either: the job ends on every process."""
     outcomes = {}
     with stopping.stop_requests() as stop:  # one for all the runs: a signal between two runs starts no further one
         for i, job in enumerate(jobs):
