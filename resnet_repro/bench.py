@@ -14,10 +14,17 @@ With --loader stream (a folder of JPEGs, the ImageNet recipe of experiments/imag
     device) feeding the engine's step. Both are also timed without a model ("data only"): if that rate
     is not well above the engine's, the GPU waits for the CPU and more workers (cores) are needed.
 The usual loop lives in resnet_repro.engine.usual.
+
+With --processes N (CPU): the engine in one process on all of the CPU's threads, then in N processes of threads/N
+threads each, training at the same time (their images/s summed): what `run --jobs` weighs when it trains several runs
+at once. Each of the N starts its timed steps together (a barrier after loading); as they train the same net, they
+also end about together.
 """
 
 import argparse
+import multiprocessing
 import os
+import queue
 import sys
 import time
 from pathlib import Path
@@ -88,6 +95,46 @@ def run_engine(spec, ds, iterations, warmup, device):
     return spec.batch_size * iterations / (time.perf_counter() - start), forward
 
 
+def side_by_side(spec, data_args, processes, iterations, warmup):
+    """Summed training images/s of `processes` engines training at once on the CPU, each on an equal share of
+    this process's threads. data_args: (data, data_dir) as load_for takes them."""
+    threads = max(1, torch.get_num_threads() // processes)
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter each: no fork of a process running threads
+    start, results = ctx.Barrier(processes), ctx.Queue()
+    workers = [
+        ctx.Process(target=_side_worker, args=(spec, data_args, threads, iterations, warmup, start, results))
+        for _ in range(processes)
+    ]
+    for w in workers:
+        w.start()
+    rates = []
+    while len(rates) < processes:
+        try:
+            rate = results.get(timeout=1)
+        except queue.Empty:
+            if not any(w.exitcode for w in workers):
+                continue
+            rate = "a side-by-side process died"  # without a word: killed, out of memory
+        if isinstance(rate, str):
+            for w in workers:
+                w.kill()
+            raise SystemExit(f"error: {rate}")
+        rates.append(rate)
+    for w in workers:
+        w.join()
+    return sum(rates), threads
+
+
+def _side_worker(spec, data_args, threads, iterations, warmup, start, results):
+    try:
+        torch.set_num_threads(threads)
+        ds = data.load_for(TrainSpec(data=data_args[0]), data_args[1], torch.device("cpu"))
+        start.wait()
+        results.put(run_engine(spec, ds, iterations, warmup, torch.device("cpu"))[0])
+    except Exception as e:  # said by the parent, in one line
+        results.put(f"a side-by-side process failed: {e}")
+
+
 def check_training(ds, spec, iterations, device, workers):
     """Train both paths `iterations` steps from the same seed; return their test errors and a noise
     bound: 3 binomial standard deviations of the difference of two error rates on this test set."""
@@ -109,6 +156,7 @@ EXAMPLES = """examples:
   uv run python -m resnet_repro.bench --models resnet56 --iterations 500 --compile
   uv run python -m resnet_repro.bench --device cpu --iterations 5 --warmup 1 --check-iterations 0
   uv run python -m resnet_repro.bench --loader stream --data path/to/imagenet --workers 16   # resnet18/34, 224 crops
+  uv run python -m resnet_repro.bench --device cpu --processes 2 --iterations 15 --warmup 3   # 1 x 2 threads vs 2 x 1
 
 Writes results/bench/<device>-<date>.csv (appending, each model's rows as soon as they are measured), with
 device, torch version and commit."""
@@ -158,6 +206,12 @@ def parse_args(argv):
         help="train both paths this long from one seed and compare test errors (default: 1000 on CUDA, 0 = skip on "
         "CPU)",
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        help="CPU: instead of the usual loop, time the engine in 1 process on all threads against N processes "
+        "training at once on threads/N each (summed): whether run --jobs N trains more images/s",
+    )
     p.add_argument("--out", default="results/bench", help="folder of the CSV (default: results/bench)")
     return p.parse_args(argv)
 
@@ -187,9 +241,12 @@ def usage_error(args):
         ("--iterations", args.iterations, 1),
         ("--batch", args.batch, 1),
         ("--warmup", args.warmup, 0),
+        ("--processes", args.processes, 2),
     ):
         if value is not None and value < least:
             return f"{flag} must be at least {least}, not {value}"
+    if args.processes and (args.loader == "stream" or (args.device or "cpu") != "cpu"):
+        return "--processes compares processes on the CPU (--device cpu) with the memory loader"
     if args.models is not None:
         names = [m.strip() for m in args.models.split(",")]
         if not all(names):
@@ -231,7 +288,8 @@ def main(argv=None):
         f"{name}, torch {torch.__version__}, batch {args.batch}, {iterations} timed iterations after {warmup} "
         f"warm-up, data: {ds.name}"
     )
-    print(f"{'model':<10}{'usual img/s':>14}{'engine img/s':>14}{'speedup':>9}")
+    if not args.processes:
+        print(f"{'model':<10}{'usual img/s':>14}{'engine img/s':>14}{'speedup':>9}")
     # each model's rows are written as soon as they are measured: a bench stopped midway keeps them
     save = lambda rows: append_rows(out, [{**common, **row} for row in rows])
     if args.loader == "stream":
@@ -244,7 +302,10 @@ def main(argv=None):
         spec = TrainSpec(
             model=model_name, batch_size=args.batch, compile=args.compile, iterations=iterations, milestones=(), **shape
         )
-        save(bench_model(spec, ds, iterations, warmup, device, args.workers, check))
+        if args.processes:
+            save(bench_processes(spec, ds, (args.data, args.data_dir), args.processes, iterations, warmup))
+        else:
+            save(bench_model(spec, ds, iterations, warmup, device, args.workers, check))
     print(f"wrote {out}")
     return 0
 
@@ -284,6 +345,26 @@ def bench_model(spec, ds, iterations, warmup, device, workers, check):
     return [
         {"model": spec.model, "path": "usual", "images_per_second": round(usual, 1), "speedup": 1.0},
         {"model": spec.model, "path": path, "images_per_second": round(engine, 1), "speedup": round(engine / usual, 2)},
+    ]
+
+
+def bench_processes(spec, ds, data_args, processes, iterations, warmup):
+    """Images/s of the engine in one process on all threads, then of `processes` at once (summed); their speedup
+    is over the one process."""
+    cpu = torch.device("cpu")
+    alone = run_engine(spec, ds, iterations, warmup, cpu)[0]
+    together, threads = side_by_side(spec, data_args, processes, iterations, warmup)
+    one = f"engine 1x{torch.get_num_threads()} threads"
+    many = f"engine {processes}x{threads} threads"
+    print(f"{spec.model:<10}{one:>24}{alone:>8.0f}{many:>24}{together:>8.0f}{together / alone:>8.2f}x")
+    return [
+        {"model": spec.model, "path": one, "images_per_second": round(alone, 1), "speedup": 1.0},
+        {
+            "model": spec.model,
+            "path": many,
+            "images_per_second": round(together, 1),
+            "speedup": round(together / alone, 2),
+        },
     ]
 
 

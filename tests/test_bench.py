@@ -47,6 +47,26 @@ def test_bench_measures_both_paths_and_appends_a_csv(tmp_path, capsys):
         assert len(list(csv.DictReader(f))) == 4  # appended, never overwritten
 
 
+def test_bench_processes_sums_the_processes_training_at_once(tmp_path, capsys):
+    argv = [*SHORT, "--batch", "8", "--data", "mini", "--processes", "2", "--out", str(tmp_path / "bench")]
+    assert bench.main(argv) == 0
+    (path,) = (tmp_path / "bench").glob("cpu-*.csv")
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    threads = torch.get_num_threads()
+    paths = [f"engine 1x{threads} threads", f"engine 2x{max(1, threads // 2)} threads"]
+    assert [r["path"] for r in rows] == paths and {r["model"] for r in rows} == {"resnet8"}
+    alone, together = (float(r["images_per_second"]) for r in rows)
+    assert alone > 0 and together > 0 and float(rows[1]["speedup"]) == pytest.approx(together / alone, abs=0.01)
+    assert paths[1] in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra", [["--processes", "1"], ["--processes", "2", "--loader", "stream"]])
+def test_bench_processes_needs_two_on_the_cpu(extra, capsys):
+    assert bench.main([*SHORT, *extra]) == 2
+    assert "--processes" in capsys.readouterr().err
+
+
 def test_usual_loader_yields_what_torchvision_cifar_would(tmp_path):
     write_image_folder(tmp_path / "tiny", n_train=16, n_test=4)
     ds = memory.load(str(tmp_path / "tiny"))
