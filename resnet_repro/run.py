@@ -73,7 +73,7 @@ def get_args_parser():
         "--jobs",
         type=int,
         help="train up to this many runs at once, each in its own process with CPU cores / jobs "
-        "threads (default: 2 on a CPU with 2+ cores, where two 1-thread runs train 15-25%% more images/s than one "
+        "threads (default: 2 on a CPU with 2+ cores, where two 1-thread runs train 7-25%% more images/s than one "
         "2-thread run; 1 on a GPU); once none is left to start, the threads of a run that ends go to those still "
         "training (not with --deterministic); small CIFAR nets leave a GPU mostly idle, so several at once may "
         "finish sooner",

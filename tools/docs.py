@@ -120,6 +120,24 @@ def evaluations(root, csv, normalize):
     return table(("weights", "net", "test data", "test error (%)", "top-5 error (%)"), rows)
 
 
+def side_by_side(root, csv):
+    """`bench --processes N`'s rows (a bench CSV): per net, one process on all threads against N at once."""
+    df = pd.read_csv(root / csv)
+    df = df[df.path.str.match(r"engine \d+x\d+ threads")]
+    rows = []
+    for model, runs in df.groupby("model", sort=False):
+        (alone, one), (together, many) = zip(runs.images_per_second, runs.path)
+        rows.append(
+            (
+                model,
+                f"{alone:.0f} images/s ({one[7:]})",
+                f"{together:.0f} images/s ({many[7:]})",
+                f"{together / alone:.2f}",
+            )
+        )
+    return table(("net", "1 process", "side by side (summed)", "ratio"), rows)
+
+
 def fig7(root, csv):
     """Fig. 7's reading: each run's layer-response stds sorted by size, compared position by position."""
     df = pd.read_csv(root / csv)
@@ -305,6 +323,7 @@ GENERATORS = {
     "evaluations": evaluations,
     "seeds": seeds,
     "fig7": fig7,
+    "side-by-side": side_by_side,
     "phases": phases,
     "last-rows": last_rows,
     "gap": gap,

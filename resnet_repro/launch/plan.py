@@ -108,8 +108,8 @@ def check_unfinished(jobs):
 
 
 def default_jobs(devices, runs, world_size):
-    """Runs at once without --jobs: 2 on a CPU of 2+ cores (measured there: two 1-thread runs train 15-25% more
-    images/s than one 2-thread run, see docs/speed.md), else 1."""
+    """Runs at once without --jobs: 2 on a CPU of 2+ cores (measured there: two 1-thread runs train 7-25% more
+    images/s than one 2-thread run, bench --processes 2, docs/speed.md), else 1."""
     cpu = all(d.type == "cpu" for d in devices)
     return 2 if cpu and world_size == 1 and runs > 1 and (os.cpu_count() or 1) >= 2 else 1
 
