@@ -245,8 +245,6 @@ def usage_error(args):
     ):
         if value is not None and value < least:
             return f"{flag} must be at least {least}, not {value}"
-    if args.processes and (args.loader == "stream" or (args.device or "cpu") != "cpu"):
-        return "--processes compares processes on the CPU (--device cpu) with the memory loader"
     if args.models is not None:
         names = [m.strip() for m in args.models.split(",")]
         if not all(names):
@@ -256,7 +254,12 @@ def usage_error(args):
                 parse_name(name)
             except ValueError as e:
                 return str(e)
-    return device_error(args.device) if args.device else None
+    if args.device and (error := device_error(args.device)):
+        return error
+    device = torch.device(args.device) if args.device else default_device()
+    if args.processes and (args.loader == "stream" or device.type != "cpu"):
+        return "--processes compares processes on the CPU (--device cpu) with the memory loader"
+    return None
 
 
 def main(argv=None):
