@@ -130,8 +130,8 @@ def side_by_side(root, csv):
         rows.append(
             (
                 model,
-                f"{alone:.0f} images/s ({one[7:]})",
-                f"{together:.0f} images/s ({many[7:]})",
+                f"{alone:.0f} images/s ({one.removeprefix('engine ')})",
+                f"{together:.0f} images/s ({many.removeprefix('engine ')})",
                 f"{together / alone:.2f}",
             )
         )
