@@ -13,9 +13,10 @@ from resnet_repro.engine.devices import device_name
 from resnet_repro.engine.distributed import world
 from resnet_repro.models import parse_name, resolve
 
+CHECKOUT = Path(__file__).resolve().parents[2]  # the checkout this package runs from, if any
 
-def git_commit():
-    root = Path(__file__).resolve().parents[2]  # the checkout this package runs from, if any
+
+def git_commit(root=CHECKOUT):
     try:
         run = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10)  # noqa: E731
         # only a checkout of this project: an installed package (in a venv) may sit inside some other repository
@@ -23,7 +24,9 @@ def git_commit():
         if not top or Path(top).resolve() != root:
             return "unknown"
         commit = run("rev-parse", "--short", "HEAD").stdout.strip()
-        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        # runs write into the committed results/ and figures/: those are data, the code is what "dirty" is about
+        data = (":(exclude)results", ":(exclude)figures")
+        dirty = run("status", "--porcelain", "--untracked-files=no", "--", ".", *data).stdout.strip()
         return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
