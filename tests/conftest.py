@@ -151,10 +151,11 @@ eval_batch_size = {eval_batch_size}
 
 
 def job(spec, run_dir, experiment="exp", run=None, **options):
-    """A plan.Job of `spec` into run_dir (its name is the run's unless `run` is given), on the CPU, no progress bar."""
+    """A plan.Job of `spec` into run_dir (its name is the run's unless `run` is given), on the CPU, no progress bar
+    unless `progress` is given."""
     from resnet_repro.launch.plan import Job
 
-    return Job(spec, experiment, run or Path(run_dir).name, str(run_dir), progress=False, **options)
+    return Job(spec, experiment, run or Path(run_dir).name, str(run_dir), **{"progress": False, **options})
 
 
 def interrupt_at(monkeypatch, step, sig=signal.SIGINT):

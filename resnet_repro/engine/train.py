@@ -163,7 +163,9 @@ class Engine:
             note = rundir.record_resumption(self.run_dir, self.config, p.iteration)
             if note:
                 tqdm.write(f"{self.config['run']}: {note}")
-        self.bar.update(p.iteration)
+        # the bar starts where the run stands: its rate and time left count this session's steps only
+        self.bar.n = self.bar.last_print_n = self.bar.initial = p.iteration
+        self.bar.refresh()
         tqdm.write(f"{self.config['run']}: resuming at iteration {p.iteration} (epoch {p.epoch + 1})")
 
     def steps(self):

@@ -118,20 +118,12 @@ def in_children(jobs, at_once, progress=True):
     <run dir>/output.log. Returns ({job.name: train.Outcome} of the children that ended, the signal that stopped
     them or None). A child that could not load its data or whose run directory refused it starts no further
     child: once the others end, data.DataError or RunDirError with the child's own message."""
-    from tqdm import tqdm
-
     checks = {job.name for job in jobs if rundir.done_already(job.run_dir, job.overwrite)}
     pending = sorted(jobs, key=lambda job: (job.name not in checks, -plan.cost(job)))
     running, outcomes, errors = {}, {}, []
     threads = {job.name: 0 if job.deterministic else job.threads for job in jobs}  # what each child trains on now
     cores = min(os.cpu_count() or 1, at_once * max(job.threads for job in jobs))  # the CPU threads they share
-    bar = tqdm(
-        total=sum(job.spec.iterations for job in jobs),
-        desc=f"{len(jobs)} runs, {at_once} at once",
-        unit="it",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    bar = progress_bar(jobs, at_once, progress)
     with bar, forwarding_signals(running) as stop:
         while running or (pending and not stop["signal"] and not errors):
             while pending and len(running) < at_once and not stop["signal"] and not errors:
@@ -165,6 +157,23 @@ def in_children(jobs, at_once, progress=True):
     for code, job in sorted(errors, key=lambda error: (error[0] != NO_DATA, order.index(error[1].name))):
         raise (data.DataError if code == NO_DATA else RunDirError)(child_error(job))
     return outcomes, stop["signal"]
+
+
+def progress_bar(jobs, at_once, progress=True):
+    """One bar over the iterations of all `jobs`, read from their CSVs, starting where they stand (resumed runs
+    and runs done already), so that its rate and time left count the steps trained from here on. The rate is the
+    mean since the start: the CSVs grow by an epoch's row at a time, too seldom for a moving average."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=sum(job.spec.iterations for job in jobs),
+        initial=sum(metrics.last_iteration(job.run_dir) for job in jobs if not job.overwrite),
+        desc=f"{len(jobs)} runs, {at_once} at once",
+        unit="it",
+        smoothing=0,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
 
 
 def share_threads(running, threads, cores):

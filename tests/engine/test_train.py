@@ -117,6 +117,26 @@ def test_a_signal_checkpoints_and_resume_is_exact(tiny, whole, tmp_path, monkeyp
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_resumed_runs_bar_starts_where_it_stopped(tiny, tmp_path, monkeypatch):
+    """Its rate and time left count the steps of this session, not the ones done before it in its first second."""
+    interrupt_at(monkeypatch, 7)
+    with pytest.raises(rundir.Interrupted):
+        run(spec(), tiny, tmp_path / "r")
+    monkeypatch.undo()
+    stopped = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["iteration"]
+    bars = []
+
+    class Recorded(train.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(train, "tqdm", Recorded)
+    run(spec(), tiny, tmp_path / "r", resume=True, progress=True)
+    (bar,) = bars
+    assert 0 < stopped < 10 and (bar.initial, bar.n) == (stopped, 10)
+
+
 def test_rows_newer_than_the_checkpoint_are_dropped_on_resume(tiny, tmp_path):
     d = tmp_path / "r"
     interrupt_at_epoch_end = spec(iterations=6, milestones=())

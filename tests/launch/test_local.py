@@ -1,5 +1,5 @@
-"""Children of `run --jobs`: once no run is left to start, those still training take the CPU threads of one
-that ended."""
+"""Children of `run --jobs`: the bar over them, and once no run is left to start, those still training take the
+CPU threads of one that ended."""
 
 import json
 import os
@@ -10,11 +10,26 @@ import time
 
 import pytest
 
-from conftest import ROOT, write_image_folder
+from conftest import ROOT, job, write_image_folder, write_run
+from resnet_repro.config import TrainSpec
+from resnet_repro.launch import local
 
-pytestmark = pytest.mark.slow  # subprocesses
+
+def test_the_bar_over_the_runs_starts_where_they_stand(tmp_path):
+    """A resumed campaign's bar counts only the steps trained from here on: its rate and time left are this
+    session's, not thousands of iterations in its first second."""
+    write_run(tmp_path, "plain20", epochs=4)  # rows up to iteration 4 x 391
+    write_run(tmp_path, "plain56", epochs=2)
+    spec = TrainSpec(model="plain20", iterations=64000)
+    jobs = [job(spec, tmp_path / "degradation" / run) for run in ("plain20", "plain56", "resnet20")]
+    with local.progress_bar(jobs, at_once=2) as bar:
+        assert (bar.initial, bar.n, bar.total) == (6 * 391, 6 * 391, 3 * 64000)
+    again = [job(spec, tmp_path / "degradation" / "plain20", overwrite=True), *jobs[1:]]
+    with local.progress_bar(again, at_once=2) as bar:
+        assert bar.initial == 2 * 391  # the run trained again from its first step
 
 
+@pytest.mark.slow  # subprocesses
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: no threads to hand on")
 def test_a_run_left_alone_takes_the_threads_of_the_one_that_ended(tmp_path):
     write_image_folder(tmp_path / "tiny", n_train=32, n_test=8)
