@@ -262,6 +262,7 @@ class Engine:
         spec, p, config = self.spec, self.p, self.config
         train_loss, train_err = self.meter.read()
         eval_start = time.perf_counter()
+        ips = self.meter.images_per_second()  # training alone, before the test pass
         test_loss, test_err, _ = self.test()
         p.best_test_err = min(p.best_test_err, test_err)
         p.csv_rows += 1
@@ -281,12 +282,17 @@ class Engine:
             "test_loss": f"{test_loss:.6g}",
             "test_err": f"{test_err:.4f}",
             "epoch_seconds": f"{self.meter.seconds + time.perf_counter() - eval_start:.3f}",
-            "images_per_second": f"{self.meter.images_per_second():.1f}",
+            "images_per_second": f"{ips:.1f}",
         }
         if self.main:
             metrics.append_row(self.run_dir / "metrics.csv", row)
         self.meter = recipe.Meter(self.device, spec.batch_size)
         self.bar.set_postfix_str(f"row {p.csv_rows}: train err {train_err:.1f}%, test err {test_err:.2f}%")
+        if self.main and self.bar.disable:  # no bar (a child of --jobs, Slurm, --no-progress): its log says each row
+            tqdm.write(
+                f"{config['run']}: row {p.csv_rows}, iteration {p.iteration:,} of {spec.iterations:,}: train err "
+                f"{train_err:.2f}%, test err {test_err:.2f}%, {ips:.0f} images/s"
+            )
         self.watch_plateau({"train_err": train_err, "test_err": test_err}[spec.plateau_on])
 
     def watch_plateau(self, err):

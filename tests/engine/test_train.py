@@ -137,6 +137,20 @@ def test_a_resumed_runs_bar_starts_where_it_stopped(tiny, tmp_path, monkeypatch)
     assert 0 < stopped < 10 and (bar.initial, bar.n) == (stopped, 10)
 
 
+def test_without_a_bar_the_output_says_each_row(tiny, tmp_path, capsys):
+    """A child of --jobs or a Slurm job has no bar: its log (output.log, the job's) shows how the run goes."""
+    run(spec(), tiny, tmp_path / "quiet")
+    said = [line for line in capsys.readouterr().out.splitlines() if ": row " in line]
+    r = rows(tmp_path / "quiet")
+    assert len(said) == len(r) == 4
+    assert said[0].startswith(
+        f"quiet: row 1, iteration 3 of 10: train err {float(r[0]['train_err']):.2f}%, "
+        f"test err {float(r[0]['test_err']):.2f}%, "
+    ) and said[0].endswith(" images/s")
+    run(spec(), tiny, tmp_path / "shown", progress=True)
+    assert ": row " not in capsys.readouterr().out  # the bar shows the last row instead
+
+
 def test_rows_newer_than_the_checkpoint_are_dropped_on_resume(tiny, tmp_path):
     d = tmp_path / "r"
     interrupt_at_epoch_end = spec(iterations=6, milestones=())
