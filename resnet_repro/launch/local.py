@@ -151,7 +151,7 @@ def in_children(jobs, at_once, progress=True):
                 bar.write(f"{name}: {said} (exit {code}, log: {Path(job.run_dir) / 'output.log'})")
                 if not stop["signal"] and (not pending or errors):  # nothing more starts: the others share its threads
                     share_threads(running, threads, cores)
-            bar.update(sum(metrics.last_iteration(job.run_dir) for job in jobs) - bar.n)
+            show_progress(bar, jobs, running)
             time.sleep(0.2)
     order = [job.name for job in jobs]
     for code, job in sorted(errors, key=lambda error: (error[0] != NO_DATA, order.index(error[1].name))):
@@ -174,6 +174,13 @@ def progress_bar(jobs, at_once, progress=True):
         disable=not progress,
         dynamic_ncols=True,
     )
+
+
+def show_progress(bar, jobs, running):
+    """The bar at the sum of the runs' last CSV rows, naming where each of those training stands."""
+    at = {job.name: metrics.last_iteration(job.run_dir) for job in jobs}
+    bar.set_postfix_str(", ".join(f"{name} {at[name]:,}" for name in running), refresh=False)
+    bar.update(sum(at.values()) - bar.n)
 
 
 def share_threads(running, threads, cores):

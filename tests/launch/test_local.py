@@ -17,16 +17,19 @@ from resnet_repro.launch import local
 
 def test_the_bar_over_the_runs_starts_where_they_stand(tmp_path):
     """A resumed campaign's bar counts only the steps trained from here on: its rate and time left are this
-    session's, not thousands of iterations in its first second."""
+    session's, not thousands of iterations in its first second. It names where each run training stands."""
     write_run(tmp_path, "plain20", epochs=4)  # rows up to iteration 4 x 391
     write_run(tmp_path, "plain56", epochs=2)
     spec = TrainSpec(model="plain20", iterations=64000)
     jobs = [job(spec, tmp_path / "degradation" / run) for run in ("plain20", "plain56", "resnet20")]
     with local.progress_bar(jobs, at_once=2) as bar:
         assert (bar.initial, bar.n, bar.total) == (6 * 391, 6 * 391, 3 * 64000)
+        write_run(tmp_path, "resnet20", epochs=1)  # one more row: it started
+        local.show_progress(bar, jobs, running={"plain56": None, "resnet20": None})
+        assert bar.n == 7 * 391 and bar.postfix == "plain56 782, resnet20 391"
     again = [job(spec, tmp_path / "degradation" / "plain20", overwrite=True), *jobs[1:]]
     with local.progress_bar(again, at_once=2) as bar:
-        assert bar.initial == 2 * 391  # the run trained again from its first step
+        assert bar.initial == (2 + 1) * 391  # plain20, trained again, from its first step
 
 
 @pytest.mark.slow  # subprocesses
