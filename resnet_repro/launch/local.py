@@ -171,6 +171,7 @@ def progress_bar(jobs, at_once, progress=True):
         desc=f"{len(jobs)} runs, {at_once} at once",
         unit="it",
         smoothing=0,
+        miniters=1,  # drawn when the runs' rows move it, not at every look at their CSVs (a log stays short)
         disable=not progress,
         dynamic_ncols=True,
     )
@@ -179,8 +180,10 @@ def progress_bar(jobs, at_once, progress=True):
 def show_progress(bar, jobs, running):
     """The bar at the sum of the runs' last CSV rows, naming where each of those training stands."""
     at = {job.name: metrics.last_iteration(job.run_dir) for job in jobs}
-    bar.set_postfix_str(", ".join(f"{name} {at[name]:,}" for name in running), refresh=False)
-    bar.update(sum(at.values()) - bar.n)
+    n, postfix = sum(at.values()), ", ".join(f"{name} {at[name]:,}" for name in running)
+    if postfix != getattr(bar, "postfix", None):
+        bar.set_postfix_str(postfix, refresh=n == bar.n)  # else update() draws it
+    bar.update(n - bar.n)
 
 
 def share_threads(running, threads, cores):

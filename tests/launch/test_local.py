@@ -15,7 +15,7 @@ from resnet_repro.config import TrainSpec
 from resnet_repro.launch import local
 
 
-def test_the_bar_over_the_runs_starts_where_they_stand(tmp_path):
+def test_the_bar_over_the_runs_starts_where_they_stand(tmp_path, capsys):
     """A resumed campaign's bar counts only the steps trained from here on: its rate and time left are this
     session's, not thousands of iterations in its first second. It names where each run training stands."""
     write_run(tmp_path, "plain20", epochs=4)  # rows up to iteration 4 x 391
@@ -24,6 +24,10 @@ def test_the_bar_over_the_runs_starts_where_they_stand(tmp_path):
     jobs = [job(spec, tmp_path / "degradation" / run) for run in ("plain20", "plain56", "resnet20")]
     with local.progress_bar(jobs, at_once=2) as bar:
         assert (bar.initial, bar.n, bar.total) == (6 * 391, 6 * 391, 3 * 64000)
+        bar.mininterval, _ = 0, capsys.readouterr()
+        for _ in range(3):  # no new row: drawn once, naming the runs, not at every look at their CSVs
+            local.show_progress(bar, jobs, running={"plain20": None, "plain56": None})
+        assert capsys.readouterr().err.count("\r") == 1 and bar.postfix == "plain20 1,564, plain56 782"
         write_run(tmp_path, "resnet20", epochs=1)  # one more row: it started
         local.show_progress(bar, jobs, running={"plain56": None, "resnet20": None})
         assert bar.n == 7 * 391 and bar.postfix == "plain56 782, resnet20 391"
