@@ -163,7 +163,7 @@ class Engine:
             note = rundir.record_resumption(self.run_dir, self.config, p.iteration)
             if note:
                 tqdm.write(f"{self.config['run']}: {note}")
-        # the bar starts where the run stands: its rate and time left count this session's steps only
+        # the bar starts where the run stands: its rate and time left count the steps trained since the resume
         self.bar.n = self.bar.last_print_n = self.bar.initial = p.iteration
         self.bar.refresh()
         tqdm.write(f"{self.config['run']}: resuming at iteration {p.iteration} (epoch {p.epoch + 1})")

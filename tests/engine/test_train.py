@@ -118,7 +118,7 @@ def test_a_signal_checkpoints_and_resume_is_exact(tiny, whole, tmp_path, monkeyp
 
 
 def test_a_resumed_runs_bar_starts_where_it_stopped(tiny, tmp_path, monkeypatch):
-    """Its rate and time left count the steps of this session, not the ones done before it in its first second."""
+    """Its rate and time left count the steps trained since the resume, not the earlier ones in its first second."""
     interrupt_at(monkeypatch, 7)
     with pytest.raises(rundir.Interrupted):
         run(spec(), tiny, tmp_path / "r")

@@ -16,8 +16,8 @@ from resnet_repro.launch import local
 
 
 def test_the_bar_over_the_runs_starts_where_they_stand(tmp_path, capsys):
-    """A resumed campaign's bar counts only the steps trained from here on: its rate and time left are this
-    session's, not thousands of iterations in its first second. It names where each run training stands."""
+    """A resumed campaign's bar counts only the steps trained from here on: its rate and time left are those of
+    the steps since the resume, not thousands of iterations in its first second. It names where each run training stands."""
     write_run(tmp_path, "plain20", epochs=4)  # rows up to iteration 4 x 391
     write_run(tmp_path, "plain56", epochs=2)
     spec = TrainSpec(model="plain20", iterations=64000)
