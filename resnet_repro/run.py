@@ -16,7 +16,6 @@ import torch
 
 from resnet_repro import config as cfg
 from resnet_repro import data, files
-from resnet_repro.analysis import report
 from resnet_repro.engine import distributed, rundir, stopping
 from resnet_repro.engine.devices import chosen_devices, device_error, device_name
 from resnet_repro.launch import local as launch
@@ -295,6 +294,8 @@ def announce(exp, jobs, world_size, say, where=None):
 
 
 def finish(args, exp, jobs, skipped):
+    from resnet_repro.analysis import report  # pandas and matplotlib: only the process that summarises loads them
+
     print()
     report.finish(jobs, skipped, Path(args.out) / exp.name, None if args.no_figures else figures_dir(args))
 
