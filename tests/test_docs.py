@@ -170,17 +170,17 @@ def test_prose_numbers_match_the_csvs():
 
 
 def test_the_unfinished_runs_are_said_where_their_checkpoints_stand():
-    """README's "Not done yet" names how far the committed full-schedule plain runs got: their checkpoints'."""
+    """README's "Not done yet" names how far each committed full-schedule plain run got (its checkpoint's
+    iteration) until it is done."""
     readme = " ".join((ROOT / "README.md").read_text().split())
     exp_dir = ROOT / "results/cpu-full/degradation"
-    late = {
-        r: exp_dir / r / "checkpoint.pt" for r in ("plain20", "plain56") if (exp_dir / r / "checkpoint.pt").exists()
-    }
-    at = {r: rundir.load_checkpoint(path)["iteration"] for r, path in late.items()}
-    if at:  # while they train
-        assert f"plain-20 at iteration {at['plain20']:,}, plain-56 at {at['plain56']:,} of 64,000" in readme
-    else:
-        assert "plain-56 are training" not in readme
+    for run, label in (("plain20", "plain-20"), ("plain56", "plain-56")):
+        if (exp_dir / run / "checkpoint.pt").exists():  # still training
+            at = rundir.load_checkpoint(exp_dir / run / "checkpoint.pt")["iteration"]
+            assert f"{label} at iteration {at:,} of 64,000" in readme
+        else:
+            assert (exp_dir / run / "final.pt").exists(), run
+            assert f"{label} at iteration" not in readme
 
 
 def test_full_schedule_reading_matches_the_csvs():
