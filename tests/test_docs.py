@@ -174,12 +174,12 @@ def test_the_unfinished_runs_are_said_where_their_checkpoints_stand():
     iteration) until it is done."""
     readme = " ".join((ROOT / "README.md").read_text().split())
     exp_dir = ROOT / "results/cpu-full/degradation"
-    for run, label in (("plain20", "plain-20"), ("plain56", "plain-56")):
-        if (exp_dir / run / "checkpoint.pt").exists():  # still training
-            at = rundir.load_checkpoint(exp_dir / run / "checkpoint.pt")["iteration"]
+    for net, label in (("plain20", "plain-20"), ("plain56", "plain-56")):
+        if (exp_dir / net / "checkpoint.pt").exists():  # still training
+            at = rundir.load_checkpoint(exp_dir / net / "checkpoint.pt")["iteration"]
             assert f"{label} at iteration {at:,} of 64,000" in readme
         else:
-            assert (exp_dir / run / "final.pt").exists(), run
+            assert (exp_dir / net / "final.pt").exists(), net
             assert f"{label} at iteration" not in readme
 
 
