@@ -149,8 +149,8 @@ def in_children(jobs, at_once, progress=True):
                     outcomes[name] = train.Outcome(state, status["message"])
                     said = state
                 bar.write(f"{name}: {said} (exit {code}, log: {Path(job.run_dir) / 'output.log'})")
-                if not stop["signal"] and (not pending or errors):  # nothing more starts: the others share its threads
-                    share_threads(running, threads, cores)
+            if not stop["signal"] and (not pending or errors):  # nothing more starts: those running share the threads
+                share_threads(running, threads, cores)  # of runs that ended, done already ones included
             show_progress(bar, jobs, running)
             time.sleep(0.2)
     order = [job.name for job in jobs]

@@ -36,9 +36,8 @@ def test_the_bar_over_the_runs_starts_where_they_stand(tmp_path, capsys):
         assert bar.initial == (2 + 1) * 391  # plain20, trained again, from its first step
 
 
-@pytest.mark.slow  # subprocesses
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: no threads to hand on")
-def test_a_run_left_alone_takes_the_threads_of_the_one_that_ended(tmp_path):
+def two_runs(tmp_path):
+    """An experiment of a 4-step plain8 and a resnet8 that trains until stopped, and its command with --jobs 2."""
     write_image_folder(tmp_path / "tiny", n_train=32, n_test=8)
     (tmp_path / "exp.toml").write_text(f"""
 runs = ["plain8", "resnet8"]
@@ -52,23 +51,48 @@ eval_batch_size = 8
 iterations = 4
 """)
     cmd = [sys.executable, "-m", "resnet_repro.run", str(tmp_path / "exp.toml"), "--out", str(tmp_path / "res")]
-    cmd += ["--no-progress", "--no-figures", "--device", "cpu", "--jobs", "2"]
+    return cmd + ["--no-progress", "--no-figures", "--device", "cpu", "--jobs", "2"]
+
+
+def threads_of_resnet8(tmp_path, cmd):
+    """Run `cmd` until resnet8 records a change of its CPU threads (or 240 s), then SIGINT it: (resnet8's
+    config.json, its output.log, the command's output, its exit code)."""
     parent = subprocess.Popen(
         cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     config = tmp_path / "res" / "exp" / "resnet8" / "config.json"
-    deadline, changed = time.time() + 240, []
+    deadline, changed = time.time() + 240, False
     try:
         while time.time() < deadline and not changed and parent.poll() is None:
             time.sleep(0.1)
-            with_change = config.exists() and "threads_changed" in config.read_text()
-            changed = json.loads(config.read_text())["threads_changed"] if with_change else []
+            changed = config.exists() and "threads_changed" in config.read_text()
     finally:
         parent.send_signal(signal.SIGINT)
         out, err = parent.communicate(timeout=120)
+    return json.loads(config.read_text()), (config.parent / "output.log").read_text(), out + err, parent.returncode
+
+
+@pytest.mark.slow  # subprocesses
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: no threads to hand on")
+def test_a_run_left_alone_takes_the_threads_of_the_one_that_ended(tmp_path):
+    config, log, out, code = threads_of_resnet8(tmp_path, two_runs(tmp_path))
     each = (os.cpu_count() or 1) // 2
-    assert json.loads(config.read_text())["threads"] == each, err[-2000:]
-    assert [c["threads"] for c in changed] == [2 * each], err[-2000:]  # both runs' threads
-    log = (config.parent / "output.log").read_text()
+    assert config["threads"] == each, out[-2000:]
+    changed = config.get("threads_changed", [])
+    assert [c["threads"] for c in changed] == [2 * each], out[-2000:]  # both runs' threads
     assert f"resnet8: {2 * each} CPU threads from iteration {changed[0]['iteration']} on (a run beside it ended)" in log
-    assert parent.returncode == 130 and "plain8: done" in out + err
+    assert code == 130 and "plain8: done" in out
+
+
+@pytest.mark.slow  # subprocesses
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: no threads to hand on")
+def test_a_run_resumed_beside_one_done_already_takes_its_threads(tmp_path):
+    """A campaign resumed after one of its two runs finished: the one left trains on both runs' threads."""
+    cmd = two_runs(tmp_path)
+    done = subprocess.run([*cmd, "--runs", "plain8"], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    config, log, out, code = threads_of_resnet8(tmp_path, [*cmd, "--resume"])
+    each = (os.cpu_count() or 1) // 2
+    assert config["threads"] == each, out[-2000:]
+    assert [c["threads"] for c in config.get("threads_changed", [])] == [2 * each], out[-2000:]
+    assert code == 130 and "plain8: skipped" in out
