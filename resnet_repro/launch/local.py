@@ -7,12 +7,13 @@ parent of children loads none), and whether a run is done already is decided by 
 A child is `python -m resnet_repro.launch.local`: it reads its Job as JSON from stdin and keeps the pipe open. When
 the parent dies (even by SIGKILL) the pipe closes, and the child checkpoints and stops as on SIGTERM. Through the
 same pipe the parent hands on the CPU threads of a run that ended once no run is left to start ("threads N": the
-child trains on N from its next row). The parent forwards SIGINT/SIGTERM to its children, starts no further run
-once one came (or once a child was interrupted), waits for their checkpoints and exits 128 + the signal's number
-(130, 143).
+child trains on N from its next row); the last run to start takes its share of them from its first step. The parent
+forwards SIGINT/SIGTERM to its children, starts no further run once one came (or once a child was interrupted),
+waits for their checkpoints and exits 128 + the signal's number (130, 143).
 """
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 import signal
@@ -130,6 +131,9 @@ def in_children(jobs, at_once, progress=True):
                 if pending[0].name not in checks and checks & running.keys():
                     break  # the runs done already are all checked before any other starts
                 job = pending.pop(0)
+                if not pending and job.name not in checks and threads[job.name]:  # the last to start: its share
+                    threads[job.name] = max(job.threads, cores // (len(running) + 1))  # of the threads from the start
+                    job = dataclasses.replace(job, threads=threads[job.name])
                 running[job.name] = start_child(job)
             for name, (proc, job) in list(running.items()):
                 if proc.poll() is None:

@@ -54,18 +54,26 @@ iterations = 4
     return cmd + ["--no-progress", "--no-figures", "--device", "cpu", "--jobs", "2"]
 
 
-def threads_of_resnet8(tmp_path, cmd):
-    """Run `cmd` until resnet8 records a change of its CPU threads (or 240 s), then SIGINT it: (resnet8's
-    config.json, its output.log, the command's output, its exit code)."""
+def threads_changed(run_dir):
+    return "threads_changed" in (run_dir / "config.json").read_text()
+
+
+def trained_a_row(run_dir):
+    return (run_dir / "metrics.csv").exists() and len((run_dir / "metrics.csv").read_text().splitlines()) > 1
+
+
+def threads_of_resnet8(tmp_path, cmd, until=threads_changed):
+    """Run `cmd` until `until`(resnet8's run directory) once it has a config.json (or 240 s), then SIGINT it:
+    (resnet8's config.json, its output.log, the command's output, its exit code)."""
     parent = subprocess.Popen(
         cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     config = tmp_path / "res" / "exp" / "resnet8" / "config.json"
-    deadline, changed = time.time() + 240, False
+    deadline, seen = time.time() + 240, False
     try:
-        while time.time() < deadline and not changed and parent.poll() is None:
+        while time.time() < deadline and not seen and parent.poll() is None:
             time.sleep(0.1)
-            changed = config.exists() and "threads_changed" in config.read_text()
+            seen = config.exists() and until(config.parent)
     finally:
         parent.send_signal(signal.SIGINT)
         out, err = parent.communicate(timeout=120)
@@ -86,13 +94,17 @@ def test_a_run_left_alone_takes_the_threads_of_the_one_that_ended(tmp_path):
 
 @pytest.mark.slow  # subprocesses
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: no threads to hand on")
-def test_a_run_resumed_beside_one_done_already_takes_its_threads(tmp_path):
-    """A campaign resumed after one of its two runs finished: the one left trains on both runs' threads."""
+def test_a_run_started_beside_one_done_already_takes_its_threads_from_the_start(tmp_path):
+    """A campaign resumed after one of its two runs finished: the one left trains on both runs' threads from its
+    first step, and a resumption on them again is the same as an unbroken run (no note of other threads)."""
     cmd = two_runs(tmp_path)
     done = subprocess.run([*cmd, "--runs", "plain8"], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    config, log, out, code = threads_of_resnet8(tmp_path, [*cmd, "--resume"])
+    config, log, out, code = threads_of_resnet8(tmp_path, [*cmd, "--resume"], until=trained_a_row)
     each = (os.cpu_count() or 1) // 2
-    assert config["threads"] == each, out[-2000:]
-    assert [c["threads"] for c in config.get("threads_changed", [])] == [2 * each], out[-2000:]
+    assert config["threads"] == 2 * each and "threads_changed" not in config, out[-2000:]
     assert code == 130 and "plain8: skipped" in out
+    resumed = lambda run_dir: "resumed" in (run_dir / "config.json").read_text()
+    config, log, out, code = threads_of_resnet8(tmp_path, [*cmd, "--resume"], until=resumed)
+    assert [r["threads"] for r in config["resumed"]] == [2 * each] and "threads_changed" not in config, out[-2000:]
+    assert "CPU thread(s) where it ran with" not in log and code == 130
