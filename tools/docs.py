@@ -109,9 +109,9 @@ def seeds(root, exp_dir):
 
 
 def evaluations(root, csv, normalize):
-    """`analysis evaluate`'s rows (evaluations.csv) of the weights evaluated with one normalization."""
+    """`analysis evaluate`'s rows (evaluations.csv) of the weights evaluated with one normalization, by their path."""
     df = pd.read_csv(root / csv)
-    df = df[df.normalize == normalize]
+    df = df[df.normalize == normalize].sort_values("weights", kind="stable")
     shown = lambda w: f"[`{w.rsplit('/', 1)[-1]}`]({w})" if "://" in w else f"`{w}`"  # a URL: its file name, linked
     rows = [
         (shown(w), m, d, f"{e:.2f}", f"{t:.2f}")
